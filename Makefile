@@ -1,0 +1,35 @@
+# ssmbench — the two commands a new user needs are `make demo` and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.ssmbench-installed
+
+.PHONY: install demo test test-slow smoke bench clean
+
+install: $(STAMP)
+
+# Re-runs only when the dependency declarations change; installs the tested pins from constraints.txt.
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -c constraints.txt -e ".[dev]"
+	touch $(STAMP)
+
+demo: install
+	$(BIN)/ssmbench train recipes/quickstart.yaml
+
+test: install
+	$(PY) -m pytest -q -m "not slow"
+
+test-slow: install
+	$(PY) -m pytest -q -m slow
+
+smoke: install
+	$(BIN)/ssmbench smoke recipes
+
+bench: install
+	$(BIN)/ssmbench bench
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,30 @@
+"""User-facing errors. The CLI prints their message (no traceback) and exits with status 2."""
+
+
+class SSMBenchError(Exception):
+    """An error caused by the user's input (recipe, data, checkpoint), with a message that says how to fix it."""
+
+    exit_code = 2
+
+
+class RecipeError(SSMBenchError):
+    """A recipe that does not validate. `problems` are `field.path: message` lines."""
+
+    def __init__(self, source: str, problems: list[str]):
+        self.source = source
+        self.problems = problems
+        super().__init__("\n".join(f"{source}: {p}" for p in problems))
+
+
+class DataError(SSMBenchError):
+    """A dataset that is missing or malformed; the message names the file and how to get it."""
+
+
+class CheckpointError(SSMBenchError):
+    """A checkpoint that is missing, truncated or fails its checksum."""
+
+
+class NonFiniteError(SSMBenchError):
+    """Training produced a non-finite loss or gradient."""
+
+    exit_code = 3

@@ -1,0 +1,91 @@
+"""The four diagonal initializations of S4D (SPEC.md §A "Initializations").
+
+Each returns the eigenvalues A (and input vector B) of one SSM copy; the layer repeats them over channels.
+Convention: stored imaginary parts are >= 0. The state-spaces code keeps Im <= 0 for LegS; flipping the sign
+of A together with B (and C, which is drawn from a conjugation-symmetric distribution) leaves the kernel
+2*Re(sum C B A^l) unchanged (SPEC.md §A "Pitfalls").
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from ssmbench.registry import INITIALIZERS
+
+
+@dataclass
+class DiagonalInit:
+    """Eigenvalues `A` (M,) and input vector `B` (M,), complex128.
+
+    `conjugate_pairs=True`: the M modes stand for M conjugate pairs (N = 2M real state dimensions) and the
+    kernel is 2*Re(sum ...). `False`: M = N real modes, kernel Re(sum ...) with no conjugates (S4D-Real).
+    """
+
+    A: torch.Tensor
+    B: torch.Tensor
+    conjugate_pairs: bool = True
+
+
+def _pairs(N: int) -> int:
+    if N < 2 or N % 2:
+        raise ValueError(f"d_state must be an even number >= 2 for complex-pair initializations, got {N}")
+    return N // 2
+
+
+@INITIALIZERS.register("s4d-lin")
+def s4d_lin(N: int) -> DiagonalInit:
+    """S4D-Lin: A_n = -1/2 + i*pi*n, n = 0..N/2-1; B = 1."""
+    n = torch.arange(_pairs(N), dtype=torch.float64)
+    A = torch.complex(torch.full_like(n, -0.5), math.pi * n)
+    return DiagonalInit(A, torch.ones_like(A))
+
+
+@INITIALIZERS.register("s4d-inv")
+def s4d_inv(N: int) -> DiagonalInit:
+    """S4D-Inv: A_n = -1/2 + i*(N/pi)*(N/(2n+1) - 1), N the full state size; B = 1."""
+    n = torch.arange(_pairs(N), dtype=torch.float64)
+    A = torch.complex(torch.full_like(n, -0.5), (N / math.pi) * (N / (2 * n + 1) - 1))
+    return DiagonalInit(A, torch.ones_like(A))
+
+
+def hippo_legs(N: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """HiPPO-LegS (A, B) and its rank-1 correction P with A + P P^T = -I/2 + skew-symmetric.
+
+    A_nk = -sqrt(2n+1) sqrt(2k+1) (n > k), -(n+1) (n = k), 0 (n < k); B_n = sqrt(2n+1); P_n = sqrt(n + 1/2).
+    """
+    q = torch.sqrt(2 * torch.arange(N, dtype=torch.float64) + 1)
+    A = -torch.tril(q[:, None] * q[None, :], diagonal=-1) - torch.diag(torch.arange(N, dtype=torch.float64) + 1)
+    P = torch.sqrt(torch.arange(N, dtype=torch.float64) + 0.5)
+    return A, q.clone(), P
+
+
+@INITIALIZERS.register("s4d-legs")
+def s4d_legs(N: int) -> DiagonalInit:
+    """S4D-LegS: eigenvalues of the normal part of HiPPO-LegS.
+
+    A + P P^T = -I/2 + S with S skew; eigh of (A + P P^T)(-i) gives S's eigenvalues i*mu, so A_n = -1/2 + i*mu_n.
+    Keep one of each conjugate pair, B~ = V^* B with Im(B~) clipped to [-2, 2] (state-spaces `dplr.py`).
+    """
+    M = _pairs(N)
+    A, B, P = hippo_legs(N)
+    AP = A + P[:, None] * P[None, :]
+    mu, V = torch.linalg.eigh(AP.to(torch.complex128) * -1j)
+    # eigh sorts mu ascending: the first M are the Im <= 0 halves of the conjugate pairs (state-spaces keeps
+    # these); store the conjugate (Im >= 0) of both A and B, which leaves the kernel unchanged.
+    mu, V = mu[:M], V[:, :M]
+    B_t = V.conj().T @ B.to(torch.complex128)
+    B_t = torch.complex(B_t.real, B_t.imag.clamp(-2.0, 2.0))
+    A_diag = torch.complex(torch.full_like(mu, -0.5), mu)
+    order = torch.argsort(-A_diag.imag)  # Im ascending after conjugation
+    return DiagonalInit(A_diag.conj()[order], B_t.conj()[order])
+
+
+@INITIALIZERS.register("s4d-real")
+def s4d_real(N: int) -> DiagonalInit:
+    """S4D-Real: N real modes A_n = -(n+1), n = 0..N-1; B = 1; kernel without conjugate pairs."""
+    n = torch.arange(N, dtype=torch.float64)
+    A = torch.complex(-(n + 1), torch.zeros_like(n))
+    return DiagonalInit(A, torch.ones_like(A), conjugate_pairs=False)

@@ -1,0 +1,4 @@
+"""Models: sequence layers (registered in LAYERS by `model.kind`) and the shared deep backbone."""
+
+from ssmbench.models.backbone import ModelIO, SequenceModel  # noqa: F401 (registers "s4d")
+from ssmbench.models.s4d import S4D  # noqa: F401

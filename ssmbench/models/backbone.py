@@ -1,0 +1,87 @@
+"""The deep sequence model: encoder -> n_layers x [norm, sequence layer, dropout, residual] -> pool -> decoder.
+
+The sequence layer is built by name from the LAYERS registry (`model.kind`), so S4D and STU share this file.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+
+from ssmbench.registry import LAYERS
+
+
+@dataclass
+class ModelIO:
+    """What the data says about the model's ends (from the dataset adapter)."""
+
+    d_input: int  # input channels for real-valued inputs, vocabulary size for tokens
+    input_kind: str  # "real" | "tokens"
+    n_outputs: int  # classes, or regression targets
+    per_step: bool = False  # a target at every time step (no pooling)
+
+
+class SequenceNorm(nn.Module):
+    """BatchNorm1d or LayerNorm over the feature axis of (batch, length, features)."""
+
+    def __init__(self, kind: str, d: int):
+        super().__init__()
+        self.kind = kind
+        self.norm = {"batch": nn.BatchNorm1d(d), "layer": nn.LayerNorm(d), "none": nn.Identity()}[kind]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.kind == "batch":
+            return self.norm(x.transpose(1, 2)).transpose(1, 2)
+        return self.norm(x)
+
+
+class ResidualBlock(nn.Module):
+    """x + dropout(layer(norm(x))) (pre-norm) or norm(x + dropout(layer(x))) (post-norm)."""
+
+    def __init__(self, layer: nn.Module, d_model: int, norm: str, prenorm: bool, dropout: float):
+        super().__init__()
+        self.layer, self.prenorm = layer, prenorm
+        self.norm = SequenceNorm(norm, d_model)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = self.norm(x) if self.prenorm else x
+        x = x + self.dropout(self.layer(z))
+        return x if self.prenorm else self.norm(x)
+
+
+class SequenceModel(nn.Module):
+    def __init__(self, cfg, init_name: str, io: ModelIO):
+        super().__init__()
+        H = cfg.d_model
+        self.pool = "none" if io.per_step else cfg.pool
+        self.encoder = nn.Embedding(io.d_input, H) if io.input_kind == "tokens" else nn.Linear(io.d_input, H)
+        build_layer = LAYERS.get(cfg.kind)
+        self.blocks = nn.ModuleList(
+            ResidualBlock(build_layer(cfg, init_name), H, cfg.norm, cfg.prenorm, cfg.dropout) for _ in range(cfg.n_layers)
+        )
+        self.final_norm = SequenceNorm(cfg.norm, H) if cfg.prenorm else nn.Identity()
+        self.decoder = nn.Linear(H, io.n_outputs)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.encoder(x)
+        for block in self.blocks:
+            x = block(x)
+        x = self.final_norm(x)
+        if self.pool == "mean":
+            x = x.mean(dim=1)
+        elif self.pool == "last":
+            x = x[:, -1]
+        return self.decoder(x)
+
+
+@LAYERS.register("s4d")
+def build_s4d(cfg, init_name: str) -> nn.Module:
+    from ssmbench.models.s4d import S4D
+
+    s = cfg.ssm
+    return S4D(cfg.d_model, d_state=s.d_state, init=init_name, dropout=cfg.dropout, bidirectional=cfg.bidirectional,
+               dt_min=s.dt_min, dt_max=s.dt_max, discretization=s.discretization, real_transform=s.real_transform,
+               lr=s.lr, beta=s.beta, beta_lr=s.beta_lr, kappa=s.kappa)

@@ -1,0 +1,248 @@
+"""Recipes: the typed schema of a training run, YAML loading, `--set` overrides and clear errors.
+
+A recipe has `name`, `seed`, `tags` and four sections — `data`, `model`, `init`, `train`. Unknown keys are
+errors. The `data` section's adapter-specific keys are validated by that adapter's own `Options` model.
+Every error line names the file, the dotted field path and what is allowed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from ssmbench.errors import RecipeError
+from ssmbench.registry import DATASETS, INITIALIZERS, LAYERS, UnknownNameError
+
+
+def load_components() -> None:
+    """Import the modules that fill the registries (datasets, initializers, layers)."""
+    import ssmbench.data  # noqa: F401
+    import ssmbench.init  # noqa: F401
+    import ssmbench.models  # noqa: F401
+
+
+def _registered(registry, name: str) -> str:
+    load_components()
+    try:
+        registry.get(name)
+    except UnknownNameError as e:
+        raise ValueError(e.message) from None
+    return name
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(BaseModel):
+    """Common data options; any other key is an option of the named adapter (see `ssmbench data list`)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    name: str = Field(description="registered dataset adapter")
+    root: str = Field("data", description="folder that holds the datasets")
+    val_fraction: float = Field(0.1, ge=0.0, lt=1.0, description="share of train held out for validation where the data has no official validation split")
+    train_fraction: float = Field(1.0, gt=0.0, le=1.0, description="share of the training split used (data-efficiency studies)")
+    split_seed: int = Field(0, description="seed of validation carving and train subsampling (fixed across runs)")
+    num_workers: int = Field(0, ge=0, description="DataLoader worker processes")
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        return _registered(DATASETS, v)
+
+    @property
+    def options(self) -> dict[str, Any]:
+        """The adapter-specific options (validated, with defaults filled in)."""
+        return dict(self.model_extra or {})
+
+
+class SSMConfig(Section):
+    """Options of the S4D layer (SPEC.md §A, §B)."""
+
+    d_state: int = Field(64, ge=1, le=4096, description="N, the real state size (N/2 complex conjugate pairs)")
+    dt_min: float = Field(1e-3, gt=0.0)
+    dt_max: float = Field(1e-1, gt=0.0)
+    discretization: Literal["zoh", "bilinear"] = "zoh"
+    real_transform: Literal["exp", "relu", "none"] = Field("exp", description="parameterization of -Re(A)")
+    lr: float = Field(1e-3, ge=0.0, description="learning rate of dt, A and B (weight decay 0)")
+    beta: Optional[float] = Field(None, description="initial Sobolev filter exponent; null turns the filter off")
+    beta_lr: float = Field(0.01, ge=0.0, description="learning rate of beta (weight decay 0)")
+    kappa: Union[Literal["nfft"], float] = Field("nfft", description="frequency scale of the Sobolev filter (1 + k/kappa)^beta")
+
+
+class ModelConfig(Section):
+    kind: str = Field("s4d", description="registered sequence layer")
+    d_model: int = Field(64, ge=1, le=65536)
+    n_layers: int = Field(4, ge=1, le=1024)
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    norm: Literal["batch", "layer", "none"] = "batch"
+    prenorm: bool = False
+    bidirectional: bool = False
+    pool: Literal["mean", "last", "none"] = "mean"
+    ssm: SSMConfig = Field(default_factory=SSMConfig)
+
+    @field_validator("kind")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        return _registered(LAYERS, v)
+
+
+class InitConfig(Section):
+    name: str = Field("s4d-lin", description="registered initializer of the diagonal state matrix")
+    alpha: float = Field(1.0, ge=0.0, le=1e6, description="scale of Im(A) at initialization (frequency bias, SPEC.md §B)")
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        return _registered(INITIALIZERS, v)
+
+
+class TrainConfig(Section):
+    epochs: int = Field(1, ge=1, le=100000)
+    max_steps: Optional[int] = Field(None, ge=1, description="stop after this many optimizer steps")
+    batch_size: int = Field(64, ge=1, le=1_000_000)
+    eval_batch_size: Optional[int] = Field(None, ge=1, le=1_000_000)
+    lr: float = Field(0.01, gt=0.0, le=10.0)
+    weight_decay: float = Field(0.05, ge=0.0, le=10.0)
+    warmup_steps: int = Field(0, ge=0)
+    grad_clip: Optional[float] = Field(None, gt=0.0, description="max global gradient norm; null disables")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description="auto = bf16 on CUDA if supported else fp32")
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
+    eval_every: Optional[int] = Field(None, ge=1, description="evaluate every k steps; null = once per epoch")
+    max_eval_batches: Optional[int] = Field(None, ge=1, description="cap evaluation batches (smoke tests)")
+    checkpoint_every: Optional[int] = Field(None, ge=1, description="also write last.pt every k steps")
+    threads: Optional[int] = Field(None, ge=1, le=1024, description="torch CPU threads; null = torch default")
+
+
+class Recipe(Section):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", max_length=100)
+    seed: int = Field(0, ge=0, lt=2**63)
+    tags: dict[str, str] = Field(default_factory=dict, description="free labels; sweeps use them to group runs")
+    data: DataConfig
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    init: InitConfig = Field(default_factory=InitConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+# --------------------------------------------------------------------------------------------------
+# Loading and error formatting
+
+
+def _submodel(model: type[BaseModel], loc: tuple) -> Optional[type[BaseModel]]:
+    """The pydantic model class found by following `loc` (field names) from `model`, if any."""
+    for key in loc:
+        field = model.model_fields.get(key) if isinstance(key, str) else None
+        ann = getattr(field, "annotation", None)
+        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
+            return None
+        model = ann
+    return model
+
+
+def _format_errors(err: ValidationError, root: type[BaseModel], prefix: tuple = (), top_keys: list[str] | None = None) -> list[str]:
+    lines = []
+    for e in err.errors():
+        loc = prefix + tuple(e["loc"])
+        path = ".".join(str(p) for p in loc) or "(top level)"
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            parent = _submodel(root, tuple(e["loc"])[:-1])
+            keys = top_keys if (top_keys and len(e["loc"]) == 1) else (list(parent.model_fields) if parent else [])
+            allowed = ", ".join(keys)
+            msg = "unknown key" + (f"; allowed: {allowed}" if allowed else "")
+        elif e["type"] == "missing":
+            msg = "required field is missing"
+        elif msg.startswith("Value error, "):
+            msg = msg[len("Value error, "):]
+        elif e["type"] not in ("literal_error",) and "input" in e and not isinstance(e["input"], (dict, list)):
+            msg = f"{msg} (got {e['input']!r:.60})"
+        lines.append(f"{path}: {msg}")
+    return lines
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """`train.lr=0.004` -> (["train", "lr"], 0.004). The value is parsed as YAML."""
+    if "=" not in text:
+        raise RecipeError("--set", [f"{text!r}: expected KEY=VALUE, e.g. train.lr=0.004"])
+    key, _, raw = text.partition("=")
+    keys = [k for k in key.strip().split(".")]
+    if not all(keys):
+        raise RecipeError("--set", [f"{text!r}: empty key in the dotted path"])
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as e:
+        raise RecipeError("--set", [f"{text!r}: value is not valid YAML ({e})"]) from None
+    return keys, value
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    for text in overrides:
+        keys, value = parse_override(text)
+        node = raw
+        for k in keys[:-1]:
+            if not isinstance(node.get(k), dict):
+                node[k] = {}
+            node = node[k]
+        node[keys[-1]] = value
+    return raw
+
+
+def read_yaml_mapping(path: Path) -> dict[str, Any]:
+    """Read a YAML file that must hold a mapping; every failure is a RecipeError naming the file."""
+    src = str(path)
+    if not path.is_file():
+        raise RecipeError(src, ["file not found" if not path.exists() else "not a file"])
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise RecipeError(src, ["not a UTF-8 text file (is it a recipe?)"]) from None
+    except OSError as e:
+        raise RecipeError(src, [f"cannot read: {e.strerror}"]) from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        where = getattr(e, "problem_mark", None)
+        at = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise RecipeError(src, [f"invalid YAML{at}: {problem}"]) from None
+    if raw is None:
+        raise RecipeError(src, ["the file is empty; a recipe needs at least `name` and `data.name`"])
+    if not isinstance(raw, dict):
+        raise RecipeError(src, [f"the top level must be a mapping of sections, got {type(raw).__name__}"])
+    return raw
+
+
+def validate_recipe(raw: dict[str, Any], source: str = "<recipe>") -> Recipe:
+    load_components()
+    try:
+        recipe = Recipe.model_validate(raw)
+    except ValidationError as e:
+        raise RecipeError(source, _format_errors(e, Recipe)) from None
+    except (RecursionError, OverflowError) as e:
+        raise RecipeError(source, [f"cannot validate: {type(e).__name__}"]) from None
+    adapter = DATASETS.get(recipe.data.name)
+    try:
+        options = adapter.Options.model_validate(recipe.data.model_extra or {})
+    except ValidationError as e:
+        allowed = list(DataConfig.model_fields) + list(adapter.Options.model_fields)
+        raise RecipeError(source, _format_errors(e, adapter.Options, ("data",), allowed)) from None
+    recipe.data.__pydantic_extra__ = options.model_dump(mode="json")
+    return recipe
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
+    """Load, override and validate a recipe file."""
+    path = Path(path)
+    raw = read_yaml_mapping(path)
+    raw = apply_overrides(raw, list(overrides or []))
+    return validate_recipe(raw, str(path))
