@@ -51,6 +51,8 @@ class S4D(nn.Module):
         self.B = tag_optim(nn.Parameter(torch.view_as_real(diag.B.to(torch.complex64).repeat(H, 1)).clone()), lr)
         self.C = nn.Parameter(torch.view_as_real(torch.randn(c, H, M, dtype=torch.complex64)))
         self.D = nn.Parameter(torch.randn(H))
+        # Channels whose -Re(A) is the raw parameter (transform `none`), so Re(A) can reach and cross 0 (SPEC.md §D).
+        self.register_buffer("linear_real", torch.zeros(H, dtype=torch.bool))
         self.set_A(diag.A.expand(H, M))
         self.beta = None if beta is None else tag_optim(nn.Parameter(torch.full((H,), float(beta))), beta_lr)
 
@@ -61,13 +63,18 @@ class S4D(nn.Module):
 
     @property
     def A(self) -> torch.Tensor:
-        """The diagonal state matrix, complex (H, M)."""
-        return torch.complex(-REAL_TRANSFORMS[self.real_transform][0](self.A_re), self.A_im)
+        """The diagonal state matrix, complex (H, M): Re A = -f(A_re), or -A_re on `linear_real` channels."""
+        neg_re = REAL_TRANSFORMS[self.real_transform][0](self.A_re)
+        if self.linear_real.any():
+            neg_re = torch.where(self.linear_real[:, None], self.A_re, neg_re)
+        return torch.complex(-neg_re, self.A_im)
 
     @torch.no_grad()
     def set_A(self, A: torch.Tensor) -> None:
         """Write a complex (H, M) diagonal into the (transformed) parameters."""
-        self.A_re.copy_(REAL_TRANSFORMS[self.real_transform][1](-A.real.to(self.A_re.dtype)))
+        neg_re = -A.real.to(self.A_re.dtype)
+        inverse = REAL_TRANSFORMS[self.real_transform][1](neg_re)
+        self.A_re.copy_(torch.where(self.linear_real[:, None], neg_re, inverse))
         self.A_im.copy_(A.imag.to(self.A_im.dtype))
 
     def kernel(self, L: int) -> torch.Tensor:
