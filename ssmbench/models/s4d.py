@@ -13,6 +13,7 @@ import torch
 import torch.nn as nn
 
 from ssmbench.models.kernels import bidirectional_kernel, discretize, fft_conv, sobolev_weights, vandermonde_kernel
+import ssmbench.init  # noqa: F401 (fills INITIALIZERS)
 from ssmbench.registry import INITIALIZERS
 
 # -Re(A) = f(A_re) and its inverse (state-spaces `param_transform` / `inv_transform`); `none` can reach and cross 0.
