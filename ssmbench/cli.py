@@ -1,5 +1,9 @@
 """The `ssmbench` command line. Thin: parse arguments, call one function per command, and turn known errors
-into a one-paragraph message with exit status 2 (3 for non-finite training)."""
+into a one-paragraph message, never a traceback.
+
+Exit status: 0 done; 2 bad input (recipe, data, checkpoint); 3 non-finite training; 75 (EX_TEMPFAIL) training
+was preempted by SIGTERM/SIGINT after writing a checkpoint: continue with `ssmbench train --resume RUN_DIR`;
+130 aborted by a second interrupt."""
 
 from __future__ import annotations
 
@@ -27,9 +31,16 @@ def train(
     resume: Optional[Path] = typer.Option(None, "--resume", help="continue the run in this run directory from its last checkpoint"),
     runs_dir: Path = typer.Option(Path("runs"), "--runs-dir", help="where new run directories are created"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar"),
+    nproc: int = typer.Option(1, "--nproc", min=1, help="data-parallel processes on this machine (launches torchrun; one per GPU)"),
 ) -> None:
-    """Train a recipe and write its run record under runs/<name>-<timestamp>-<hash>/."""
+    """Train a recipe and write its run record under runs/<name>-<timestamp>-<hash>/.
+
+    Exit status 75: SIGTERM/SIGINT stopped the run after a checkpoint; continue it with --resume RUN_DIR.
+
+    Exit status 3: a non-finite loss or gradient (see train.on_nonfinite); 2: bad input.
+    """
     from ssmbench.recipe import load_recipe
+    from ssmbench.train import distributed
     from ssmbench.train.engine import train as run_training
 
     if (recipe is None) == (resume is None):
@@ -37,8 +48,16 @@ def train(
     if resume is not None and set_:
         raise SSMBenchError("train: --set cannot change a run being resumed; start a new run instead")
     r = load_recipe(recipe, set_) if recipe is not None else None
+    if nproc > 1:  # re-run this command under torchrun, without --nproc
+        args = ["train", *([str(recipe)] if recipe else ["--resume", str(resume)]), *(a for s in set_ for a in ("--set", s)),
+                "--runs-dir", str(runs_dir), *(["--quiet"] if quiet else [])]
+        code = distributed.launch(nproc, args)
+        if code:
+            raise typer.Exit(code)
+        return
     results = run_training(r, runs_root=runs_dir, resume=resume, quiet=quiet, log=console.print)
-    console.print(summary_line(results))
+    if distributed.is_main_process():
+        console.print(summary_line(results))
 
 
 def summary_line(results: dict) -> str:
@@ -75,6 +94,164 @@ def components() -> None:
     load_components()
     for reg in (DATASETS, INITIALIZERS, LAYERS):
         typer.echo(f"{reg.kind}s: {', '.join(reg.names())}")
+
+
+@app.command()
+def bench(
+    lengths: str = typer.Option("1024,4096,16384", "--lengths", help="comma-separated sequence lengths"),
+    batch: int = typer.Option(8, "--batch", min=1, help="batch size"),
+    d_model: int = typer.Option(256, "--d-model", min=1, help="features H of the S4D block"),
+    d_state: int = typer.Option(64, "--d-state", min=2, help="state size N of the S4D block"),
+    blocks: str = typer.Option("s4d,stu", "--blocks", help="comma-separated blocks: s4d, stu"),
+    stu_d_model: int = typer.Option(64, "--stu-d-model", min=1, help="features of the STU block (its transfer matrices are O(L H^2))"),
+    reps: int = typer.Option(3, "--reps", min=1, help="timed rounds per case (interleaved across paths)"),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda[:i]"),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="torch CPU threads (default: torch's choice)"),
+    memory: bool = typer.Option(True, "--memory/--no-memory", help="measure peak memory in a subprocess per case"),
+    out: Path = typer.Option(Path("bench.json"), "--out", help="JSON file for the results"),
+) -> None:
+    """Time forward+backward of the S4D and STU blocks, fast vs straightforward path, with peak memory."""
+    from ssmbench.bench import bench as run
+
+    run(lengths, batch, d_model, d_state, blocks, reps, device, threads, memory, stu_d_model, out, console)
+
+
+@app.command()
+def sweep(
+    sweep_file: Path = typer.Argument(..., help="sweep YAML (base recipes and a grid of variants, seeds, train fractions)"),
+    jobs: int = typer.Option(1, "--jobs", "-j", help="runs trained in parallel processes (1 = one after another)"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="list every run of the grid and its state; train nothing"),
+    runs_dir: Optional[Path] = typer.Option(None, "--runs-dir", help="where the runs go (default: the sweep file's runs_dir, else runs/)"),
+    set_: List[str] = typer.Option([], "--set", help=SET_HELP + "; applied to every run"),
+    backend: str = typer.Option("local", "--backend", help="where runs execute: local, ray (Ray tasks) or slurm (submitit jobs)"),
+    detach: bool = typer.Option(False, "--detach", help="slurm: submit the jobs and return without waiting for them"),
+) -> None:
+    """Train every run of a sweep grid that has no finished record yet (interrupted runs are resumed)."""
+    from ssmbench.backends import run_sweep
+
+    results = run_sweep(sweep_file, backend, runs_dir, jobs, dry_run, tuple(set_), console, wait=not detach)
+    failed = [r["name"] for r in results if r["status"] == "failed"]
+    if failed:
+        raise SSMBenchError(f"sweep: {len(failed)} of {len(results)} run(s) failed (recorded in their run "
+                            f"directories): {', '.join(failed)}")
+    preempted = [r["name"] for r in results if r["status"] == "preempted"]
+    if preempted:
+        from ssmbench.train.engine import Preempted
+
+        raise Preempted(f"sweep: stopped by a signal during {', '.join(preempted)}; run the same command again to "
+                        f"resume it and train the rest")
+
+
+@app.command()
+def report(
+    paths: List[Path] = typer.Argument(None, help="runs folders or run directories (default: runs/)"),
+    group_by: str = typer.Option("variant", "--group-by", help="recipe tag that names a table row (runs without it use their recipe name)"),
+    fmt: str = typer.Option("md", "--format", help="table format: md, csv, latex or json"),
+    out: Optional[Path] = typer.Option(None, "--out", help="write the tables to this file instead of printing them"),
+    plots: Optional[Path] = typer.Option(None, "--plots", help="write PNG figures (learning curves, data efficiency, poles, TDI spectra) here"),
+    window: int = typer.Option(0, "--window", min=0, help="data efficiency: average the last N validation evaluations instead of the test value (0 = test)"),
+) -> None:
+    """Comparison tables and plots from run directories alone (no re-training)."""
+    from ssmbench.report import report as build_report
+
+    text, written = build_report(paths or [Path("runs")], group_by, fmt, out, plots, window)
+    if out is None:
+        typer.echo(text, nl=False)
+    else:
+        console.print(f"tables written to {out}")
+    for path in written:
+        console.print(f"plot: {path}")
+
+
+@app.command("init-tdi")
+def init_tdi(
+    dataset: Optional[str] = typer.Option(None, "--dataset", help="registered dataset adapter whose training data sets the spectrum"),
+    recipe: Optional[Path] = typer.Option(None, "--recipe", help="take data, model and init options from this recipe instead of --dataset"),
+    set_: List[str] = typer.Option([], "--set", help="override a recipe field, e.g. --set data.permute=false (repeatable; the value is read as YAML)"),
+    samples: Optional[int] = typer.Option(None, "--samples", min=2, help="most training pairs used for the task spectrum (default 20000)"),
+    d_state: Optional[int] = typer.Option(None, "--d-state", min=2, help="state size N of the SSM layer (N/2 complex modes; default 64)"),
+    d_model: Optional[int] = typer.Option(None, "--d-model", min=1, help="channels H of the SSM layer (default 64)"),
+    steps: Optional[int] = typer.Option(None, "--steps", min=0, help="Adam iterations of the spectrum matching (default 2000)"),
+    out: Optional[Path] = typer.Option(None, "--out", help="artifact path (.pt; .json and .png beside it); default <data.root>/cache/tdi/"),
+) -> None:
+    """TDI: match an SSM layer's power spectrum to a dataset's and save the parameters (SPEC.md §C)."""
+    from ssmbench.init.tdi import init_tdi as run_init_tdi
+
+    run_init_tdi(dataset, recipe, set_, samples, d_state, d_model, steps, out, console)
+
+
+data_app = typer.Typer(help="Datasets: list, prepare (cache), generate and synthesize.", no_args_is_help=True)
+generate_app = typer.Typer(help="Write generated LRA data in the release layout (offline).", no_args_is_help=True)
+data_app.add_typer(generate_app, name="generate")
+app.add_typer(data_app, name="data")
+ROOT_HELP = "data root (the recipes' data.root)"
+
+
+@data_app.command("list")
+def data_list(root: Path = typer.Option(Path("data"), "--root", help=ROOT_HELP)) -> None:
+    """Every dataset adapter: data present or missing, its source, prepared sizes, how to get it."""
+    from ssmbench.data.catalog import list_text
+
+    typer.echo(list_text(root))
+
+
+@data_app.command("prepare")
+def data_prepare(
+    name: str = typer.Argument(..., help="registered dataset adapter, e.g. listops"),
+    source: Optional[str] = typer.Option(None, "--source", help="the adapter's `source` folder, relative to --root"),
+    root: Path = typer.Option(Path("data"), "--root", help=ROOT_HELP),
+) -> None:
+    """Read a dataset once and store its prepared splits under <root>/<name>/prepared/."""
+    from ssmbench.data.catalog import prepare
+
+    r = prepare(name, str(root), source, log=console.print)
+    console.print(f"{r['name']}: {r['sizes']} (L = {r['seq_len']}, {r['source']}) in {r['seconds']} s; cache {r['cache']}")
+
+
+@generate_app.command("listops")
+def generate_listops(
+    out: Path = typer.Option(Path("data/lra_release/listops-1000"), "--out", help="folder for basic_{train,val,test}.tsv"),
+    n: int = typer.Option(96000, "--n", min=1, help="training samples (the release has 96000)"),
+    eval_n: Optional[int] = typer.Option(None, "--eval-n", min=1, help="validation and test samples each (default n/48, 2000 for the release)"),
+    seed: int = typer.Option(0, "--seed", help="random seed"),
+) -> None:
+    """ListOps expressions (SPEC.md §G procedure) in the release's TSV format."""
+    from ssmbench.data.generators.listops import write_release
+
+    console.print(write_release(out, n, eval_n, seed))
+
+
+@generate_app.command("pathfinder")
+def generate_pathfinder(
+    out: Path = typer.Option(Path("data/lra_release"), "--out", help="folder that receives pathfinder<resolution>/<difficulty>/"),
+    resolution: int = typer.Option(32, "--resolution", help="image side: 32 (Pathfinder), 64, or 128 (Path-X)"),
+    contour_length: int = typer.Option(14, "--contour-length", help="dashes per target path: 6, 9 or 14"),
+    n: int = typer.Option(200000, "--n", min=1, help="images"),
+    seed: int = typer.Option(0, "--seed", help="random seed"),
+) -> None:
+    """Pathfinder images (SPEC.md §G procedure) with metadata in the release layout."""
+    from ssmbench.data.generators.pathfinder import write_release
+
+    try:
+        console.print(write_release(out, resolution, contour_length, n, seed, log=console.print))
+    except ValueError as e:
+        raise SSMBenchError(f"data generate pathfinder: {e}") from None
+
+
+@data_app.command("synth-speech")
+def synth_speech(
+    out: Path = typer.Option(Path("data/SpeechCommands/speech_commands_v0.02"), "--out", help="folder in the Speech Commands layout"),
+    words: int = typer.Option(35, "--words", help="10 (SC10 words) or 35 (all)"),
+    speakers: int = typer.Option(40, "--speakers", min=1, help="synthetic speakers (voice, pitch, rate) per word"),
+    seed: int = typer.Option(0, "--seed", help="random seed"),
+) -> None:
+    """A synthetic Speech Commands stand-in spoken by espeak-ng and flite (labelled synthetic)."""
+    from ssmbench.data.generators.speech_synth import write_release
+    from ssmbench.data.speech import WORDS10, WORDS35
+
+    if words not in (10, 35):
+        raise SSMBenchError("data synth-speech: --words must be 10 or 35")
+    console.print(write_release(out, WORDS10 if words == 10 else WORDS35, speakers, seed, log=console.print))
 
 
 def main() -> None:

@@ -7,11 +7,12 @@ Every error line names the file, the dotted field path and what is allowed.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Annotated, Any, Literal, Optional, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ssmbench.errors import RecipeError
 from ssmbench.registry import DATASETS, INITIALIZERS, LAYERS, UnknownNameError
@@ -37,13 +38,49 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+DATA_ROOT_ENV = "SSMBENCH_DATA_ROOT"
+REPO_DATA = Path(__file__).resolve().parents[1] / "data"
+
+
+def allowed_data_roots() -> list[Path]:
+    """Folders that may hold absolute data paths: the repository's data/ and those listed in $SSMBENCH_DATA_ROOT."""
+    listed = [Path(p).expanduser() for p in os.environ.get(DATA_ROOT_ENV, "").split(os.pathsep) if p.strip()]
+    return [p.resolve() for p in [REPO_DATA, *listed]]
+
+
+def check_data_path(value: str) -> str:
+    """The containment rule for every data path in a recipe (`data.root`, and adapters' file options via DataPath).
+
+    A relative path is read from the working directory and may not contain `..`; an absolute path must lie,
+    after resolving symlinks, inside the repository's data/ folder or a folder listed in $SSMBENCH_DATA_ROOT
+    (separated by os.pathsep). So a shared recipe cannot make ssmbench read, or download into, arbitrary places.
+    """
+    if not value.strip() or "\0" in value:
+        raise ValueError("must be a non-empty path without NUL characters")
+    path = Path(value)
+    if not path.is_absolute():
+        if ".." in path.parts:
+            raise ValueError(f"'{value}' leaves the working directory through '..'; use a path below it, or an "
+                             f"absolute path inside a folder listed in ${DATA_ROOT_ENV}")
+        return value
+    roots = allowed_data_roots()
+    if not any(path.resolve().is_relative_to(r) for r in roots):
+        raise ValueError(f"'{value}' is outside the allowed data roots ({', '.join(map(str, roots))}); use a relative "
+                         f"path, or add its folder to ${DATA_ROOT_ENV}")
+    return value
+
+
+DataPath = Annotated[str, AfterValidator(check_data_path)]
+
+
 class DataConfig(BaseModel):
     """Common data options; any other key is an option of the named adapter (see `ssmbench data list`)."""
 
     model_config = ConfigDict(extra="allow")
 
     name: str = Field(description="registered dataset adapter")
-    root: str = Field("data", description="folder that holds the datasets")
+    root: DataPath = Field("data", description="folder that holds the datasets: relative to the working directory "
+                           "without '..', or absolute inside the repository's data/ or a folder in $SSMBENCH_DATA_ROOT")
     val_fraction: float = Field(0.1, ge=0.0, lt=1.0, description="share of train held out for validation where the data has no official validation split")
     train_fraction: float = Field(1.0, gt=0.0, le=1.0, description="share of the training split used (data-efficiency studies)")
     split_seed: int = Field(0, description="seed of validation carving and train subsampling (fixed across runs)")
@@ -72,6 +109,21 @@ class SSMConfig(Section):
     beta: Optional[float] = Field(None, description="initial Sobolev filter exponent; null turns the filter off")
     beta_lr: float = Field(0.01, ge=0.0, description="learning rate of beta (weight decay 0)")
     kappa: Union[Literal["nfft"], float] = Field("nfft", description="frequency scale of the Sobolev filter (1 + k/kappa)^beta")
+    path: Literal["fast", "direct"] = Field("fast", description="kernel and FFT path: fast (blocked Vandermonde, FFT-friendly sizes) or direct (materialized Vandermonde, FFT of size 2L); same results")
+
+
+class STUConfig(Section):
+    """Options of the STU and AR-STU layers (SPEC.md §E)."""
+
+    k: int = Field(16, ge=1, le=1024, description="number of spectral filters K (top eigenvectors of the Hankel matrix)")
+    k_u: int = Field(3, ge=0, le=1024, description="input autoregression: M^u terms on u_t .. u_(t-k_u+1)")
+    k_y: int = Field(2, ge=2, le=1024, description="ar-stu: output autoregression order (M^y_1 .. M^y_k_y)")
+    hankel: Literal["z", "l"] = Field("z", description="z: Z with positive and negative filters (Eq. 3-4); l: Z_L with positive filters only (App. B)")
+    ar_lr: float = Field(1e-3, ge=0.0, le=10.0, description="ar-stu: absolute learning rate of M^y (weight decay 0); "
+                         "default 0.1 x the default train.lr")
+    ar_init: float = Field(1.0, ge=-10.0, le=10.0, description="ar-stu: M^y_2 = ar_init * I at initialization "
+                           "(1.0 equals STU; the paper's stabler variant is 0.9)")
+    cache_dir: Optional[DataPath] = Field(None, description="folder of the on-disk filter cache; null = <data.root>/cache/stu")
 
 
 class ModelConfig(Section):
@@ -84,21 +136,58 @@ class ModelConfig(Section):
     bidirectional: bool = False
     pool: Literal["mean", "last", "none"] = "mean"
     ssm: SSMConfig = Field(default_factory=SSMConfig)
+    stu: STUConfig = Field(default_factory=STUConfig)
 
     @field_validator("kind")
     @classmethod
     def _known(cls, v: str) -> str:
         return _registered(LAYERS, v)
 
+    @model_validator(mode="after")
+    def _causal_stu(self) -> "ModelConfig":
+        if self.bidirectional and self.kind in ("stu", "ar-stu"):
+            raise ValueError(f"bidirectional: the {self.kind} layer is causal only; set model.bidirectional: false")
+        return self
+
+
+class TDIConfig(Section):
+    """Algorithm 1 of TDI, power-spectrum matching (SPEC.md §C)."""
+
+    steps: int = Field(2000, ge=0, le=1_000_000, description="full-batch Adam iterations of the matching loss")
+    lr: float = Field(1e-2, gt=0.0, le=10.0, description="Adam learning rate, cosine-annealed to 0 over the steps")
+    normalization: Literal["l2", "sum"] = Field("l2", description="spectrum normalization in the loss: P/||P||_2 or P/sum(P)")
+    task_power: Literal["magnitude", "squared"] = Field("magnitude", description="P_task from |FFT(Sigma_xy)| (Definition 2) or its square (Lemma 3.6)")
+
 
 class InitConfig(Section):
     name: str = Field("s4d-lin", description="registered initializer of the diagonal state matrix")
     alpha: float = Field(1.0, ge=0.0, le=1e6, description="scale of Im(A) at initialization (frequency bias, SPEC.md §B)")
+    zero_real_fraction: float = Field(0.0, ge=0.0, le=1.0, description="share p of channels per layer whose state vector starts at Re(A) = 0 with a raw real part (SPEC.md §D)")
+    dt0: Optional[Union[Literal["auto"], float]] = Field(None, description="step size of the zero-real channels: a number, auto = 1/sqrt(L lambda_max(E[x x^T])), null = model.ssm.dt_min")
+    samples: int = Field(20000, ge=2, le=10_000_000, description="most training sequences read by data-dependent inits (dt0: auto, tdi)")
+    base: str = Field("s4d-lin", description="tdi: initializer of the layers after the first (a complex-pair init)")
+    artifact: Optional[str] = Field(None, description="tdi: file written by `ssmbench init-tdi`; computed and saved there if missing; null = cache under <data.root>/cache/tdi/")
+    tdi: TDIConfig = Field(default_factory=TDIConfig)
 
     @field_validator("name")
     @classmethod
     def _known(cls, v: str) -> str:
         return _registered(INITIALIZERS, v)
+
+    @field_validator("dt0")
+    @classmethod
+    def _positive(cls, v):
+        if isinstance(v, float) and not 0.0 < v < float("inf"):
+            raise ValueError(f"must be a positive finite number, 'auto' or null (got {v})")
+        return v
+
+    @field_validator("base")
+    @classmethod
+    def _pair_init(cls, v: str) -> str:
+        _registered(INITIALIZERS, v)
+        if v in ("tdi", "s4d-real"):
+            raise ValueError(f"'{v}' cannot be the base of tdi; use s4d-lin, s4d-inv or s4d-legs")
+        return v
 
 
 class TrainConfig(Section):
@@ -116,6 +205,9 @@ class TrainConfig(Section):
     max_eval_batches: Optional[int] = Field(None, ge=1, description="cap evaluation batches (smoke tests)")
     checkpoint_every: Optional[int] = Field(None, ge=1, description="also write last.pt every k steps")
     threads: Optional[int] = Field(None, ge=1, le=1024, description="torch CPU threads; null = torch default")
+    compile: bool = Field(False, description="torch.compile each residual block (compiles on the first steps; needs a C++ compiler on the CPU)")
+    on_nonfinite: Literal["stop", "skip"] = Field("stop", description="a non-finite loss or gradient: stop the run "
+                                                  "(exit 3) or skip that update (counted in results.json skipped_steps)")
 
 
 class Recipe(Section):
@@ -126,6 +218,13 @@ class Recipe(Section):
     model: ModelConfig = Field(default_factory=ModelConfig)
     init: InitConfig = Field(default_factory=InitConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+
+    @model_validator(mode="after")
+    def _stu_cache(self) -> "Recipe":
+        """Resolve model.stu.cache_dir = null to <data.root>/cache/stu for STU models (kept in recipe.yaml)."""
+        if self.model.kind in ("stu", "ar-stu") and self.model.stu.cache_dir is None:
+            self.model.stu.cache_dir = str(Path(self.data.root) / "cache" / "stu")
+        return self
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
@@ -179,9 +278,9 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not all(keys):
         raise RecipeError("--set", [f"{text!r}: empty key in the dotted path"])
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError as e:
-        raise RecipeError("--set", [f"{text!r}: value is not valid YAML ({e})"]) from None
+        value = load_yaml(raw) if raw.strip() else None
+    except RecipeError as e:
+        raise RecipeError("--set", [f"{text!r}: value is not valid YAML ({e.problems[0]})"]) from None
     return keys, value
 
 
@@ -197,6 +296,23 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     return raw
 
 
+def load_yaml(text: str, source: str = "<yaml>") -> Any:
+    """`yaml.safe_load`, with every failure a RecipeError: syntax errors (with line and column), nesting too deep
+    for the parser (RecursionError) and integers too long to convert (ValueError, Python's digit limit)."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        where = getattr(e, "problem_mark", None)
+        at = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise RecipeError(source, [f"invalid YAML{at}: {problem}"]) from None
+    except RecursionError:
+        raise RecipeError(source, ["invalid YAML: nested too deeply"]) from None
+    except ValueError as e:  # e.g. a 5000-digit integer, or a date like 2020-13-45
+        problem = str(e).splitlines()[0].split("; use sys.")[0]  # not Python's advice to raise the digit limit
+        raise RecipeError(source, [f"invalid YAML: {problem}"]) from None
+
+
 def read_yaml_mapping(path: Path) -> dict[str, Any]:
     """Read a YAML file that must hold a mapping; every failure is a RecipeError naming the file."""
     src = str(path)
@@ -208,13 +324,7 @@ def read_yaml_mapping(path: Path) -> dict[str, Any]:
         raise RecipeError(src, ["not a UTF-8 text file (is it a recipe?)"]) from None
     except OSError as e:
         raise RecipeError(src, [f"cannot read: {e.strerror}"]) from None
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        where = getattr(e, "problem_mark", None)
-        at = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
-        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise RecipeError(src, [f"invalid YAML{at}: {problem}"]) from None
+    raw = load_yaml(text, src)
     if raw is None:
         raise RecipeError(src, ["the file is empty; a recipe needs at least `name` and `data.name`"])
     if not isinstance(raw, dict):

@@ -12,10 +12,14 @@ import secrets
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
+
+from ssmbench.errors import SSMBenchError
 
 RECIPE, ENV, METRICS, RESULTS, CHECKPOINTS = "recipe.yaml", "env.json", "metrics.jsonl", "results.json", "checkpoints"
+LOCK, TEMP_SUFFIX = ".lock", ".tmp"
 
 
 def fsync_dir(path: Path) -> None:
@@ -31,23 +35,36 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
+def atomic_write_bytes(path: Path, data: bytes, previous: Path | None = None) -> None:
     """Write `data` to a temp file beside `path`, fsync it, then rename over `path`.
 
-    If anything fails (a full disk, a kill), the previous `path` is left intact and the temp file is removed.
+    If anything fails (a full disk, a kill), the previous `path` is left intact and the temp file is removed
+    (after a kill, a stale `.*.tmp` may remain; `remove_temp_files` clears it on resume). With `previous`, the
+    current `path` is renamed to `previous` just before the new file takes its place, so the last two versions
+    are kept; a crash between the two renames leaves `previous` (complete) and no `path`.
     """
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}{TEMP_SUFFIX}")
     try:
         with open(tmp, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        if previous is not None and path.exists():
+            os.replace(path, previous)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     fsync_dir(path.parent)
+
+
+def remove_temp_files(directory: Path) -> list[Path]:
+    """Delete the temp files (`.*.tmp`) a killed writer left in `directory`; return them."""
+    stale = sorted(Path(directory).glob(f".*{TEMP_SUFFIX}"))
+    for f in stale:
+        f.unlink(missing_ok=True)
+    return stale
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -96,6 +113,28 @@ def create_run_dir(runs_root: Path, name: str) -> Path:
             continue
         (path / CHECKPOINTS).mkdir()
         return path
+
+
+@contextmanager
+def locked(run_dir: Path) -> Iterator[None]:
+    """Hold an exclusive lock (`flock` on `RUN_DIR/.lock`) while a process trains in a run directory.
+
+    Two processes (e.g. two sweeps resuming one preempted run) can then never write the same record. The OS
+    drops the lock when its holder dies, even by SIGKILL, so a killed run can always be resumed.
+    """
+    import fcntl
+
+    f = open(Path(run_dir) / LOCK, "a+")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.close()
+        raise SSMBenchError(f"{run_dir}: another ssmbench process is training in this run directory; "
+                            f"let it finish (or stop it) before resuming") from None
+    try:
+        yield
+    finally:
+        f.close()
 
 
 def git_commit() -> str | None:

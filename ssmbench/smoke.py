@@ -1,7 +1,14 @@
-"""`ssmbench smoke`: a few steps of every recipe, each in its own run directory, failures collected."""
+"""`ssmbench smoke`: a few steps of every recipe, each in its own run directory, failures collected.
+
+Recipes keep their real `data.root`; smoke points it at a temporary root that it fills with tiny datasets in
+the official formats (`ssmbench.data.fixtures`: generated ListOps / Pathfinder / Path-X, fixture IMDB, AAN,
+CIFAR and Speech Commands), so every recipe runs offline on any machine.
+"""
 
 from __future__ import annotations
 
+import os
+import time
 from pathlib import Path
 
 import yaml
@@ -26,8 +33,24 @@ def recipe_files(paths: list[Path]) -> list[Path]:
     return out
 
 
-def smoke_overrides(steps: int) -> list[str]:
-    return [f"train.max_steps={steps}", "train.max_eval_batches=2", "train.eval_every=null", "train.warmup_steps=0"]
+def smoke_overrides(steps: int, data_root: Path) -> list[str]:
+    """Few steps, tiny batches, and a narrow one-layer model (the recipe's layer kind, init, data and options are
+    kept), so the whole recipe folder runs on a CPU in minutes; TDI's spectrum fit is cut to a few iterations."""
+    return [f"train.max_steps={steps}", "train.max_eval_batches=2", "train.eval_every=null", "train.warmup_steps=0",
+            f"data.root={data_root}", "train.batch_size=4", "train.eval_batch_size=4",
+            "model.d_model=16", "model.n_layers=1", "init.samples=64", "init.tdi.steps=5"]
+
+
+def fixture_root(runs_dir: Path) -> Path:
+    """A data root under runs_dir with every adapter's fixture data, allowed via $SSMBENCH_DATA_ROOT."""
+    from ssmbench.data.fixtures import write_all
+    from ssmbench.recipe import DATA_ROOT_ENV
+
+    root = (runs_dir / "smoke-data").resolve()
+    write_all(root)
+    listed = os.environ.get(DATA_ROOT_ENV, "")
+    os.environ[DATA_ROOT_ENV] = os.pathsep.join([p for p in (listed, str(root)) if p])
+    return root
 
 
 def smoke_recipes(paths: list[Path], steps: int, runs_dir: Path, console) -> list[str]:
@@ -35,12 +58,15 @@ def smoke_recipes(paths: list[Path], steps: int, runs_dir: Path, console) -> lis
     from ssmbench.train.engine import train
 
     failures = []
+    data_root = fixture_root(runs_dir)
     for f in recipe_files(paths):
+        start = time.perf_counter()
         try:
-            recipe = load_recipe(f, smoke_overrides(steps))
+            recipe = load_recipe(f, smoke_overrides(steps, data_root))
             results = train(recipe, runs_root=runs_dir, quiet=True, log=lambda *_: None)
             test = results["test"]
-            console.print(f"ok   {f}: {results['steps']} steps, test loss {test['loss']:.4f}")
+            console.print(f"ok   {f}: {results['steps']} steps, test loss {test['loss']:.4f} "
+                          f"({time.perf_counter() - start:.1f} s)")
         except SSMBenchError as e:
             failures.append(str(f))
             console.print(f"FAIL {f}: {e}")

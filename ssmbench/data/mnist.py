@@ -8,6 +8,7 @@ Cortes, Burges). Validation is carved from train with `data.split_seed`.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Literal
 
@@ -35,10 +36,29 @@ class MNISTOptions(BaseModel):
     download: bool = Field(False, description="download the IDX files with torchvision when missing (needs internet)")
 
 
+def check_idx(path: Path) -> None:
+    """A DataError naming `path` unless it is a complete uint8 IDX file: bytes 0 0 0x08 ndim, then ndim
+    big-endian uint32 sizes, then exactly prod(sizes) bytes of data."""
+    with open(path, "rb") as f:
+        head = f.read(4)
+        ndim = head[3] if len(head) == 4 and head[:3] == b"\x00\x00\x08" else 0
+        sizes = f.read(4 * ndim)
+    if not ndim or len(sizes) < 4 * ndim:
+        raise DataError(f"smnist: {path} is not a uint8 IDX file (bad header); delete it and download it again.")
+    shape = [int.from_bytes(sizes[i:i + 4], "big") for i in range(0, 4 * ndim, 4)]
+    expected, actual = 4 + 4 * ndim + math.prod(shape), path.stat().st_size
+    if actual != expected:
+        raise DataError(f"smnist: {path} is truncated or corrupt ({actual} bytes; its header {shape} implies "
+                        f"{expected}); delete it and download it again.")
+
+
 def load_idx(root: Path, download: bool) -> tuple[np.ndarray, ...]:
+    raw = root / "MNIST" / "raw"
+    for name in IDX_FILES:
+        if (raw / name).is_file():
+            check_idx(raw / name)
     import torchvision
 
-    raw = root / "MNIST" / "raw"
     try:
         train = torchvision.datasets.MNIST(str(root), train=True, download=download)
         test = torchvision.datasets.MNIST(str(root), train=False, download=download)

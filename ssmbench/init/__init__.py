@@ -1,7 +1,7 @@
 """Initializer registry (SPEC.md §A-§D).
 
-Base initializers (`s4d-lin`, `s4d-inv`, `s4d-legs`, `s4d-real`) give the diagonal A and B each SSM layer is
-built with. Recipe-level modifiers (`init.alpha`, ...) are applied to the built model by `apply_init`, in a
+Base initializers (`s4d-lin`, `s4d-inv`, `s4d-legs`, `s4d-real`; `tdi` builds S4D-Lin) give the diagonal A and B
+each SSM layer is built with. Recipe-level modifiers (`init.alpha`, ...) are applied to the built model by `apply_init`, in a
 fixed order, so composing methods is data in the recipe rather than a class per combination.
 """
 
@@ -12,6 +12,9 @@ from typing import TYPE_CHECKING
 import torch
 
 from ssmbench.init.hippo import DiagonalInit, s4d_inv, s4d_legs, s4d_lin, s4d_real  # noqa: F401 (registers)
+from ssmbench.init.freqbias import apply_alpha
+from ssmbench.init.tdi import apply_base, apply_tdi  # registers "tdi"
+from ssmbench.init.zero_real import apply_zero_real
 
 if TYPE_CHECKING:
     from ssmbench.recipe import InitConfig
@@ -26,9 +29,19 @@ def ssm_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
 
 @torch.no_grad()
 def apply_init(model: torch.nn.Module, cfg: "InitConfig", context: dict | None = None) -> dict:
-    """Apply the recipe's initialization modifiers to a freshly built model; return facts for the run record."""
+    """Apply the recipe's initialization modifiers to a freshly built model; return facts for the run record.
+
+    Fixed order: (tdi: `init.base` on every layer), alpha (§B), zero real part (§D), TDI on the first layer (§C).
+    `context` = {"data": DataBundle, "recipe": Recipe, "log": print-like}; zero real part and TDI need it.
+    """
+    layers = ssm_layers(model)
     facts: dict = {}
-    for layer in ssm_layers(model):
-        if cfg.alpha != 1.0:
-            layer.A_im.mul_(cfg.alpha)
+    if cfg.name == "tdi":
+        apply_base(layers, cfg.base)
+    if cfg.alpha != 1.0:
+        facts.update(apply_alpha(layers, cfg.alpha))
+    if cfg.zero_real_fraction > 0:
+        facts["zero_real"] = apply_zero_real(layers, cfg, context)
+    if cfg.name == "tdi" and layers:
+        facts["tdi"] = apply_tdi(model, layers, cfg, context)
     return facts

@@ -2,3 +2,4 @@
 
 from ssmbench.models.backbone import ModelIO, SequenceModel  # noqa: F401 (registers "s4d")
 from ssmbench.models.s4d import S4D  # noqa: F401
+from ssmbench.models.stu import ARSTU, STU  # noqa: F401 (registers "stu", "ar-stu")

@@ -21,6 +21,7 @@ class ModelIO:
     input_kind: str  # "real" | "tokens"
     n_outputs: int  # classes, or regression targets
     per_step: bool = False  # a target at every time step (no pooling)
+    pair: bool = False  # x is (batch, 2, length): two documents, classified by a matching head (LRA Retrieval)
 
 
 class SequenceNorm(nn.Module):
@@ -63,9 +64,15 @@ class SequenceModel(nn.Module):
             ResidualBlock(build_layer(cfg, init_name), H, cfg.norm, cfg.prenorm, cfg.dropout) for _ in range(cfg.n_layers)
         )
         self.final_norm = SequenceNorm(cfg.norm, H) if cfg.prenorm else nn.Identity()
-        self.decoder = nn.Linear(H, io.n_outputs)
+        self.pair = io.pair
+        if io.pair and self.pool == "none":
+            raise ValueError("a two-document (pair) task needs model.pool mean or last")
+        # Pair head (LRA Retrieval): MLP on [z1, z2, z1 * z2, z1 - z2] of the two pooled encodings.
+        self.decoder = (nn.Sequential(nn.Linear(4 * H, H), nn.GELU(), nn.Linear(H, io.n_outputs)) if io.pair
+                        else nn.Linear(H, io.n_outputs))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Encoder, residual blocks, final norm and pooling: (batch, length[, d_input]) -> (batch[, length], H)."""
         x = self.encoder(x)
         for block in self.blocks:
             x = block(x)
@@ -74,7 +81,14 @@ class SequenceModel(nn.Module):
             x = x.mean(dim=1)
         elif self.pool == "last":
             x = x[:, -1]
-        return self.decoder(x)
+        return x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.pair:  # both documents through the same encoder in one batch of 2B sequences
+            z = self.encode(x.flatten(0, 1)).unflatten(0, (x.shape[0], 2))
+            z1, z2 = z[:, 0], z[:, 1]
+            return self.decoder(torch.cat([z1, z2, z1 * z2, z1 - z2], dim=-1))
+        return self.decoder(self.encode(x))
 
 
 @LAYERS.register("s4d")
@@ -84,4 +98,4 @@ def build_s4d(cfg, init_name: str) -> nn.Module:
     s = cfg.ssm
     return S4D(cfg.d_model, d_state=s.d_state, init=init_name, dropout=cfg.dropout, bidirectional=cfg.bidirectional,
                dt_min=s.dt_min, dt_max=s.dt_max, discretization=s.discretization, real_transform=s.real_transform,
-               lr=s.lr, beta=s.beta, beta_lr=s.beta_lr, kappa=s.kappa)
+               lr=s.lr, beta=s.beta, beta_lr=s.beta_lr, kappa=s.kappa, path=s.path)

@@ -1,11 +1,27 @@
-"""SSM convolution kernels and the FFT convolution (SPEC.md §A "Discretization", "Kernel and output"; §B).
+"""SSM convolution kernels and the FFT convolution (SPEC.md §A "Discretization", "Kernel and output"; §B; §F).
+
+Two paths live side by side and the tests hold them equal (tests/test_kernels.py):
+
+- straightforward: `vandermonde_kernel` materializes exp(l * log A_bar) for every (h, n, l), and
+  `fft_conv_direct` is the plain `irfft(rfft(u, 2L) * rfft(K, 2L))` along the length axis;
+- fast: `blocked_vandermonde_kernel` factors A_bar^(jT + t) = A_bar^(jT) * A_bar^t, so the kernel is one batched
+  real matrix product of two O(H M sqrt(L)) factors (SPEC.md §F.2 with the chunks stacked into a GEMM), and
+  `fft_conv` runs real FFTs of a size that suits the FFT library (`fft_size`) along the contiguous axis.
 
 All functions here are pure tensor math so tests can hold each against an independent computation.
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
+import torch.nn.functional as F
+
+
+def at_least_float32(x: torch.Tensor) -> torch.Tensor:
+    """x in float32, unless it is already float64 (tests run in double precision)."""
+    return x if x.dtype == torch.float64 else x.float()
 
 
 def phi1(z: torch.Tensor) -> torch.Tensor:
@@ -34,6 +50,19 @@ def discretize(A: torch.Tensor, B: torch.Tensor, dt: torch.Tensor, method: str) 
     raise ValueError(f"unknown discretization {method!r}; known: zoh, bilinear")
 
 
+def limit_growth(log_A_bar: torch.Tensor, L: int, max_log_growth: float = 10.0) -> torch.Tensor:
+    """Overflow guard for unstable modes (SPEC.md §D "Pitfalls": Re(A) > 0 grows like e^{dt Re(A) L}).
+
+    Clamps Re(log A_bar) from above at max_log_growth / L, so |A_bar^l| <= e^{max_log_growth} (2.2e4 by default)
+    for every lag l < L and the kernel, the FFT and the gradients stay finite in float32. Stable modes
+    (Re <= 0) and mildly unstable ones are untouched. The clamp is straight-through: the value is clamped, the
+    gradient is that of the identity, so the optimizer can still pull a clamped mode back into the stable region
+    (a plain clamp would give it zero gradient and freeze it there).
+    """
+    re = log_A_bar.real
+    return torch.complex(re.clamp(max=max_log_growth / L).detach() + (re - re.detach()), log_A_bar.imag)
+
+
 def vandermonde_kernel(W: torch.Tensor, log_A_bar: torch.Tensor, L: int, conjugate_pairs: bool = True) -> torch.Tensor:
     """K_{c,h,l} = s * Re sum_n W_{c,h,n} exp(l * log A_bar_{h,n}),  l = 0..L-1,  s = 2 for conjugate pairs else 1.
 
@@ -45,27 +74,117 @@ def vandermonde_kernel(W: torch.Tensor, log_A_bar: torch.Tensor, L: int, conjuga
     return 2 * K if conjugate_pairs else K
 
 
-def bidirectional_kernel(k: torch.Tensor, L: int) -> torch.Tensor:
-    """Combine a forward kernel k[0] (causal, lags 0..L-1) and a backward kernel k[1] into one length-2L kernel.
+def blocked_vandermonde_kernel(W: torch.Tensor, log_A_bar: torch.Tensor, L: int, conjugate_pairs: bool = True,
+                               block: int | None = None) -> torch.Tensor:
+    """The kernel of `vandermonde_kernel` without the (H, M, L) tensor (SPEC.md §F.2).
 
-    Circular convolution of length 2L with this kernel gives y_t = sum_{j>=0} k0_j u_{t-j} + sum_{j>=1} k1_{j-1} u_{t+j}
-    (the backward half is strictly anti-causal, as in state-spaces/s4).
+    Write l = jT + t with t < T (block length, default ceil(sqrt(L))) and j < J = ceil(L/T). Then
+        K_{c,h,jT+t} = s * Re sum_n (W_{c,h,n} A_bar_{h,n}^{jT}) A_bar_{h,n}^t = s * [G_re V_re - G_im V_im]_{c,h,j,t}
+    with the giant steps G = W A_bar^{jT} (c, H, J, M) and the baby steps V = A_bar^t (H, M, T), each power
+    evaluated as exp(k log A_bar) (never repeated products). The sum over n is one batched real GEMM of
+    (J, 2M) x (2M, T) per (c, h). Cost: H M (J + T) ~ 2 H M sqrt(L) complex exps and 2 c H M L real
+    multiply-adds; memory and saved-for-backward tensors are O(c H M sqrt(L)).
     """
-    return torch.nn.functional.pad(k[0], (0, L)) + torch.nn.functional.pad(k[1].flip(-1), (L, 0))
+    T = block or max(1, math.isqrt(L - 1) + 1)
+    J = -(-L // T)
+    real = log_A_bar.real.dtype
+    t = torch.arange(T, device=log_A_bar.device, dtype=real)
+    jT = torch.arange(J, device=log_A_bar.device, dtype=real) * T
+    V = torch.exp(log_A_bar.unsqueeze(-1) * t)  # (H, M, T)
+    G = (2 * W if conjugate_pairs else W).unsqueeze(-2) * torch.exp(log_A_bar.unsqueeze(-2) * jT.unsqueeze(-1))
+    lhs = torch.cat([G.real, -G.imag], dim=-1)  # (c, H, J, 2M)
+    rhs = torch.cat([V.real, V.imag], dim=-2)  # (H, 2M, T)
+    K = torch.matmul(lhs, rhs)  # (c, H, J, T)
+    return K.flatten(-2)[..., :L]
+
+
+def bidirectional_kernel(k: torch.Tensor, L: int, n_fft: int | None = None) -> torch.Tensor:
+    """Combine a forward kernel k[0] (causal, lags 0..L-1) and a backward kernel k[1] into one length-n_fft kernel.
+
+    Circular convolution of length n_fft >= 2L (default 2L) with this kernel gives
+    y_t = sum_{j>=0} k0_j u_{t-j} + sum_{j>=1} k1_{j-1} u_{t+j}: the backward half is strictly anti-causal, as in
+    state-spaces/s4, and lag -j sits at index n_fft - j.
+    """
+    n_fft = 2 * L if n_fft is None else n_fft
+    return F.pad(k[0], (0, n_fft - L)) + F.pad(k[1].flip(-1), (n_fft - L, 0))
 
 
 def sobolev_weights(beta: torch.Tensor, n_fft: int, kappa: float | None = None) -> torch.Tensor:
-    """w_{h,k} = (1 + k/kappa)^beta_h for the rfft bins k = 0..n_fft/2; kappa defaults to n_fft (SPEC.md §B)."""
+    """w_{h,k} = (1 + k/kappa)^beta_h for the rfft bins k = 0..n_fft/2; kappa defaults to n_fft (SPEC.md §B).
+
+    Float32 (float64 if beta is float64).
+    """
     kappa = float(n_fft) if kappa is None else float(kappa)
-    k = torch.arange(n_fft // 2 + 1, device=beta.device, dtype=torch.float32)
-    return torch.exp(beta.float()[:, None] * torch.log1p(k / kappa))
+    beta = at_least_float32(beta)
+    k = torch.arange(n_fft // 2 + 1, device=beta.device, dtype=beta.dtype)
+    return torch.exp(beta[:, None] * torch.log1p(k / kappa))
+
+
+def fft_size(L: int) -> int:
+    """The smallest n >= 2L whose prime factors are all in {2, 3, 5, 7}.
+
+    Such sizes are fast in every FFT library (pocketfft and MKL on the CPU, cuFFT), and n >= 2L keeps the
+    circular convolution free of wrap-around for causal and bidirectional kernels. For the common lengths
+    (784, 1024, 4096, 16384, 16000, 2000) this is exactly 2L; it differs only when 2L has a prime factor > 7.
+    """
+    n = 2 * L
+    while True:
+        m = n
+        for p in (2, 3, 5, 7):
+            while m % p == 0:
+                m //= p
+        if m == 1:
+            return n
+        n += 1
+
+
+class _FFTConv(torch.autograd.Function):
+    """y = irfft(rfft(u, n) * K_f, n)[:L] on (B, H, L) with a hand-written backward (formulas in `fft_conv`)."""
+
+    @staticmethod
+    def forward(ctx, u: torch.Tensor, k_f: torch.Tensor, n_fft: int) -> torch.Tensor:
+        L = u.shape[-1]
+        u_f = torch.fft.rfft(u, n=n_fft)
+        ctx.save_for_backward(u_f, k_f)
+        ctx.n_fft = n_fft
+        return torch.fft.irfft(u_f * k_f, n=n_fft)[..., :L]
+
+    @staticmethod
+    def backward(ctx, grad_y: torch.Tensor):
+        u_f, k_f = ctx.saved_tensors
+        n, L = ctx.n_fft, grad_y.shape[-1]
+        g_f = torch.fft.rfft(grad_y, n=n)
+        grad_u = torch.fft.irfft(g_f * k_f.conj(), n=n)[..., :L] if ctx.needs_input_grad[0] else None
+        grad_k = None
+        if ctx.needs_input_grad[1]:
+            weight = torch.full((k_f.shape[-1],), 2.0 / n, dtype=g_f.real.dtype, device=g_f.device)
+            weight[0] = 1.0 / n
+            if n % 2 == 0:
+                weight[-1] = 1.0 / n
+            grad_k = (g_f * u_f.conj()).sum(0) * weight
+        return grad_u, grad_k, None
 
 
 def fft_conv(u: torch.Tensor, k_f: torch.Tensor, n_fft: int) -> torch.Tensor:
-    """Causal convolution by FFT: y = irfft(rfft(u, n) * K_f, n)[:L] along the length axis, in float32.
+    """Convolution by real FFTs: y = irfft(rfft(u, n) * K_f, n)[:L] along the length axis, in float32 (or float64).
 
-    u: (B, L, H); k_f: (H, n_fft//2 + 1), the rfft of the kernel at the same size. n_fft >= 2L avoids wrap-around.
+    u: (B, L, H); k_f: (H, n_fft//2 + 1), the rfft of the kernel at the same size (n_fft >= 2L: causal, no
+    wrap-around). The FFTs run along the last axis of the (B, H, L) view of u; the result is copied once into a
+    contiguous (B, L, H) tensor, because the position-wise ops that follow (GELU and its backward, the linear)
+    are several times slower on the strided layout.
+
+    Backward by hand, without autograd's zero-filled slice and pad gradients. With G = rfft(g, n) of the output
+    gradient g and U = rfft(u, n): the operator is "zero-pad, circular convolution, truncate", whose adjoint is
+    "zero-pad, circular correlation, truncate", so dL/du = irfft(G conj(K_f), n)[:L]; and with torch's convention
+    for complex inputs (dL/dRe + i dL/dIm), dL/dK_f = sum_batch G conj(U) c_k / n, c_k = 1 for the DC bin (and
+    the Nyquist bin when n is even) and 2 for the others, which irfft counts twice (Hermitian symmetry).
     """
+    y = _FFTConv.apply(at_least_float32(u).transpose(1, 2), k_f, n_fft)
+    return y.transpose(1, 2).contiguous()
+
+
+def fft_conv_direct(u: torch.Tensor, k_f: torch.Tensor, n_fft: int) -> torch.Tensor:
+    """The straightforward `fft_conv`: the same convolution with the FFTs along dim 1 of (B, L, H)."""
     L = u.shape[1]
-    u_f = torch.fft.rfft(u.float(), n=n_fft, dim=1)  # (B, n/2+1, H)
+    u_f = torch.fft.rfft(at_least_float32(u), n=n_fft, dim=1)  # (B, n/2+1, H)
     return torch.fft.irfft(u_f * k_f.transpose(0, 1), n=n_fft, dim=1)[:, :L]

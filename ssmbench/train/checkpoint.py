@@ -1,24 +1,29 @@
 """Checkpoints: a one-line header carrying the SHA-256 of the payload, then a `torch.save` payload.
 
-Files are written atomically and the previous good one is kept (`last.pt` -> `prev.pt`), so a truncated or
-corrupt file is detected by its checksum and resume falls back to the one before. Loading uses
-`torch.load(weights_only=True)`: a checkpoint is data, never code.
+    SSMBENCH-CHECKPOINT v1 sha256=<64 hex>\\n<torch.save bytes>
+
+Files are written atomically (temp file, fsync, rename; `runs.atomic_write_bytes`) and the previous good one is
+kept (`last.pt` -> `prev.pt` at the moment the new `last.pt` takes its place), so:
+- a kill at any moment leaves `last.pt` or `prev.pt` complete (and perhaps a stale temp file);
+- a truncated or corrupt file is detected by its checksum and `load_latest` falls back to the one before;
+- a failed write (a full disk) raises `CheckpointError` and leaves the existing files as they were.
+Loading uses `torch.load(weights_only=True)`: a checkpoint is data, never code.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
-import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
+from ssmbench import runs
 from ssmbench.errors import CheckpointError
-from ssmbench.runs import atomic_write_bytes
 
 MAGIC = b"SSMBENCH-CHECKPOINT v1 sha256="
+LAST, PREV = "last.pt", "prev.pt"
 
 
 def to_bytes(state: dict[str, Any]) -> bytes:
@@ -31,7 +36,8 @@ def to_bytes(state: dict[str, Any]) -> bytes:
 def from_bytes(data: bytes, source: str) -> dict[str, Any]:
     header, sep, payload = data.partition(b"\n")
     if not sep or not header.startswith(MAGIC):
-        raise CheckpointError(f"{source}: not an ssmbench checkpoint (bad header)")
+        raise CheckpointError(f"{source}: not an ssmbench checkpoint (bad header; the file is empty, truncated or "
+                              f"of another format)")
     expected = header[len(MAGIC):].decode("ascii", "replace")
     actual = hashlib.sha256(payload).hexdigest()
     if actual != expected:
@@ -44,12 +50,14 @@ def from_bytes(data: bytes, source: str) -> dict[str, Any]:
 
 
 def save(path: Path, state: dict[str, Any], keep_previous: bool = False) -> None:
-    """Atomically write a checkpoint; with keep_previous, the current file becomes `prev.pt` first."""
+    """Atomically write a checkpoint; with keep_previous, the current file becomes `prev.pt` as the new one lands."""
     path = Path(path)
     data = to_bytes(state)
-    if keep_previous and path.exists():
-        os.replace(path, path.with_name("prev.pt"))
-    atomic_write_bytes(path, data)
+    try:
+        runs.atomic_write_bytes(path, data, previous=path.with_name(PREV) if keep_previous else None)
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot write checkpoint ({e.strerror or e}); the existing checkpoint files "
+                              f"are unchanged. Free disk space, then resume the run.") from None
 
 
 def load(path: Path) -> dict[str, Any]:
@@ -61,17 +69,27 @@ def load(path: Path) -> dict[str, Any]:
     return from_bytes(data, str(path))
 
 
-def load_latest(directory: Path, warn=print) -> tuple[dict[str, Any], Path]:
-    """The newest good checkpoint among last.pt and prev.pt; a corrupt one is reported and skipped."""
+def load_latest(directory: Path, warn: Callable[[str], None] = print) -> tuple[dict[str, Any], Path] | None:
+    """The newest good checkpoint among last.pt and prev.pt, or None if neither was ever written.
+
+    A corrupt or truncated one is reported through `warn` and skipped; if every file present is bad, that is a
+    CheckpointError naming each file and its problem.
+    """
     errors = []
-    for name in ("last.pt", "prev.pt"):
+    for name in (LAST, PREV):
         path = Path(directory) / name
         if not path.exists():
             continue
         try:
-            return load(path), path
+            state = load(path)
         except CheckpointError as e:
             errors.append(str(e))
             warn(f"warning: {e}; trying the previous checkpoint")
-    detail = "; ".join(errors) if errors else "no last.pt or prev.pt"
-    raise CheckpointError(f"{directory}: no usable checkpoint to resume from ({detail})")
+            continue
+        if errors:
+            warn(f"warning: resuming from the previous checkpoint {path}")
+        return state, path
+    if not errors:
+        return None
+    raise CheckpointError(f"{directory}: no usable checkpoint to resume from ({'; '.join(errors)}); "
+                          f"start a new run from the recipe instead")

@@ -1,0 +1,396 @@
+"""TDI: task-dependent initialization by power-spectrum matching (Chen & Chen 2025; SPEC.md §C).
+
+1. Task spectrum (Definition 2). From S <= `init.samples` training pairs, the cross-covariance
+   Sigma_xy = (X - xbar)^T (Y - ybar) / (S - 1) in R^{L x d} (Y one-hot for classification), and
+   P_task(k) = (1/d) sum_i |FFT_L(Sigma_xy[:, i])_k|  (or |.|^2 with `task_power: squared`), one-sided bins
+   k = 0..L/2. Inputs: the raw sequence when the data has one real channel; otherwise (tokens, several channels)
+   the encoder output u = enc(x) in R^{S x L x H} at initialization, averaging the spectra over H as well
+   (for d_in = 1 both routes give the same normalized spectrum, SPEC.md §C "Multi-dimensional inputs").
+2. Model spectrum. One S4D channel with B = 1, no D: P_model(k) = |rfft(K, L)_k|^2 with
+   K_l = 2 Re sum_n C_n B_bar_n A_bar_n^l (ZOH by default), A = -exp(a_re) + i A_im, dt = exp(log_dt),
+   evaluated by the closed-form geometric sum (tests hold it to the materialized kernel).
+3. Theorem F.1 init: the M bins k_1..k_M with the largest P_task; Im A_{h,n} = 2 pi k_n / (L dt_h),
+   Re A = -1/2, C ~ CN(0, 1), dt log-uniform on [dt_min, dt_max] (M = stored complex modes = d_state / 2).
+4. Algorithm 1: minimize L_PSM = mean_h sum_k (P_model/||P_model|| - P_task/||P_task||)^2 (= 2 - 2 cos) over
+   (a_re, A_im, C, log_dt) with full-batch Adam and cosine annealing to 0.
+
+`ssmbench init-tdi` writes the result as an artifact: `<stem>.pt` (tensors, loadable with weights_only=True),
+`<stem>.json` (metadata and spectra) and `<stem>.png` (task vs model spectrum before/after). A recipe with
+`init: {name: tdi}` copies it into the first SSM layer (computing and caching it when missing); the other layers
+use `init.base`. TDI runs last in `apply_init`, so it replaces the first layer's A, B (= 1), C and dt after alpha
+and zero real part (a zero-real channel keeps its raw real part, now starting at the matched Re(A)).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import math
+import pickle
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable
+
+import torch
+import torch.nn.functional as F
+
+from ssmbench import runs
+from ssmbench.errors import CheckpointError, RecipeError, SSMBenchError
+from ssmbench.init.hippo import s4d_lin
+from ssmbench.init.zero_real import training_batches
+from ssmbench.models.kernels import discretize
+from ssmbench.registry import INITIALIZERS
+
+ARTIFACT_VERSION = 1
+
+
+@INITIALIZERS.register("tdi")
+def tdi_base(N: int):
+    """The layers are built with S4D-Lin; `apply_init` then applies `init.base` and TDI on the first layer."""
+    return s4d_lin(N)
+
+
+# --------------------------------------------------------------------------------------------------
+# Spectra and loss
+
+
+def cross_covariance(batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+    """Sigma_xy per input channel, (c, L, d), float64, streamed: (sum x y^T - S xbar ybar^T) / (S - 1).
+
+    Each batch: x (b, L, c) features, y (b, d) targets.
+    """
+    S, sx, sy, sxy = 0, 0.0, 0.0, 0.0
+    for x, y in batches:
+        x, y = x.double(), y.double()
+        sx = sx + x.sum(0)
+        sy = sy + y.sum(0)
+        sxy = sxy + torch.einsum("blc,bd->cld", x, y)
+        S += len(x)
+    if S < 2:
+        raise SSMBenchError(f"tdi: the task spectrum needs at least 2 training samples, got {S}")
+    return (sxy - torch.einsum("lc,d->cld", sx, sy) / S) / (S - 1)
+
+
+def task_spectrum(sigma_xy: torch.Tensor, power: str = "magnitude") -> torch.Tensor:
+    """P_task on the one-sided bins (L//2 + 1,): the mean over channels and targets of |FFT_L(Sigma_xy)|^p."""
+    mag = torch.fft.rfft(sigma_xy, dim=1).abs()
+    return (mag if power == "magnitude" else mag ** 2).mean(dim=(0, 2))
+
+
+def model_spectrum(a_re: torch.Tensor, A_im: torch.Tensor, C: torch.Tensor, log_dt: torch.Tensor, L: int,
+                   discretization: str = "zoh") -> torch.Tensor:
+    """P_model (H, L//2 + 1) = |rfft(K, L)|^2 of SISO S4D channels with B = 1 and no D, in closed form.
+
+    With W = C * B_bar, lambda = A_bar and z_k = exp(-2 pi i k / L) (so z_k^L = 1), the geometric sum gives
+    rfft(K, L)_k = sum_n [W_n (1 - lambda_n^L) / (1 - lambda_n z_k) + conj(W_n) (1 - conj(lambda_n)^L) / (1 - conj(lambda_n) z_k)]
+    (SPEC.md §C "Closed form"): (H, M, L/2+1) divisions instead of the (H, M, L) Vandermonde exponentials.
+    Well conditioned because |lambda| < 1 here (Re A = -exp(a_re) < 0).
+    """
+    A = torch.complex(-torch.exp(a_re), A_im)
+    log_A_bar, B_bar = discretize(A, torch.ones_like(A), torch.exp(log_dt), discretization)
+    W, lam = C * B_bar, torch.exp(log_A_bar)
+    k = torch.arange(L // 2 + 1, device=a_re.device, dtype=a_re.dtype)
+    z = torch.polar(torch.ones_like(k), -2 * math.pi * k / L)
+    tail = 1 - torch.exp(L * log_A_bar)
+    H_k = ((W * tail)[..., None] / (1 - lam[..., None] * z)).sum(1) \
+        + ((W * tail).conj()[..., None] / (1 - lam.conj()[..., None] * z)).sum(1)
+    return H_k.abs() ** 2
+
+
+def normalize(P: torch.Tensor, how: str = "l2") -> torch.Tensor:
+    """P / ||P||_2 (default) or P / sum(P), along the last axis."""
+    scale = P.norm(dim=-1, keepdim=True) if how == "l2" else P.sum(dim=-1, keepdim=True)
+    return P / scale.clamp_min(torch.finfo(P.dtype).tiny)
+
+
+def psm_loss(P_model: torch.Tensor, P_task: torch.Tensor, how: str = "l2") -> torch.Tensor:
+    """L_PSM = mean over channels of sum_k (P^_model,k - P^_task,k)^2 (Eq. 4)."""
+    return ((normalize(P_model, how) - normalize(P_task, how)) ** 2).sum(-1).mean()
+
+
+def top_bins(P_task: torch.Tensor, M: int) -> torch.Tensor:
+    """The M distinct bins with the largest P_task, ascending."""
+    if M > P_task.numel():
+        raise SSMBenchError(f"tdi: {M} modes need at least {M} frequency bins, but L = {2 * (P_task.numel() - 1)} "
+                            f"gives {P_task.numel()}; use a smaller model.ssm.d_state")
+    return torch.argsort(P_task, descending=True, stable=True)[:M].sort().values
+
+
+def f1_imag(bins: torch.Tensor, log_dt: torch.Tensor, L: int) -> torch.Tensor:
+    """Theorem F.1: Im A_{h,n} = 2 pi k_n / (L dt_h), so mode n of every channel peaks at bin k_n."""
+    return 2 * math.pi * bins.to(log_dt.dtype)[None, :] / (L * torch.exp(log_dt)[:, None])
+
+
+# --------------------------------------------------------------------------------------------------
+# Algorithm 1
+
+
+@dataclass
+class TDIResult:
+    A: torch.Tensor  # (H, M) complex128
+    C: torch.Tensor  # (H, M) complex128
+    log_dt: torch.Tensor  # (H,) float64
+    task_spectrum: torch.Tensor  # (K,) normalized
+    model_spectrum_before: torch.Tensor  # (K,) channel mean of the normalized model spectra at the F.1 init
+    model_spectrum_after: torch.Tensor  # (K,) the same after Algorithm 1
+    loss_before: float
+    loss_after: float
+    seconds: float
+
+
+def match(P_task: torch.Tensor, L: int, H: int, M: int, steps: int = 2000, lr: float = 1e-2,
+          dt_min: float = 1e-3, dt_max: float = 1e-1, seed: int = 0, normalization: str = "l2",
+          discretization: str = "zoh", dtype: torch.dtype = torch.float32,
+          on_step: Callable[[int, float], None] | None = None) -> TDIResult:
+    """F.1 init, then Algorithm 1 (Adam + CosineAnnealingLR(T_max=steps, eta_min=0), full batch)."""
+    tick = time.perf_counter()
+    g = torch.Generator().manual_seed(seed)
+    log_dt = torch.rand(H, generator=g, dtype=torch.float64) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)
+    C = torch.randn(H, M, generator=g, dtype=torch.complex128)
+    A_im = f1_imag(top_bins(P_task, M), log_dt, L)
+    a_re = torch.full((H, M), math.log(0.5), dtype=torch.float64)
+    params = [p.to(dtype).requires_grad_() for p in (a_re, A_im, torch.view_as_real(C), log_dt)]
+    target = P_task.to(dtype)
+
+    def loss_and_spectrum():
+        a, im, c, ldt = params
+        P = model_spectrum(a, im, torch.view_as_complex(c), ldt, L, discretization)
+        return psm_loss(P, target, normalization), normalize(P, normalization).mean(0)
+
+    with torch.enable_grad():
+        loss, before = loss_and_spectrum()
+        loss_before = float(loss.detach())
+        opt = torch.optim.Adam(params, lr=lr)
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(steps, 1), eta_min=0.0)
+        for step in range(steps):
+            opt.zero_grad()
+            loss, _ = loss_and_spectrum()
+            loss.backward()
+            opt.step()
+            sched.step()
+            if on_step:
+                on_step(step + 1, float(loss.detach()))
+        with torch.no_grad():
+            loss, after = loss_and_spectrum()
+    a, im, c, ldt = (p.detach().double() for p in params)
+    return TDIResult(A=torch.complex(-torch.exp(a), im), C=torch.view_as_complex(c.contiguous()), log_dt=ldt,
+                     task_spectrum=normalize(P_task.double(), normalization), model_spectrum_before=before.detach().double(),
+                     model_spectrum_after=after.detach().double(), loss_before=loss_before, loss_after=float(loss),
+                     seconds=time.perf_counter() - tick)
+
+
+# --------------------------------------------------------------------------------------------------
+# From a dataset to a result
+
+
+def uses_encoder(data) -> bool:
+    """Raw x for one real input channel; the encoder output otherwise (SPEC.md §C "Multi-dimensional inputs")."""
+    return not (data.io.input_kind == "real" and data.io.d_input == 1)
+
+
+def feature_batches(data, encoder: torch.nn.Module | None, samples: int, seed: int):
+    """(features (b, L, c), targets (b, d)) over at most `samples` training pairs; one-hot targets for classes."""
+    route = uses_encoder(data)
+    for x, y in training_batches(data.train, samples, seed):
+        if route:
+            with torch.no_grad():
+                feats = encoder(x.to(next(encoder.parameters()).device)).detach().cpu()
+        else:
+            feats = x.reshape(len(x), data.seq_len, 1)
+        if data.task == "classification":
+            y = F.one_hot(y.long(), data.io.n_outputs)
+        yield feats, y.reshape(len(y), -1)
+
+
+def compute(recipe, data, encoder: torch.nn.Module | None, H: int, M: int,
+            on_step: Callable[[int, float], None] | None = None) -> tuple[TDIResult, dict]:
+    """Task spectrum of the recipe's training data, then `match`; returns the result and its metadata."""
+    cfg, ssm = recipe.init, recipe.model.ssm
+    n = min(cfg.samples, len(data.train))
+    sigma = cross_covariance(feature_batches(data, encoder, cfg.samples, recipe.data.split_seed))
+    P_task = task_spectrum(sigma, cfg.tdi.task_power)
+    L = data.seq_len
+    result = match(P_task, L, H, M, steps=cfg.tdi.steps, lr=cfg.tdi.lr, dt_min=ssm.dt_min, dt_max=ssm.dt_max,
+                   seed=recipe.seed, normalization=cfg.tdi.normalization, discretization=ssm.discretization,
+                   on_step=on_step)
+    meta = {"version": ARTIFACT_VERSION, "dataset": recipe.data.name, "data_options": recipe.data.options,
+            "data_source": data.source, **cache_key(recipe)["tdi"], "max_samples": cfg.samples, "samples": n,
+            "L": L, "H": H, "M": M, "route": "encoder" if uses_encoder(data) else "raw",
+            "loss_before": result.loss_before, "loss_after": result.loss_after, "seconds": round(result.seconds, 3),
+            "peak_bin_task": int(result.task_spectrum.argmax()),
+            "peak_bin_before": int(result.model_spectrum_before.argmax()),
+            "peak_bin_after": int(result.model_spectrum_after.argmax()),
+            "task_spectrum": result.task_spectrum.tolist(),
+            "model_spectrum_before": result.model_spectrum_before.tolist(),
+            "model_spectrum_after": result.model_spectrum_after.tolist()}
+    return result, meta
+
+
+# --------------------------------------------------------------------------------------------------
+# Artifacts
+
+
+def cache_key(recipe) -> dict:
+    """Everything the artifact depends on."""
+    d, m, i = recipe.data, recipe.model, recipe.init
+    return {"dataset": d.name, "data_options": d.options, "val_fraction": d.val_fraction,
+            "train_fraction": d.train_fraction, "split_seed": d.split_seed, "seed": recipe.seed,
+            "d_model": m.d_model, "d_state": m.ssm.d_state, "tdi": {
+                "samples": i.samples, "steps": i.tdi.steps, "lr": i.tdi.lr, "normalization": i.tdi.normalization,
+                "task_power": i.tdi.task_power, "dt_min": m.ssm.dt_min, "dt_max": m.ssm.dt_max,
+                "discretization": m.ssm.discretization}}
+
+
+def default_path(recipe) -> Path:
+    """<data.root>/cache/tdi/<dataset>-<hash of the cache key>.pt"""
+    digest = hashlib.sha256(json.dumps(cache_key(recipe), sort_keys=True).encode()).hexdigest()[:12]
+    return Path(recipe.data.root) / "cache" / "tdi" / f"{recipe.data.name}-{digest}.pt"
+
+
+def save_artifact(path: Path, result: TDIResult, meta: dict) -> list[Path]:
+    """Write <path>.pt, .json and .png atomically; return the three paths."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    buf = io.BytesIO()
+    torch.save({"A": torch.view_as_real(result.A), "C": torch.view_as_real(result.C), "log_dt": result.log_dt}, buf)
+    runs.atomic_write_bytes(path, buf.getvalue())
+    runs.atomic_write_json(path.with_suffix(".json"), meta)
+    plot_spectra(meta, path.with_suffix(".png"))
+    return [path, path.with_suffix(".json"), path.with_suffix(".png")]
+
+
+def load_artifact(path: Path) -> tuple[dict, dict]:
+    """(tensors {A, C complex (H, M), log_dt (H,)}, metadata); unreadable files raise CheckpointError."""
+    path = Path(path)
+    try:
+        raw = torch.load(path, map_location="cpu", weights_only=True)
+        meta = json.loads(path.with_suffix(".json").read_text())
+        tensors = {"A": torch.view_as_complex(raw["A"]), "C": torch.view_as_complex(raw["C"]), "log_dt": raw["log_dt"]}
+    except (OSError, RuntimeError, KeyError, ValueError, TypeError, EOFError, pickle.UnpicklingError) as e:
+        raise CheckpointError(f"{path}: not a readable TDI artifact ({type(e).__name__}: {e}); delete it (and its "
+                              f".json) to recompute, or rerun `ssmbench init-tdi --out {path}`") from None
+    return tensors, meta
+
+
+def plot_spectra(meta: dict, out: Path) -> None:
+    """Normalized task spectrum vs the channel-mean model spectrum before and after matching (log scale)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    ax.semilogy(meta["task_spectrum"], label="task", color="black", lw=1.2)
+    ax.semilogy(meta["model_spectrum_before"], label=f"model, F.1 init (loss {meta['loss_before']:.3g})", lw=0.9)
+    ax.semilogy(meta["model_spectrum_after"], label=f"model, matched (loss {meta['loss_after']:.3g})", lw=0.9)
+    ax.set_xlabel(f"frequency bin k (omega = 2 pi k / {meta['L']})")
+    ax.set_ylabel(f"normalized power ({meta['normalization']})")
+    ax.set_title(f"TDI power spectra: {meta['dataset']} (S = {meta['samples']}, H = {meta['H']}, M = {meta['M']})")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    runs.atomic_write_bytes(out, buf.getvalue())
+
+
+# --------------------------------------------------------------------------------------------------
+# Applying to a model
+
+
+@torch.no_grad()
+def apply_base(layers: list[torch.nn.Module], base: str) -> None:
+    """Give every layer the A and B of `init.base` (the layers were built with S4D-Lin, see `tdi_base`)."""
+    for layer in layers:
+        H, M = layer.A_im.shape
+        diag = INITIALIZERS.get(base)(2 * M)
+        layer.set_A(diag.A.expand(H, M).to(layer.A_im.device))
+        layer.B.copy_(torch.view_as_real(diag.B.to(torch.complex64).expand(H, M)).to(layer.B.device))
+
+
+@torch.no_grad()
+def set_layer(layer: torch.nn.Module, tensors: dict, source: str) -> None:
+    """Copy (A, C, log_dt) into an S4D layer, with B = 1 (every direction of C gets the matched C)."""
+    H, M = layer.A_im.shape
+    if tuple(tensors["A"].shape) != (H, M) or not layer.conjugate_pairs:
+        raise SSMBenchError(f"{source}: TDI parameters are for H = {tensors['A'].shape[0]} channels x "
+                            f"{tensors['A'].shape[1]} modes but the first SSM layer has H = {H} x {M} modes; "
+                            f"set model.d_model/model.ssm.d_state to match, or recompute it with "
+                            f"`ssmbench init-tdi --d-model {H} --d-state {2 * M}`")
+    dev = layer.A_im.device
+    layer.log_dt.copy_(tensors["log_dt"].to(dev, layer.log_dt.dtype))
+    layer.set_A(tensors["A"].to(dev))
+    layer.B.copy_(torch.view_as_real(torch.ones(H, M, dtype=torch.complex64, device=dev)))
+    layer.C.copy_(torch.view_as_real(tensors["C"].to(torch.complex64)).to(dev).expand_as(layer.C))
+
+
+def apply_tdi(model: torch.nn.Module, layers: list[torch.nn.Module], cfg, context: dict) -> dict:
+    """TDI on the first SSM layer from `init.artifact` (or the cache), computing and saving it when missing."""
+    recipe, data, log = context["recipe"], context["data"], context.get("log", print)
+    path = Path(cfg.artifact) if cfg.artifact else default_path(recipe)
+    H, M = layers[0].A_im.shape
+    if path.is_file():
+        tensors, meta = load_artifact(path)
+        if meta.get("dataset") != recipe.data.name:
+            log(f"note: TDI artifact {path} was computed on '{meta.get('dataset')}', not '{recipe.data.name}'")
+        log(f"TDI: loaded {path} (loss {meta['loss_before']:.4g} -> {meta['loss_after']:.4g})")
+    else:
+        log(f"TDI: {path} not found; matching the spectrum of {recipe.data.name} ({cfg.tdi.steps} steps)")
+        result, meta = compute(recipe, data, model.encoder, H, M)
+        save_artifact(path, result, meta)
+        tensors = {"A": result.A, "C": result.C, "log_dt": result.log_dt}
+        log(f"TDI: loss {meta['loss_before']:.4g} -> {meta['loss_after']:.4g} in {meta['seconds']:.1f} s; saved {path}")
+    set_layer(layers[0], tensors, str(path))
+    keys = ("samples", "L", "route", "loss_before", "loss_after", "seconds", "peak_bin_task", "peak_bin_before",
+            "peak_bin_after", "task_spectrum", "model_spectrum_before", "model_spectrum_after")
+    return {"artifact": str(path), **{k: meta[k] for k in keys}}
+
+
+# --------------------------------------------------------------------------------------------------
+# `ssmbench init-tdi`
+
+
+def init_tdi(dataset: str | None, recipe_path: Path | None, overrides: list[str], samples: int | None,
+             d_state: int | None, d_model: int | None, steps: int | None, out: Path | None, console) -> dict:
+    """Compute and save a TDI artifact for a dataset (or a recipe's data/model); return its metadata."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from ssmbench.data import build_data
+    from ssmbench.recipe import apply_overrides, read_yaml_mapping, validate_recipe
+    from ssmbench.train.engine import build_model, seed_everything
+
+    if (dataset is None) == (recipe_path is None):
+        raise SSMBenchError("init-tdi: give either --dataset NAME or --recipe FILE (not both)")
+    raw = read_yaml_mapping(recipe_path) if recipe_path else {"name": "init-tdi", "data": {"name": dataset}}
+    flags = {"init.name": "tdi", "init.samples": samples, "init.tdi.steps": steps, "model.d_model": d_model,
+             "model.ssm.d_state": d_state, "model.kind": "s4d"}
+    raw = apply_overrides(raw, [f"{k}={v}" for k, v in flags.items() if v is not None] + list(overrides))
+    try:
+        recipe = validate_recipe(raw, str(recipe_path or "init-tdi"))
+    except RecipeError as e:
+        hint = "give the dataset's options with --set data.KEY=VALUE (see `ssmbench data list`)"
+        options = dataset and any(q.startswith("data.") and not q.startswith("data.name") for q in e.problems)
+        raise RecipeError(e.source, e.problems + ([hint] if options else [])) from None
+    if recipe.train.threads:
+        torch.set_num_threads(recipe.train.threads)
+    seed_everything(recipe.seed)
+    data = build_data(recipe.data)
+    model = build_model(recipe, data)  # the same encoder a training run of this recipe starts from
+    from ssmbench.init import ssm_layers
+
+    H, M = ssm_layers(model)[0].A_im.shape
+    path = Path(out) if out else default_path(recipe)
+    steps_total = recipe.init.tdi.steps
+    with Progress(TextColumn("[bold]TDI"), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]}"),
+                  TimeElapsedColumn(), console=console, transient=False) as bar:
+        task = bar.add_task("tdi", total=steps_total, loss="")
+        result, meta = compute(recipe, data, model.encoder, H, M,
+                               on_step=lambda i, loss: bar.update(task, completed=i, loss=f"{loss:.4g}"))
+    written = save_artifact(path, result, meta)
+    console.print(f"TDI {recipe.data.name}: loss {meta['loss_before']:.4g} -> {meta['loss_after']:.4g} "
+                  f"(x{meta['loss_before'] / max(meta['loss_after'], 1e-300):.3g}) in {meta['seconds']:.1f} s; "
+                  f"S = {meta['samples']}, L = {meta['L']}, H = {H}, M = {M}; peak bin task {meta['peak_bin_task']}, "
+                  f"model {meta['peak_bin_before']} -> {meta['peak_bin_after']}; wrote {', '.join(map(str, written))}")
+    return meta

@@ -1,0 +1,206 @@
+"""STU and AR-STU: spectral state space layers with fixed Hankel filters (SPEC.md §E; Agarwal, Suo, Chen, Hazan).
+
+With the top-K eigenpairs (sigma_k, phi_k) of the L x L Hankel matrix (`ssmbench.models.hankel`), lags i >= 0
+and u_t = 0 for t <= 0, the features are
+    X+_{t,k} = sum_i phi_k(i) u_{t-i},        X-_{t,k} = sum_i (-1)^i phi_k(i) u_{t-i},
+and the STU output (Eq. 4) is
+    y_t = y_{t-2} + sum_{i=1}^{k_u} M^u_i u_{t+1-i} + sum_k sigma_k^(1/4) (M^{phi+}_k X+_{t-2,k} + M^{phi-}_k X-_{t-2,k}).
+With the alternative Hankel matrix Z_L (`hankel: l`, App. B) only the X+ branch exists.
+
+Everything except the y_{t-2} term is one causal convolution with a bank of R = k_u + 2K fixed scalar filters
+(`filter_bank`: unit impulses at lags 0..k_u-1, then sigma^(1/4) phi_k and sigma^(1/4) (-1)^i phi_k delayed by 2),
+each mixing channels by its own matrix. So the layer computes the matrix transfer function
+W(f) = sum_r FFT(tap_r)(f) M_r once per step and applies it with one FFT of the input: O(L H^2) instead of
+materializing the (B, L, 2K, H) features. The FFTs run in float32 even under autocast, like S4D.
+
+AR-STU (Eq. 6) replaces the fixed y_{t-2} term by y_t = sum_{i=1}^{k_y} M^y_i y_{t-i} + (the rest of Eq. 4).
+Initialization: the paper's App. C.2 initializes M^y "so that at initialization the model mimics the standard
+STU", i.e. M^y_2 = I and every other M^y_i = 0; this is the default (`ar_init: 1.0`), so AR-STU equals STU at
+initialization for any shared M^u, M^phi. The value 0.9 that SPEC.md reconstructs ("better for stability") is
+available as `ar_init: 0.9`. M^y gets its own absolute learning rate (`ar_lr`) and no weight decay, since decay
+would pull M^y_2 away from I. All other M are initialized to 0 (App. C.2; SPEC.md §E "Defaults").
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ssmbench.errors import SSMBenchError
+from ssmbench.models.hankel import VARIANTS, spectral_filters
+from ssmbench.models.s4d import tag_optim
+from ssmbench.registry import LAYERS
+
+
+def filter_bank(sigma: torch.Tensor, phi: torch.Tensor, k_u: int, negative: bool) -> torch.Tensor:
+    """The R fixed causal filters of Eq. 4 as rows of taps (R, L) over lags 0..L-1 (R = k_u + K or k_u + 2K).
+
+    Rows 0..k_u-1: unit impulses at lags 0..k_u-1 (the M^u terms). Then sigma_k^(1/4) phi_k(lag - 2), and if
+    `negative` sigma_k^(1/4) (-1)^(lag-2) phi_k(lag - 2): the X+_{t-2} and X-_{t-2} features.
+    """
+    L, K = phi.shape
+    scaled = (phi * sigma.clamp(min=0) ** 0.25).T  # (K, L)
+    rows = [torch.eye(k_u, L, dtype=phi.dtype), F.pad(scaled, (2, 0))[:, :L]]
+    if negative:
+        alternating = 1.0 - 2.0 * (torch.arange(L, dtype=phi.dtype) % 2)  # (-1)^i
+        rows.append(F.pad(scaled * alternating, (2, 0))[:, :L])
+    return torch.cat(rows)
+
+
+def lag2_cumsum(z: torch.Tensor) -> torch.Tensor:
+    """y_t = y_{t-2} + z_t with y = 0 before the start, along dim 1 of (B, L, H): cumulative sums of the even and
+    of the odd time steps."""
+    B, L, H = z.shape
+    zp = F.pad(z, (0, 0, 0, L % 2))
+    return zp.reshape(B, -1, 2, H).cumsum(dim=1).reshape(B, -1, H)[:, :L]
+
+
+def ar_scan(z: torch.Tensor, M: torch.Tensor, reverse: bool = False) -> torch.Tensor:
+    """y_t = z_t + sum_{i=1}^{k} M_i y_{t-i} (or y_{t+i} if `reverse`) along dim 1 of z (B, L, H); M (k, H, H).
+
+    A plain loop over time without autograd: one (B, k H) x (k H, H) product per step, whose left factor is a
+    view of the k neighbouring outputs in the (B, L + k, H) buffer (no copies).
+    """
+    B, L, H = z.shape
+    k = M.shape[0]
+    lags = M.transpose(1, 2)  # y_t^T gets y_{t-i}^T M_i^T
+    y = z.new_zeros(B, L + k, H)
+    if reverse:  # output t sits at t; its successors t+1..t+k at t+1..t+k, ordered lag 1..k
+        M_flat = lags.reshape(k * H, H)
+        for t in range(L - 1, -1, -1):
+            y[:, t] = torch.addmm(z[:, t], y[:, t + 1:t + k + 1].reshape(B, k * H), M_flat)
+        return y[:, :L]
+    M_flat = lags.flip(0).reshape(k * H, H)  # output t sits at t + k; predecessors at t..t+k-1, ordered lag k..1
+    for t in range(L):
+        y[:, t + k] = torch.addmm(z[:, t], y[:, t:t + k].reshape(B, k * H), M_flat)
+    return y[:, k:]
+
+
+class OutputAutoregression(torch.autograd.Function):
+    """y_t = z_t + sum_i M_i y_{t-i} with a hand-written backward, so the L-step loop leaves no autograd graph.
+
+    Backward (the adjoint recurrence runs backwards in time): g_t = dL/dy_t + sum_i M_i^T g_{t+i};
+    dL/dz_t = g_t;  dL/dM_i = sum_{b,t} g_t y_{t-i}^T.
+    """
+
+    @staticmethod
+    def forward(ctx, z: torch.Tensor, M: torch.Tensor) -> torch.Tensor:
+        y = ar_scan(z, M)
+        ctx.save_for_backward(y, M)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad_y: torch.Tensor):
+        y, M = ctx.saved_tensors
+        k, L = M.shape[0], y.shape[1]
+        g = ar_scan(grad_y, M.transpose(1, 2), reverse=True)
+        grad_M = torch.stack([torch.einsum("bto,bti->oi", g[:, i:], y[:, :L - i]) for i in range(1, k + 1)])
+        return g, grad_M
+
+
+class STU(nn.Module):
+    """STU block: (batch, length, d_model) -> (batch, length, d_model); STU -> GELU -> dropout -> Linear(H, 2H) -> GLU.
+
+    `cache_dir`: folder of the on-disk filter cache (None: memory only). The filters are buffers
+    (persistent=False, not in the state dict), rebuilt when the sequence length changes.
+    """
+
+    def __init__(self, d_model: int, k: int = 16, k_u: int = 3, hankel: str = "z", dropout: float = 0.0,
+                 cache_dir: str | None = None):
+        super().__init__()
+        if hankel not in VARIANTS:
+            raise ValueError(f"unknown Hankel variant {hankel!r}; known: {', '.join(VARIANTS)}")
+        H = d_model
+        self.d_model, self.k, self.k_u, self.hankel, self.cache_dir = H, k, k_u, hankel, cache_dir
+        self.M_u = nn.Parameter(torch.zeros(k_u, H, H))
+        self.M_phi_plus = nn.Parameter(torch.zeros(k, H, H))
+        self.M_phi_minus = nn.Parameter(torch.zeros(k, H, H)) if hankel == "z" else None
+        self.register_buffer("taps", torch.zeros(0, 0), persistent=False)
+
+        self.activation = nn.GELU()
+        self.dropout = nn.Dropout(dropout)
+        self.output_linear = nn.Linear(H, 2 * H)
+        self.glu = nn.GLU(dim=-1)
+
+    def filters(self, L: int) -> torch.Tensor:
+        """The (R, L) tap buffer for length L, float64 from the (cached) eigenpairs, moved to the layer's device."""
+        if self.taps.shape[-1] != L:
+            if L < self.k:
+                raise SSMBenchError(f"model.stu.k: {self.k} spectral filters need sequences of at least {self.k} "
+                                    f"steps, got length {L}; lower model.stu.k")
+            cache = None if self.cache_dir is None else str(Path(self.cache_dir).resolve())  # the memory cache keys on it
+            sigma, phi = spectral_filters(L, self.k, self.hankel, cache)
+            self.taps = filter_bank(sigma, phi, self.k_u, self.M_phi_minus is not None).to(self.M_u.device)
+        return self.taps
+
+    def mixing(self) -> torch.Tensor:
+        """The channel-mixing matrix of every filter, (R, H_out, H_in), in the order of `filter_bank`."""
+        mats = [self.M_u, self.M_phi_plus] + ([self.M_phi_minus] if self.M_phi_minus is not None else [])
+        return torch.cat(mats)
+
+    def spectral(self, u: torch.Tensor) -> torch.Tensor:
+        """Eq. 4 without the autoregressive term: z_t = sum_r sum_lag tap_r(lag) M_r u_{t-lag}, by FFT.
+
+        Y(f) = U(f) W(f) with W(f) = sum_r rfft(tap_r)(f) M_r^T, at n_fft = 2L (no wrap-around).
+        """
+        B, L, H = u.shape
+        n_fft = 2 * L
+        taps_f = torch.fft.rfft(self.filters(L).to(u.dtype), n=n_fft).T  # (F, R)
+        M = self.mixing().to(u.dtype).transpose(1, 2).reshape(-1, H * H)  # (R, H_in * H_out)
+        W = torch.complex(taps_f.real @ M, taps_f.imag @ M).reshape(-1, H, H)  # (F, H_in, H_out)
+        u_f = torch.fft.rfft(u, n=n_fft, dim=1).transpose(0, 1).contiguous()  # (F, B, H_in)
+        y_f = torch.bmm(u_f, W).transpose(0, 1)  # (B, F, H_out)
+        return torch.fft.irfft(y_f, n=n_fft, dim=1)[:, :L]
+
+    def autoregress(self, z: torch.Tensor) -> torch.Tensor:
+        """y_t = y_{t-2} + z_t (Eq. 4)."""
+        return lag2_cumsum(z)
+
+    def stu(self, u: torch.Tensor) -> torch.Tensor:
+        """The STU map of Eq. 4, in float32 (float64 inputs stay float64) whatever the autocast state."""
+        with torch.autocast(device_type=u.device.type, enabled=False):
+            u = u.to(torch.promote_types(u.dtype, torch.float32))
+            return self.autoregress(self.spectral(u))
+
+    def forward(self, u: torch.Tensor) -> torch.Tensor:
+        y = self.dropout(self.activation(self.stu(u)))
+        return self.glu(self.output_linear(y))
+
+
+class ARSTU(STU):
+    """AR-STU block (Eq. 6): the fixed y_{t-2} term of STU becomes sum_{i=1}^{k_y} M^y_i y_{t-i}.
+
+    M^y_2 = ar_init * I and the other M^y_i = 0 at initialization (ar_init = 1 makes it equal STU); M^y is
+    trained with learning rate `ar_lr` and no weight decay.
+    """
+
+    def __init__(self, d_model: int, k: int = 16, k_u: int = 3, k_y: int = 2, hankel: str = "z", dropout: float = 0.0,
+                 cache_dir: str | None = None, ar_lr: float = 1e-3, ar_init: float = 1.0):
+        super().__init__(d_model, k=k, k_u=k_u, hankel=hankel, dropout=dropout, cache_dir=cache_dir)
+        if k_y < 2:
+            raise ValueError(f"AR-STU needs k_y >= 2 (M^y_2 carries the y_(t-2) term of STU); got {k_y}")
+        M_y = torch.zeros(k_y, d_model, d_model)
+        M_y[1] = ar_init * torch.eye(d_model)
+        self.M_y = tag_optim(nn.Parameter(M_y), ar_lr, weight_decay=0.0)
+
+    def autoregress(self, z: torch.Tensor) -> torch.Tensor:
+        """y_t = sum_i M^y_i y_{t-i} + z_t (Eq. 6)."""
+        return OutputAutoregression.apply(z, self.M_y.to(z.dtype))
+
+
+@LAYERS.register("stu")
+def build_stu(cfg, init_name: str) -> nn.Module:
+    """STU from `model.stu` (`init.name` configures diagonal SSMs and does not apply here)."""
+    s = cfg.stu
+    return STU(cfg.d_model, k=s.k, k_u=s.k_u, hankel=s.hankel, dropout=cfg.dropout, cache_dir=s.cache_dir)
+
+
+@LAYERS.register("ar-stu")
+def build_ar_stu(cfg, init_name: str) -> nn.Module:
+    """AR-STU from `model.stu`."""
+    s = cfg.stu
+    return ARSTU(cfg.d_model, k=s.k, k_u=s.k_u, k_y=s.k_y, hankel=s.hankel, dropout=cfg.dropout,
+                 cache_dir=s.cache_dir, ar_lr=s.ar_lr, ar_init=s.ar_init)

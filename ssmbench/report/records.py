@@ -1,0 +1,213 @@
+"""Run directories -> plain records, the only input of `ssmbench report` (it never imports the training engine).
+
+A run directory (see `ssmbench.runs`) holds recipe.yaml, env.json, metrics.jsonl, results.json and checkpoints/.
+Its status is read from results.json:
+
+    finished   results.json status "finished"                   -> goes into the tables
+    failed     results.json status "failed" (with its error)    -> listed separately
+    preempted  results.json status "preempted"                   -> listed separately (a sweep resumes it)
+    running    no results.json, a process holds the run's lock  -> listed separately (training now)
+    interrupted no results.json, checkpoints/last.pt exists     -> listed separately (a sweep resumes it)
+    incomplete no results.json, no last.pt                       -> listed separately
+
+Only finished runs are ever averaged. The SSM parameters of a run (SPEC.md §A: A = -f(A_re) + i A_im, B, C, D)
+are read from checkpoints/init.pt and the final weights for the parameter-change table and the pole plot.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import yaml
+
+from ssmbench import runs
+
+FINISHED = "finished"
+
+
+@dataclass
+class RunRecord:
+    """What the report needs from one run directory, as plain Python values."""
+
+    run_dir: Path
+    name: str
+    tags: dict[str, str]
+    task: str  # data.name of the resolved recipe
+    kind: str  # "classification" | "regression" (results.json "task"; "classification" until known)
+    status: str
+    detail: str  # error message or progress note for runs that are not finished
+    source: str  # official | embedded-subset | generated | synthetic | unknown
+    seed: Optional[int]
+    train_fraction: float
+    test: dict[str, float] = field(default_factory=dict)
+    recipe: dict[str, Any] = field(default_factory=dict)
+    env: dict[str, Any] = field(default_factory=dict)
+    metrics: list[dict] = field(default_factory=list)
+
+    def label(self, group_by: str = "variant") -> str:
+        """The row identity of this run: tag `group_by` (e.g. the sweep's `variant`), else the recipe name."""
+        return self.tags.get(group_by) or self.name
+
+    @property
+    def finished(self) -> bool:
+        return self.status == FINISHED
+
+    def curve(self, split: str, key: str) -> tuple[list[int], list[float]]:
+        """(steps, values) of metric `key` on `split` from metrics.jsonl, in file order."""
+        rows = [r for r in self.metrics if r.get("split") == split and r.get(key) is not None]
+        return [r["step"] for r in rows], [float(r[key]) for r in rows]
+
+
+def find_run_dirs(paths: list[Path]) -> list[Path]:
+    """Run directories at or below `paths`: folders holding recipe.yaml or results.json (sorted, unique)."""
+    found: set[Path] = set()
+    for p in map(Path, paths):
+        if not p.exists():
+            from ssmbench.errors import SSMBenchError
+
+            raise SSMBenchError(f"{p}: no such runs folder; pass the folder that holds run directories (e.g. runs/)")
+        for marker in (runs.RECIPE, runs.RESULTS):
+            found.update(f.parent for f in p.rglob(marker) if runs.CHECKPOINTS not in f.parent.parts)
+            if (p / marker).is_file():
+                found.add(p)
+    return sorted(found)
+
+
+def _yaml(path: Path) -> dict:
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError, UnicodeDecodeError):
+        return {}
+    return raw if isinstance(raw, dict) else {}
+
+
+def is_locked(run_dir: Path) -> bool:
+    """Whether a process holds the run directory's training lock (`runs.locked`) right now."""
+    import fcntl
+
+    try:
+        f = open(Path(run_dir) / runs.LOCK, "r")
+    except OSError:
+        return False
+    with f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(f, fcntl.LOCK_UN)
+        return False
+
+
+def _status(run_dir: Path, results: dict | None, metrics: list[dict]) -> tuple[str, str]:
+    if results is not None:
+        status = str(results.get("status", "unknown"))
+        return status, str(results.get("error", "")) if status != FINISHED else ""
+    step = max((r.get("step", 0) for r in metrics), default=0)
+    if is_locked(run_dir):
+        return "running", f"training now; metrics up to step {step}"
+    if (run_dir / runs.CHECKPOINTS / "last.pt").exists():
+        return "interrupted", f"no results.json; last.pt written, metrics up to step {step}; resumable"
+    return "incomplete", "no results.json and no checkpoint"
+
+
+def read_run(run_dir: Path) -> RunRecord:
+    """Read one run directory into a RunRecord; missing or torn files give a record with what is known."""
+    run_dir = Path(run_dir)
+    recipe = _yaml(run_dir / runs.RECIPE)
+    env = runs.read_json(run_dir / runs.ENV) or {}
+    results = runs.read_json(run_dir / runs.RESULTS)
+    metrics = runs.read_jsonl(run_dir / runs.METRICS)
+    status, detail = _status(run_dir, results, metrics)
+    data = recipe.get("data") or {}
+    source = (results or {}).get("data_source") or (env.get("data") or {}).get("source") or "unknown"
+    test = (results or {}).get("test") or {} if status == FINISHED else {}
+    return RunRecord(
+        run_dir=run_dir, name=str(recipe.get("name") or (results or {}).get("name") or run_dir.name),
+        tags={str(k): str(v) for k, v in (recipe.get("tags") or {}).items()},
+        task=str(data.get("name", "?")), kind=str((results or {}).get("task") or "classification"),
+        status=status, detail=detail, source=str(source), seed=recipe.get("seed"),
+        train_fraction=float(data.get("train_fraction", 1.0)),
+        test={k: float(v) for k, v in test.items() if isinstance(v, (int, float))},
+        recipe=recipe, env=env, metrics=metrics,
+    )
+
+
+def read_runs(paths: list[Path]) -> list[RunRecord]:
+    return [read_run(d) for d in find_run_dirs(paths)]
+
+
+# --------------------------------------------------------------------------------------------------
+# SSM parameters from checkpoints (parameter-change table, pole plot)
+
+
+def final_checkpoint(run_dir: Path) -> Optional[Path]:
+    """The weights at the end of training: best.pt if present, else last.pt (None if neither exists)."""
+    for name in ("best.pt", "last.pt"):
+        path = Path(run_dir) / runs.CHECKPOINTS / name
+        if path.exists():
+            return path
+    return None
+
+
+def ssm_parameters(state: dict, real_transform: str = "exp") -> Optional[dict[str, np.ndarray]]:
+    """Re(A), Im(A), B*C and D of every S4D layer of a model state dict, each flattened over layers (float64).
+
+    Keys `blocks.<i>.layer.{A_re, A_im, B, C, D, linear_real}`: Re A = -f(A_re) with f the recipe's
+    `model.ssm.real_transform`, and Re A = -A_re on `linear_real` channels; B (H, M, 2) and C (c, H, M, 2) are
+    view_as_real of complex tensors and B*C is the (c, H, M) product. None if the model has no S4D layer.
+    """
+    import torch
+
+    from ssmbench.models.s4d import REAL_TRANSFORMS
+
+    prefixes = sorted({k[: -len("A_re")] for k in state if k.endswith("layer.A_re")})
+    if not prefixes:
+        return None
+    parts: dict[str, list[np.ndarray]] = {"Re(A)": [], "Im(A)": [], "B*C": [], "D": []}
+    for p in prefixes:
+        a_re = state[p + "A_re"].double()
+        neg_re = REAL_TRANSFORMS[real_transform][0](a_re)
+        linear = state.get(p + "linear_real")
+        if linear is not None and linear.any():
+            neg_re = torch.where(linear[:, None], a_re, neg_re)
+        bc = torch.view_as_complex(state[p + "C"].double()) * torch.view_as_complex(state[p + "B"].double())
+        parts["Re(A)"].append((-neg_re).numpy().ravel())
+        parts["Im(A)"].append(state[p + "A_im"].double().numpy().ravel())
+        parts["B*C"].append(bc.numpy().ravel())
+        parts["D"].append(state[p + "D"].double().numpy().ravel())
+    return {k: np.concatenate(v) for k, v in parts.items()}
+
+
+def relative_change(before: np.ndarray, after: np.ndarray) -> float:
+    """||after - before||_2 / ||before||_2 (NaN when ||before|| = 0, e.g. Im(A) initialized at zero)."""
+    denom = float(np.linalg.norm(before))
+    return float(np.linalg.norm(after - before)) / denom if denom > 0 else float("nan")
+
+
+def parameters_at_init_and_end(run: RunRecord) -> Optional[tuple[dict, dict]]:
+    """(init, end) SSM parameters of a finished run from checkpoints/init.pt and its final checkpoint."""
+    from ssmbench.errors import CheckpointError
+    from ssmbench.train import checkpoint
+
+    init_path, end_path = run.run_dir / runs.CHECKPOINTS / "init.pt", final_checkpoint(run.run_dir)
+    if not init_path.exists() or end_path is None:
+        return None
+    try:
+        init_state, end_state = checkpoint.load(init_path)["model"], checkpoint.load(end_path)["model"]
+    except (CheckpointError, KeyError):
+        return None
+    transform = ((run.recipe.get("model") or {}).get("ssm") or {}).get("real_transform", "exp")
+    init, end = ssm_parameters(init_state, transform), ssm_parameters(end_state, transform)
+    return None if init is None or end is None else (init, end)
+
+
+def parameter_change(run: RunRecord) -> Optional[dict[str, float]]:
+    """Relative change of Re(A), Im(A), B*C and D between init and end of training (Yu et al., Table 1)."""
+    pair = parameters_at_init_and_end(run)
+    if pair is None:
+        return None
+    init, end = pair
+    return {k: relative_change(init[k], end[k]) for k in init}

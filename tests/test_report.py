@@ -1,0 +1,292 @@
+"""`ssmbench report` on hand-written run records: exact tables in every format, unfinished runs listed apart,
+parameter changes against an independent numpy computation, plots made from the data."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from ssmbench import runs
+from ssmbench.report import build_tables, report
+from ssmbench.report.plots import efficiency_figure, learning_curves_figure, poles_figure, spectrum_figure, write_plots
+from ssmbench.report.records import parameter_change, read_run, read_runs, relative_change, ssm_parameters
+from ssmbench.report.tables import main_table, to_csv, to_json, to_latex, to_markdown
+from ssmbench.train import checkpoint
+
+
+def write_run(root: Path, name: str, variant: str, task: str, seed: int = 0, status: str | None = "finished",
+              acc: float | None = None, loss: float = 1.0, source: str = "official", fraction: float = 1.0,
+              kind: str = "classification", val: list[tuple[int, float, float]] = (), last_pt: bool = False,
+              env_extra: dict | None = None) -> Path:
+    """A run directory as the engine writes it (recipe.yaml, env.json, metrics.jsonl, results.json)."""
+    d = root / name
+    (d / runs.CHECKPOINTS).mkdir(parents=True)
+    recipe = {"name": name, "seed": seed, "tags": {"variant": variant, "sweep": "t"},
+              "data": {"name": task, "train_fraction": fraction}, "model": {"ssm": {"real_transform": "exp"}}}
+    runs.atomic_write_text(d / runs.RECIPE, yaml.safe_dump(recipe))
+    runs.atomic_write_json(d / runs.ENV, {"data": {"source": source}, **(env_extra or {})})
+    for step, vloss, vacc in val:
+        runs.append_jsonl(d / runs.METRICS, {"step": step, "epoch": 0, "split": "val", "loss": vloss, "accuracy": vacc})
+    if status is not None:
+        test = {"loss": loss, "n": 10, **({"accuracy": acc} if acc is not None else {})}
+        res = {"status": status, "name": name, "task": kind, "test": test, "data_source": source}
+        if status == "failed":
+            res["error"] = "NonFiniteError: loss is nan"
+        runs.atomic_write_json(d / runs.RESULTS, res)
+    if last_pt:
+        checkpoint.save(d / runs.CHECKPOINTS / "last.pt", {"model": {}})
+    return d
+
+
+@pytest.fixture
+def table_runs(tmp_path: Path) -> Path:
+    root = tmp_path / "runs"
+    write_run(root, "a", "s4d", "smnist", 0, acc=0.90)
+    write_run(root, "b", "s4d", "smnist", 1, acc=0.80)
+    write_run(root, "c", "s4d", "listops", 0, acc=0.50)
+    write_run(root, "d", "alpha-beta", "smnist", 0, acc=0.95)
+    write_run(root, "e", "alpha-beta", "smnist", 1, acc=0.85)
+    write_run(root, "f", "alpha-beta", "listops", 0, acc=0.40)
+    write_run(root, "g", "zero-real", "smnist", 0, acc=0.70, source="embedded-subset")
+    # Never averaged: a failed run with a (bogus) test entry, a running one, a preempted one, an empty one.
+    write_run(root, "h", "alpha-beta", "smnist", 2, status="failed", acc=0.10)
+    write_run(root, "i", "s4d", "smnist", 2, status=None, last_pt=True, val=[(5, 1.0, 0.5)])
+    write_run(root, "j", "s4d", "smnist", 3, status="preempted", acc=0.0)
+    write_run(root, "k", "tdi", "smnist", 0, status=None)
+    return root
+
+
+EXPECTED_MD = """\
+### Test results
+
+| variant | listops (acc %) | smnist (acc %) | Avg. |
+|---|---|---|---|
+| s4d | **50.00 (1)** | 85.00 ± 7.07 (2) | 67.50 |
+| alpha-beta | 40.00 (1) | **90.00 ± 7.07 (2)** | 65.00 |
+| zero-real | — | 70.00 (1)† | — |
+
+mean ± sample std over seeds (n runs); best per column in bold (CSV: *); Avg. over the accuracy columns  
+† trained on the embedded real subset shipped with ssmbench, not the full data set  
+
+### Runs not in the tables (not finished)
+
+| run | variant | task | status | detail |
+|---|---|---|---|---|
+| h | alpha-beta | smnist | failed | NonFiniteError: loss is nan |
+| i | s4d | smnist | interrupted | no results.json; last.pt written, metrics up to step 5; resumable |
+| j | s4d | smnist | preempted |  |
+| k | tdi | smnist | incomplete | no results.json and no checkpoint |
+"""
+
+
+def test_markdown_table_is_exact(table_runs: Path) -> None:
+    text, written = report([table_runs])
+    assert text == EXPECTED_MD
+    assert written == []
+
+
+def test_a_locked_run_is_running(table_runs: Path) -> None:
+    with runs.locked(table_runs / "k"):
+        assert read_run(table_runs / "k").status == "running"
+    assert read_run(table_runs / "k").status == "incomplete"
+
+
+def test_std_is_the_sample_std(table_runs: Path) -> None:
+    table = main_table(read_runs([table_runs]))
+    cell = table.rows[0][2].value
+    assert cell["n"] == 2 and cell["mean"] == pytest.approx(85.0)
+    assert cell["std"] == pytest.approx(np.std([90.0, 80.0], ddof=1)) == pytest.approx(math.sqrt(50.0))
+
+
+def test_csv_latex_json_are_exact(table_runs: Path) -> None:
+    tables = build_tables(read_runs([table_runs]))[:1]
+    assert to_csv(tables) == (
+        "# Test results\n"
+        "variant,listops (acc %),smnist (acc %),Avg.\n"
+        "s4d,50.00 (1)*,85.00 ± 7.07 (2),67.50\n"
+        "alpha-beta,40.00 (1),90.00 ± 7.07 (2)*,65.00\n"
+        "zero-real,—,70.00 (1)†,—\n"
+        "# mean ± sample std over seeds (n runs); best per column in bold (CSV: *); Avg. over the accuracy columns\n"
+        "# † trained on the embedded real subset shipped with ssmbench, not the full data set\n")
+    latex = to_latex(tables)
+    assert r"s4d & \textbf{50.00 (1)} & 85.00 $\pm$ 7.07 (2) & 67.50 \\" in latex
+    assert r"zero-real & -- & 70.00 (1)$^\dagger$ & -- \\" in latex
+    assert r"variant & listops (acc \%) & smnist (acc \%) & Avg. \\" in latex
+    assert latex.count(r"\begin{tabular}{lccc}") == 1 and r"\bottomrule" in latex
+    data = json.loads(to_json(tables))
+    row = data[0]["rows"][1]
+    assert row["variant"]["text"] == "alpha-beta"
+    assert row["smnist (acc %)"]["best"] and row["smnist (acc %)"]["value"]["n"] == 2
+    assert row["smnist (acc %)"]["value"]["mean"] == pytest.approx(90.0)
+    assert row["Avg."]["value"] == pytest.approx(65.0)
+    assert data[0]["rows"][2]["smnist (acc %)"]["mark"] == "†"
+
+
+def test_regression_uses_loss_and_lower_is_best(tmp_path: Path) -> None:
+    root = tmp_path / "runs"
+    write_run(root, "a", "s4d", "denoise", 0, loss=0.5, kind="regression", source="synthetic")
+    write_run(root, "b", "s4d", "denoise", 1, loss=0.7, kind="regression", source="synthetic")
+    write_run(root, "c", "tdi", "denoise", 0, loss=0.2, kind="regression", source="synthetic")
+    table = main_table(read_runs([root]))
+    assert table.columns == ["variant", "denoise (loss ↓)", "Avg."]
+    assert [c.text for c in table.rows[0]] == ["s4d", "0.6 ± 0.14 (2)", "—"]
+    assert table.rows[1][1].best and not table.rows[0][1].best and table.rows[1][1].mark == "§"
+
+
+def test_group_by_falls_back_to_recipe_name(table_runs: Path) -> None:
+    table = main_table(read_runs([table_runs]), group_by="nonexistent")
+    assert [r[0].text for r in table.rows] == ["a", "b", "c", "d", "e", "f", "g"]
+
+
+def test_data_efficiency_median_over_seeds(tmp_path: Path) -> None:
+    root = tmp_path / "runs"
+    for frac, losses in ((0.1, [3.0, 1.0, 2.0]), (1.0, [0.5, 0.9, 0.4])):
+        for seed, loss in enumerate(losses):
+            write_run(root, f"r{frac}-{seed}", "tdi", "smnist", seed, acc=1 - loss / 10, loss=loss, fraction=frac,
+                      val=[(1, loss + 1, 0.1), (2, loss + 3, 0.3)])
+    records = read_runs([root])
+    main = build_tables(records)[0]  # the low-data runs stay out of the main table
+    assert [c.text for c in main.rows[0]] == ["tdi", "94.00 ± 2.65 (3)", "94.00"]
+    assert "3 runs with data.train_fraction < 1" in main.notes[1]
+    eff = build_tables(records)[1]
+    assert eff.title == "Data efficiency: smnist" and eff.columns == ["variant", "0.1", "1"]
+    assert [c.text for c in eff.rows[0]] == ["tdi", "2 / 80.00 (3)", "0.5 / 95.00 (3)"]
+    # window = 2: the mean of the last two validation losses, (loss + 1 + loss + 3) / 2 = loss + 2, then the median.
+    windowed = build_tables(records, window=2)[1]
+    assert [c.text for c in windowed.rows[0]] == ["tdi", "4 / 20.00 (3)", "2.5 / 20.00 (3)"]
+    fig = efficiency_figure(records, "smnist")
+    xs, ys = fig.axes[0].lines[0].get_data()
+    assert list(xs) == [0.1, 1.0] and list(ys) == [2.0, 0.5]
+
+
+def fake_s4d_state(rng: np.random.Generator, H: int = 3, M: int = 4, layers: int = 2) -> dict:
+    state = {}
+    for i in range(layers):
+        p = f"blocks.{i}.layer."
+        state[p + "A_re"] = torch.tensor(rng.normal(size=(H, M)))
+        state[p + "A_im"] = torch.tensor(rng.normal(size=(H, M)) * 10)
+        state[p + "B"] = torch.tensor(rng.normal(size=(H, M, 2)))
+        state[p + "C"] = torch.tensor(rng.normal(size=(1, H, M, 2)))
+        state[p + "D"] = torch.tensor(rng.normal(size=(H,)))
+        state[p + "log_dt"] = torch.tensor(rng.normal(size=(H,)))
+        state[p + "linear_real"] = torch.tensor([True] + [False] * (H - 1))
+    return state
+
+
+def numpy_params(state: dict) -> dict[str, np.ndarray]:
+    """Re A, Im A, B*C, D with explicit loops (independent of ssm_parameters)."""
+    out = {"Re(A)": [], "Im(A)": [], "B*C": [], "D": []}
+    for i in range(2):
+        p = f"blocks.{i}.layer."
+        a, lin = state[p + "A_re"].numpy(), state[p + "linear_real"].numpy()
+        B, C = state[p + "B"].numpy(), state[p + "C"].numpy()
+        for h in range(a.shape[0]):
+            for n in range(a.shape[1]):
+                out["Re(A)"].append(-a[h, n] if lin[h] else -math.exp(a[h, n]))
+                out["Im(A)"].append(state[p + "A_im"].numpy()[h, n])
+                out["B*C"].append(complex(*C[0, h, n]) * complex(*B[h, n]))
+        out["D"] += list(state[p + "D"].numpy())
+    return {k: np.array(v) for k, v in out.items()}
+
+
+def test_ssm_parameters_match_numpy_and_the_layer() -> None:
+    rng = np.random.default_rng(0)
+    state = fake_s4d_state(rng)
+    got, want = ssm_parameters(state), numpy_params(state)
+    for k in want:
+        np.testing.assert_allclose(got[k], want[k], rtol=1e-12)
+    # Against the S4D layer's own A property (relu transform, one linear channel).
+    from ssmbench.models.s4d import S4D
+
+    layer = S4D(4, d_state=8, real_transform="relu").double()
+    layer.linear_real[1] = True
+    sd = {f"blocks.0.layer.{k}": v for k, v in layer.state_dict().items()}
+    p = ssm_parameters(sd, "relu")
+    np.testing.assert_allclose(p["Re(A)"] + 1j * p["Im(A)"], layer.A.detach().numpy().ravel(), rtol=1e-12)
+    assert ssm_parameters({"blocks.0.layer.weight": torch.zeros(1)}) is None
+
+
+def test_parameter_change_table(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    root = tmp_path / "runs"
+    expected = []
+    for seed in range(2):
+        d = write_run(root, f"p{seed}", "alpha-beta", "smnist", seed, acc=0.5)
+        init = fake_s4d_state(rng)
+        end = {k: (v + 0.1 * torch.tensor(rng.normal(size=v.shape)) if v.dtype != torch.bool else v) for k, v in init.items()}
+        checkpoint.save(d / runs.CHECKPOINTS / "init.pt", {"model": init})
+        checkpoint.save(d / runs.CHECKPOINTS / "last.pt", {"model": end})
+        a, b = numpy_params(init), numpy_params(end)
+        expected.append({k: np.sqrt(np.sum(np.abs(b[k] - a[k]) ** 2) / np.sum(np.abs(a[k]) ** 2)) for k in a})
+        np.testing.assert_allclose(list(parameter_change(read_run(d)).values()), list(expected[-1].values()), rtol=1e-10)
+    table = [t for t in build_tables(read_runs([root])) if t.title.startswith("Relative change")][0]
+    assert table.columns == ["variant", "task", "Re(A)", "Im(A)", "B*C", "D", "n"]
+    row = table.rows[0]
+    for i, q in enumerate(["Re(A)", "Im(A)", "B*C", "D"]):
+        assert row[2 + i].value == pytest.approx(np.mean([e[q] for e in expected]), rel=1e-10)
+    assert row[6].text == "2"
+    assert math.isnan(relative_change(np.zeros(3), np.ones(3)))
+
+
+def test_plots_are_made_from_the_data(tmp_path: Path) -> None:
+    root = tmp_path / "runs"
+    val = [(10, 2.0, 0.3), (20, 1.5, 0.55), (30, 1.2, 0.61)]
+    spectra = {"task_spectrum": [1.0, 4.0, 2.0], "model_spectrum_before": [3.0, 1.0, 1.0],
+               "model_spectrum_after": [1.0, 3.0, 2.0]}
+    d = write_run(root, "a", "tdi", "smnist", 0, acc=0.6, val=val, env_extra={"init": {"tdi": spectra}})
+    write_run(root, "b", "s4d", "smnist", 0, acc=0.5, val=[(10, 2.2, 0.2)])
+    rng = np.random.default_rng(2)
+    init = fake_s4d_state(rng)
+    end = {k: v * 1.1 if v.dtype != torch.bool else v for k, v in init.items()}
+    checkpoint.save(d / runs.CHECKPOINTS / "init.pt", {"model": init})
+    checkpoint.save(d / runs.CHECKPOINTS / "best.pt", {"model": end})
+    records = read_runs([root])
+
+    fig = learning_curves_figure(records, "smnist")
+    lines = {ln.get_label(): ln.get_xydata() for ln in fig.axes[0].lines}
+    np.testing.assert_allclose(lines["tdi"], [[s, 100 * a] for s, _, a in val])
+    assert fig.axes[0].get_xlabel() == "optimizer step" and fig.axes[0].get_ylabel() == "validation accuracy (%)"
+
+    p_init, p_end = numpy_params(init), numpy_params(end)
+    fig = poles_figure(ssm_parameters(init), ssm_parameters(end), "t")
+    np.testing.assert_allclose(fig.axes[0].collections[0].get_offsets(), np.c_[p_init["Re(A)"], p_init["Im(A)"]])
+    np.testing.assert_allclose(fig.axes[0].collections[1].get_offsets(), np.c_[p_end["Re(A)"], p_end["Im(A)"]])
+
+    fig = spectrum_figure(spectra, "t")
+    y = fig.axes[0].lines[0].get_ydata()
+    np.testing.assert_allclose(y, np.array([1.0, 4.0, 2.0]) / math.sqrt(21.0))
+
+    written = write_plots(records, tmp_path / "plots")
+    names = sorted(p.name for p in written)
+    assert names == ["learning-smnist.png", "poles-smnist-tdi.png", "tdi-spectrum-smnist-tdi.png"]
+    for p in written:
+        assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 5000
+
+
+def test_cli_report_writes_file_and_plots(table_runs: Path, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from ssmbench.cli import app
+
+    out = tmp_path / "t.json"
+    res = CliRunner().invoke(app, ["report", str(table_runs), "--format", "json", "--out", str(out),
+                                   "--plots", str(tmp_path / "plots")])
+    assert res.exit_code == 0, res.output
+    assert json.loads(out.read_text())[0]["title"] == "Test results"
+    assert (tmp_path / "plots" / "learning-smnist.png").exists() is False  # hand-written runs have no val curves
+    res = CliRunner().invoke(app, ["report", str(table_runs), "--format", "xlsx"])
+    assert res.exit_code != 0 and "'xlsx' is not a format" in str(res.exception)
+
+
+def test_report_never_imports_the_engine(table_runs: Path) -> None:
+    code = ("import sys; from ssmbench.report import report; report([sys.argv[1]]); "
+            "assert 'ssmbench.train.engine' not in sys.modules, 'engine imported'")
+    subprocess.run([sys.executable, "-c", code, str(table_runs)], check=True, timeout=120)

@@ -1,0 +1,283 @@
+"""STU and AR-STU layers, the synthetic-lds adapter and the STU recipes (SPEC.md §E)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from ssmbench.errors import RecipeError, SSMBenchError
+from ssmbench.models.hankel import spectral_filters
+from ssmbench.models.stu import ARSTU, STU, OutputAutoregression, ar_scan, lag2_cumsum
+from ssmbench.recipe import load_recipe, validate_recipe
+
+RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+
+
+def randomize(layer: STU, seed: int = 0, scale: float = 0.3) -> STU:
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in (layer.M_u, layer.M_phi_plus, layer.M_phi_minus):
+            if p is not None:
+                p.copy_(scale * torch.randn(p.shape, generator=g, dtype=p.dtype))
+    return layer
+
+
+def direct_stu(layer: STU, u: torch.Tensor) -> torch.Tensor:
+    """Eq. 4 term by term in O(L^2): X+-_{t,k} = sum_i (+-1)^i phi_k(i) u_{t-i}, then the y_{t-2} recursion.
+
+    0-indexed time t = 0..L-1 (the paper's t - 1); u and y are 0 before the start.
+    """
+    B, L, H = u.shape
+    sigma, phi = spectral_filters(L, layer.k, layer.hankel)
+    scale = sigma ** 0.25
+    X = {1: torch.zeros(B, L, layer.k, H, dtype=u.dtype), -1: torch.zeros(B, L, layer.k, H, dtype=u.dtype)}
+    for t in range(L):
+        for i in range(t + 1):
+            for sign in (1, -1):
+                X[sign][:, t] += (sign ** i) * phi[i][:, None] * u[:, t - i][:, None, :]
+    y = torch.zeros(B, L, H, dtype=u.dtype)
+    for t in range(L):
+        acc = y[:, t - 2].clone() if t >= 2 else torch.zeros(B, H, dtype=u.dtype)
+        for i in range(layer.k_u):  # M^u_{i+1} u_{t-i}
+            if t - i >= 0:
+                acc += u[:, t - i] @ layer.M_u[i].T
+        if t >= 2:
+            for k in range(layer.k):
+                acc += scale[k] * X[1][:, t - 2, k] @ layer.M_phi_plus[k].T
+                if layer.M_phi_minus is not None:
+                    acc += scale[k] * X[-1][:, t - 2, k] @ layer.M_phi_minus[k].T
+        y[:, t] = acc
+    return y
+
+
+@pytest.mark.parametrize("hankel", ["z", "l"])
+@pytest.mark.parametrize("L", [23, 24])
+def test_fft_path_equals_direct_sum(hankel, L):
+    layer = randomize(STU(3, k=5, k_u=3, hankel=hankel).double())
+    u = torch.randn(2, L, 3, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    with torch.no_grad():
+        expected = direct_stu(layer, u)
+        assert torch.allclose(layer.stu(u), expected, rtol=1e-10, atol=1e-11)
+
+
+def test_zero_parameters_give_zero_output():
+    layer = STU(4, k=6).double()
+    u = torch.randn(2, 30, 4, dtype=torch.float64)
+    assert torch.equal(layer.stu(u), torch.zeros_like(u))
+
+
+def lds_and_stu(L: int, hankel: str, K: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """A random symmetric LDS with eigenvalues in [-1, 1] and the STU set by the construction of Thm. 3.1 / B.1.
+
+    y_t = sum_{j>=0} C A^j B u_{t-j}. For an eigenpair (a, q) of A, y_t - y_{t-2} has the lag-j coefficient
+    C A^j B for j = 0, 1 (M^u_1 = CB, M^u_2 = CAB) and -(1 - a^2) a^(j-2) c b^T for j >= 2 (c = Cq, b = q^T B):
+    - Z: -(1 + |a|) (sign a)^i mu(|a|)_i with mu(a) = (1-a) a^i, so M^{phi+-}_k = -sigma_k^(-1/4) sum (1+|a|)
+      <mu(|a|), phi_k> c b^T over a >= 0 (+) and a < 0 (-);
+    - Z_L: (a^2 - 1) a^i = mu_L(a)_i, so M^phi_k = sigma_k^(-1/4) sum <mu_L(a), phi_k> c b^T.
+    """
+    g = torch.Generator().manual_seed(seed)
+    alphas = [1.0, 0.999, 0.9, 0.3, -0.5, -0.999, -1.0]
+    n, d = len(alphas), 2
+    Q, _ = torch.linalg.qr(torch.randn(n, n, generator=g, dtype=torch.float64))
+    A = Q @ torch.diag(torch.tensor(alphas, dtype=torch.float64)) @ Q.T
+    B = torch.randn(n, d, generator=g, dtype=torch.float64)
+    C = torch.randn(d, n, generator=g, dtype=torch.float64)
+    u = torch.randn(3, L, d, generator=g, dtype=torch.float64)
+    x, ys = torch.zeros(3, n, dtype=torch.float64), []
+    for t in range(L):
+        x = x @ A.T + u[:, t] @ B.T
+        ys.append(x @ C.T)
+    y = torch.stack(ys, dim=1)
+
+    layer = STU(d, k=K, k_u=3, hankel=hankel).double()
+    sigma, phi = spectral_filters(L, K, hankel)
+    i = torch.arange(L, dtype=torch.float64)
+    c, b = C @ Q, Q.T @ B
+    with torch.no_grad():
+        layer.M_u.zero_()
+        layer.M_u[0], layer.M_u[1] = C @ B, C @ A @ B
+        for l, a in enumerate(alphas):
+            outer = torch.outer(c[:, l], b[l])
+            if hankel == "z":
+                coef = -(1 + abs(a)) * (phi.T @ ((1 - abs(a)) * abs(a) ** i)) * sigma ** -0.25
+                target = layer.M_phi_plus if a >= 0 else layer.M_phi_minus
+            else:
+                coef = (phi.T @ ((a * a - 1) * a ** i)) * sigma ** -0.25
+                target = layer.M_phi_plus
+            target += coef[:, None, None] * outer
+        return layer.stu(u), y
+
+
+@pytest.mark.parametrize("hankel,Ks,final", [("z", (4, 8, 16, 24), 1e-6), ("l", (4, 12, 24), 1e-3)])
+def test_representation_of_a_marginally_stable_symmetric_lds(hankel, Ks, final):
+    """Theorem 3.1 (Z) and B.1 (Z_L): the STU reproduces the LDS, with an error that falls as K grows."""
+    errors = []
+    for K in Ks:
+        y_hat, y = lds_and_stu(256, hankel, K)
+        errors.append(((y_hat - y).norm() / y.norm()).item())
+    assert all(e1 > e2 for e1, e2 in zip(errors, errors[1:])), errors
+    assert errors[-1] < final, errors
+
+
+def test_lag2_cumsum_equals_the_recursion():
+    for L in (1, 6, 7):
+        z = torch.randn(2, L, 3, dtype=torch.float64)
+        y = torch.zeros_like(z)
+        for t in range(L):
+            y[:, t] = z[:, t] + (y[:, t - 2] if t >= 2 else 0)
+        assert torch.allclose(lag2_cumsum(z), y, atol=1e-14)
+
+
+def naive_ar(z: torch.Tensor, M: torch.Tensor, reverse: bool) -> torch.Tensor:
+    B, L, H = z.shape
+    out: list = [None] * L
+    for t in (range(L - 1, -1, -1) if reverse else range(L)):
+        acc = z[:, t].clone()
+        for i in range(1, M.shape[0] + 1):
+            j = t + i if reverse else t - i
+            if 0 <= j < L:
+                acc = acc + out[j] @ M[i - 1].T
+        out[t] = acc
+    return torch.stack(out, dim=1)
+
+
+@pytest.mark.parametrize("k", [1, 2, 5])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_ar_scan_equals_naive_recursion(k, reverse):
+    g = torch.Generator().manual_seed(k)
+    z = torch.randn(3, 17, 4, generator=g, dtype=torch.float64)
+    M = 0.3 * torch.randn(k, 4, 4, generator=g, dtype=torch.float64)
+    assert torch.allclose(ar_scan(z, M, reverse), naive_ar(z, M, reverse), atol=1e-12)
+
+
+def test_output_autoregression_gradient():
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(2, 9, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    M = (0.3 * torch.randn(3, 3, 3, generator=g, dtype=torch.float64)).requires_grad_()
+    assert torch.autograd.gradcheck(OutputAutoregression.apply, (z, M))
+
+
+def test_ar_stu_equals_stu_at_initialization():
+    stu = randomize(STU(4, k=6).double())
+    ar = ARSTU(4, k=6).double()
+    missing, unexpected = ar.load_state_dict(stu.state_dict(), strict=False)
+    assert missing == ["M_y"] and not unexpected
+    assert torch.equal(ar.M_y[1], torch.eye(4, dtype=torch.float64)) and not ar.M_y[0].any()
+    u = torch.randn(2, 40, 4, dtype=torch.float64)
+    assert torch.allclose(ar(u), stu(u), atol=1e-10)
+    assert ar.stu(u).abs().max() > 1  # not trivially zero
+    stabler = ARSTU(4, k=6, ar_init=0.9)
+    assert torch.allclose(stabler.M_y[1], 0.9 * torch.eye(4))
+
+
+@pytest.mark.parametrize("cls", [STU, ARSTU])
+def test_layers_are_causal(cls):
+    layer = randomize(cls(3, k=5).double())
+    with torch.no_grad():
+        layer.output_linear.weight.normal_()
+    u = torch.randn(2, 32, 3, dtype=torch.float64)
+    v = u.clone()
+    v[:, 20:] += torch.randn(2, 12, 3, dtype=torch.float64)
+    a, b = layer(u), layer(v)
+    assert torch.allclose(a[:, :20], b[:, :20], rtol=0, atol=1e-12)  # FFT rounding only
+    assert (a[:, 20] - b[:, 20]).abs().max() > 1e-3
+
+
+def test_filters_are_buffers_outside_the_state_dict():
+    layer = ARSTU(4, k=6, ar_lr=3e-4)
+    layer(torch.randn(1, 50, 4))
+    assert layer.taps.shape == (3 + 2 * 6, 50)
+    assert all("taps" not in key for key in layer.state_dict())
+    assert layer.M_y._optim == {"lr": 3e-4, "weight_decay": 0.0}
+    layer(torch.randn(1, 30, 4))  # a new length rebuilds the filters
+    assert layer.taps.shape == (15, 30)
+    assert STU(4, k=6, hankel="l").M_phi_minus is None
+    with pytest.raises(SSMBenchError, match="model.stu.k: 6 spectral filters need sequences of at least 6"):
+        layer(torch.randn(1, 5, 4))
+
+
+def test_float32_under_autocast():
+    layer = randomize(STU(4, k=6))
+    u = torch.randn(2, 40, 4)
+    reference = layer.stu(u)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        inside = layer.stu(u.bfloat16())
+        out = layer(u)
+    assert inside.dtype == torch.float32 and torch.isfinite(out).all()
+    assert torch.allclose(inside, layer.stu(u.bfloat16().float()), atol=1e-5)
+    assert reference.dtype == torch.float32
+
+
+# --------------------------------------------------------------------------------------------------
+# synthetic-lds and the recipes
+
+
+def lds_recipe(tmp_path: Path, **data) -> dict:
+    return {"name": "t", "data": {"name": "synthetic-lds", "seq_len": 40, "n_train": 20, "n_test": 5, **data},
+            "model": {"kind": "stu", "d_model": 8, "n_layers": 1, "norm": "none", "pool": "none", "stu": {"k": 4}}}
+
+
+def test_synthetic_lds_matches_the_convolution_form(tmp_path):
+    from ssmbench.data import build_data
+
+    recipe = validate_recipe(lds_recipe(tmp_path, standardize=False))
+    bundle = build_data(recipe.data)
+    assert bundle.task == "regression" and bundle.source == "synthetic" and bundle.io.per_step
+    assert bundle.sizes() == {"train": 18, "val": 2, "test": 5}
+    from ssmbench.data.lds import LDS
+
+    system = LDS(3, 4, 0.9999, torch.Generator().manual_seed(0))
+    assert torch.allclose(system.A.abs(), torch.full((4,), 0.9999, dtype=torch.float64))
+    u = torch.randn(2, 40, 3, dtype=torch.float64)
+    # y_t = sum_{j=0}^{t} C A^j B u_{t-j} + D u_t, the closed form of the recurrence
+    expected = torch.zeros(2, 40, 3, dtype=torch.float64)
+    for t in range(40):
+        for j in range(t + 1):
+            expected[:, t] += u[:, t - j] @ (system.C @ torch.diag(system.A ** j) @ system.B).T
+    expected += u * system.D
+    assert torch.allclose(system(u), expected, atol=1e-10)
+    x, y = bundle.test[0]
+    assert x.shape == (40, 3) and y.shape == (40, 3)
+    again = build_data(validate_recipe(lds_recipe(tmp_path, standardize=False)).data)
+    assert torch.equal(again.test[0][1], y)
+    other = build_data(validate_recipe(lds_recipe(tmp_path, system_seed=1)).data)
+    assert not torch.equal(other.test[0][1], y)
+    train_y = torch.cat([other.train.tensors[1], other.val.tensors[1]])
+    assert train_y.double().pow(2).mean().sqrt().item() == pytest.approx(1.0, rel=1e-5)
+
+
+def test_recipe_schema(tmp_path):
+    recipe = validate_recipe(lds_recipe(tmp_path))
+    assert recipe.model.stu.k == 4 and recipe.model.stu.k_u == 3 and recipe.model.stu.k_y == 2
+    assert recipe.model.stu.cache_dir == str(Path("data") / "cache" / "stu")
+    raw = lds_recipe(tmp_path)
+    raw["model"]["bidirectional"] = True
+    with pytest.raises(RecipeError, match="causal only"):
+        validate_recipe(raw, "r.yaml")
+    raw = lds_recipe(tmp_path)
+    raw["model"]["stu"]["hankel"] = "x"
+    with pytest.raises(RecipeError, match="model.stu.hankel"):
+        validate_recipe(raw, "r.yaml")
+    raw["model"]["stu"] = {"k_y": 1}
+    with pytest.raises(RecipeError, match="model.stu.k_y"):
+        validate_recipe(raw, "r.yaml")
+
+
+@pytest.mark.parametrize("path", ["smnist/stu.yaml", "smnist/ar-stu.yaml", "synthetic/lds-stu.yaml", "synthetic/lds-s4d.yaml"])
+def test_recipes_train_a_few_steps(path, tmp_path, monkeypatch):
+    from ssmbench.train.engine import train
+
+    monkeypatch.chdir(tmp_path)  # data.root and the filter cache are relative: keep them in tmp_path
+    overrides = ["train.max_steps=2", "train.max_eval_batches=1", "train.eval_every=null", "train.batch_size=4",
+                 "model.d_model=8", "model.n_layers=1"]
+    if "lds" in path:
+        overrides += ["data.n_train=16", "data.n_test=4", "data.seq_len=64"]
+    else:
+        overrides += ["data.val_fraction=0.001"]
+    recipe = load_recipe(RECIPES / path, overrides)
+    results = train(recipe, runs_root=tmp_path / "runs", quiet=True, log=lambda *_: None)
+    assert results["status"] == "finished" and results["steps"] == 2
+    if recipe.model.kind != "s4d":
+        assert list((tmp_path / "data" / "cache" / "stu").glob("hankel-z-L*-K*.pt"))
