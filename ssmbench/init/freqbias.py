@@ -9,7 +9,7 @@ Two knobs move the frequencies an S4D layer favours:
 
 - **beta** (the Sobolev filter, `model.ssm.beta` / `beta_lr` / `kappa`), implemented in the layer itself
   (`ssmbench.models.s4d.S4D.beta` and `ssmbench.models.kernels.sobolev_weights`): the convolution's spectrum is
-  multiplied by w_k = (1 + k/kappa)^beta_h on the rfft bins k = 0..n/2 of size n = 2L (kappa = n by default, so
+  multiplied by w_k = (1 + k/kappa)^beta_h on the rfft bins k = 0..n/2 of size n = fft_size(L) >= 2L (kappa = n by default, so
   the maximum gain is 1.5^beta); D*u is added after the filter, unfiltered. beta is a per-channel parameter with
   its own learning rate and zero weight decay; beta = 0 is exactly the unfiltered layer.
 """
