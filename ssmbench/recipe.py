@@ -97,6 +97,36 @@ class DataConfig(BaseModel):
         return dict(self.model_extra or {})
 
 
+class SSMGroupValues(Section):
+    """A learning rate or weight decay per group of S4D parameters; null = the global train.lr / train.weight_decay.
+
+    A single number x stands for {dt: x, A: x, B: x, C: null}; a group left out keeps its default. state-spaces/s4
+    writes `lr: 0.001` for the same dt/A/B part, but its float also reaches C: a recipe states that with C
+    explicitly (SPEC.md §A "Quirk").
+    """
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_number(cls, v):
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            return {"dt": v, "A": v, "B": v, "C": None}
+        return v
+
+
+class SSMLearningRates(SSMGroupValues):
+    dt: Optional[float] = Field(1e-3, ge=0.0, le=10.0, description="the step size parameter")
+    A: Optional[float] = Field(1e-3, ge=0.0, le=10.0, description="real and imaginary parts of A")
+    B: Optional[float] = Field(1e-3, ge=0.0, le=10.0)
+    C: Optional[float] = Field(None, ge=0.0, le=10.0)
+
+
+class SSMWeightDecays(SSMGroupValues):
+    dt: Optional[float] = Field(0.0, ge=0.0, le=10.0, description="the step size parameter")
+    A: Optional[float] = Field(0.0, ge=0.0, le=10.0, description="real and imaginary parts of A")
+    B: Optional[float] = Field(0.0, ge=0.0, le=10.0)
+    C: Optional[float] = Field(None, ge=0.0, le=10.0)
+
+
 class SSMConfig(Section):
     """Options of the S4D layer (SPEC.md §A, §B)."""
 
@@ -105,7 +135,14 @@ class SSMConfig(Section):
     dt_max: float = Field(1e-1, gt=0.0)
     discretization: Literal["zoh", "bilinear"] = "zoh"
     real_transform: Literal["exp", "relu", "none"] = Field("exp", description="parameterization of -Re(A)")
-    lr: float = Field(1e-3, ge=0.0, description="learning rate of dt, A and B (weight decay 0)")
+    dt_transform: Literal["exp", "softplus"] = Field("exp", description="dt = exp(param) or softplus(param) "
+                                                     "(state-spaces/s4 `dt_transform`; both start log-uniform)")
+    n_ssm: Optional[int] = Field(None, ge=1, description="independent (A, B) copies, shared by d_model/n_ssm channels "
+                                 "each (channel h uses copy h mod n_ssm); null = one per channel")
+    lr: SSMLearningRates = Field(default_factory=SSMLearningRates, description="learning rate per parameter "
+                               "group {dt, A, B, C}; null = train.lr; a number x = {dt: x, A: x, B: x, C: null}")
+    weight_decay: SSMWeightDecays = Field(default_factory=SSMWeightDecays, description="weight decay per "
+                                         "parameter group {dt, A, B, C}; null = train.weight_decay")
     beta: Optional[float] = Field(None, description="initial Sobolev filter exponent; null turns the filter off")
     beta_lr: float = Field(0.01, ge=0.0, description="learning rate of beta (weight decay 0)")
     kappa: Union[Literal["nfft"], float] = Field("nfft", description="frequency scale of the Sobolev filter (1 + k/kappa)^beta")
@@ -131,6 +168,10 @@ class ModelConfig(Section):
     d_model: int = Field(64, ge=1, le=65536)
     n_layers: int = Field(4, ge=1, le=1024)
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    tie_dropout: bool = Field(False, description="one dropout mask per (sequence, feature), constant over the "
+                              "length (state-spaces `DropoutNd`); false = elementwise")
+    dropout_before_gelu: bool = Field(False, description="s4d: also drop the SSM output before the GELU, as "
+                                      "state-spaces/s4 `FFTConv` does")
     norm: Literal["batch", "layer", "none"] = "batch"
     prenorm: bool = False
     bidirectional: bool = False
@@ -147,6 +188,11 @@ class ModelConfig(Section):
     def _causal_stu(self) -> "ModelConfig":
         if self.bidirectional and self.kind in ("stu", "ar-stu"):
             raise ValueError(f"bidirectional: the {self.kind} layer is causal only; set model.bidirectional: false")
+        if self.kind in ("stu", "ar-stu") and (self.tie_dropout or self.dropout_before_gelu):
+            raise ValueError(f"tie_dropout, dropout_before_gelu: options of the s4d layer, not {self.kind}; set them to false")
+        if self.ssm.n_ssm is not None and self.d_model % self.ssm.n_ssm:
+            raise ValueError(f"ssm.n_ssm: {self.ssm.n_ssm} does not divide d_model = {self.d_model}; use a divisor "
+                             f"of d_model or null (one (A, B) per channel)")
         return self
 
 
@@ -197,6 +243,9 @@ class TrainConfig(Section):
     eval_batch_size: Optional[int] = Field(None, ge=1, le=1_000_000)
     lr: float = Field(0.01, gt=0.0, le=10.0)
     weight_decay: float = Field(0.05, ge=0.0, le=10.0)
+    no_weight_decay: list[Literal["bias", "norm", "embedding"]] = Field(
+        default_factory=list, description="parameters exempt from weight decay: biases, normalization layers, "
+        "embeddings (state-spaces/s4 `optimizer_param_grouping`); [] = decay all")
     warmup_steps: int = Field(0, ge=0)
     grad_clip: Optional[float] = Field(None, gt=0.0, description="max global gradient norm; null disables")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description="auto = bf16 on CUDA if supported else fp32")
@@ -224,6 +273,16 @@ class Recipe(Section):
         """Resolve model.stu.cache_dir = null to <data.root>/cache/stu for STU models (kept in recipe.yaml)."""
         if self.model.kind in ("stu", "ar-stu") and self.model.stu.cache_dir is None:
             self.model.stu.cache_dir = str(Path(self.data.root) / "cache" / "stu")
+        return self
+
+    @model_validator(mode="after")
+    def _per_channel_inits(self) -> "Recipe":
+        """TDI and zero-real set A channel by channel, so they need one (A, B) per channel."""
+        n_ssm, H = self.model.ssm.n_ssm, self.model.d_model
+        if n_ssm is not None and n_ssm < H and (self.init.name == "tdi" or self.init.zero_real_fraction > 0):
+            raise ValueError(f"model.ssm.n_ssm: {n_ssm} shares A across channels, but init "
+                             f"{'tdi' if self.init.name == 'tdi' else 'zero_real_fraction'} sets A per channel; "
+                             f"set model.ssm.n_ssm: null")
         return self
 
     def to_dict(self) -> dict[str, Any]:

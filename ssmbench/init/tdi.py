@@ -320,7 +320,7 @@ def set_layer(layer: torch.nn.Module, tensors: dict, source: str) -> None:
                             f"set model.d_model/model.ssm.d_state to match, or recompute it with "
                             f"`ssmbench init-tdi --d-model {H} --d-state {2 * M}`")
     dev = layer.A_im.device
-    layer.log_dt.copy_(tensors["log_dt"].to(dev, layer.log_dt.dtype))
+    layer.set_dt(torch.exp(tensors["log_dt"].to(dev)))
     layer.set_A(tensors["A"].to(dev))
     layer.B.copy_(torch.view_as_real(torch.ones(H, M, dtype=torch.complex64, device=dev)))
     layer.C.copy_(torch.view_as_real(tensors["C"].to(torch.complex64)).to(dev).expand_as(layer.C))

@@ -5,7 +5,7 @@ generator seeded by the recipe seed and the layer index) and, for each chosen ch
 
 - sets Re(A) = 0 and switches the channel to a raw real part (`S4D.linear_real`: Re A = -A_re, no exp), so
   Re(A) can reach and cross 0 during training; Im(A) keeps the base init;
-- sets dt to a constant dt0 (`log_dt = log dt0`, still trainable).
+- sets dt to a constant dt0 (still trainable).
 
 With Re(A) = 0 the kernel does not decay: |A_bar^l| = |exp(l dt A)| = 1 for every lag l.
 
@@ -112,7 +112,7 @@ def zero_real_part(layers: list[torch.nn.Module], fraction: float, dt0: float, s
         chosen = torch.randperm(H, generator=g)[:k].to(layer.log_dt.device)
         layer.linear_real[chosen] = True
         layer.A_re[chosen] = 0.0  # on linear_real channels Re(A) = -A_re
-        layer.log_dt[chosen] = math.log(dt0)
+        layer.set_dt(dt0, chosen)
         counts.append(k)
     return counts
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
+from ssmbench.models.dropout import sequence_dropout
 from ssmbench.registry import LAYERS
 
 
@@ -41,11 +42,12 @@ class SequenceNorm(nn.Module):
 class ResidualBlock(nn.Module):
     """x + dropout(layer(norm(x))) (pre-norm) or norm(x + dropout(layer(x))) (post-norm)."""
 
-    def __init__(self, layer: nn.Module, d_model: int, norm: str, prenorm: bool, dropout: float):
+    def __init__(self, layer: nn.Module, d_model: int, norm: str, prenorm: bool, dropout: float,
+                 tie_dropout: bool = False):
         super().__init__()
         self.layer, self.prenorm = layer, prenorm
         self.norm = SequenceNorm(norm, d_model)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = sequence_dropout(dropout, tie_dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         z = self.norm(x) if self.prenorm else x
@@ -61,7 +63,8 @@ class SequenceModel(nn.Module):
         self.encoder = nn.Embedding(io.d_input, H) if io.input_kind == "tokens" else nn.Linear(io.d_input, H)
         build_layer = LAYERS.get(cfg.kind)
         self.blocks = nn.ModuleList(
-            ResidualBlock(build_layer(cfg, init_name), H, cfg.norm, cfg.prenorm, cfg.dropout) for _ in range(cfg.n_layers)
+            ResidualBlock(build_layer(cfg, init_name), H, cfg.norm, cfg.prenorm, cfg.dropout, cfg.tie_dropout)
+            for _ in range(cfg.n_layers)
         )
         self.final_norm = SequenceNorm(cfg.norm, H) if cfg.prenorm else nn.Identity()
         self.pair = io.pair
@@ -98,4 +101,6 @@ def build_s4d(cfg, init_name: str) -> nn.Module:
     s = cfg.ssm
     return S4D(cfg.d_model, d_state=s.d_state, init=init_name, dropout=cfg.dropout, bidirectional=cfg.bidirectional,
                dt_min=s.dt_min, dt_max=s.dt_max, discretization=s.discretization, real_transform=s.real_transform,
-               lr=s.lr, beta=s.beta, beta_lr=s.beta_lr, kappa=s.kappa, path=s.path)
+               lr=s.lr.model_dump(), beta=s.beta, beta_lr=s.beta_lr, kappa=s.kappa, path=s.path,
+               weight_decay=s.weight_decay.model_dump(), dt_transform=s.dt_transform, n_ssm=s.n_ssm,
+               tie_dropout=cfg.tie_dropout, dropout_before_gelu=cfg.dropout_before_gelu)

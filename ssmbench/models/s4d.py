@@ -1,8 +1,10 @@
 """S4D: the diagonal state space layer (SPEC.md §A), with the Sobolev filter of frequency-bias tuning (§B).
 
-Per channel h and mode n:  A = -f(A_re) + i A_im,  dt = exp(log_dt),  (A_bar, B_bar) by ZOH or bilinear,
-K_l = 2 Re sum_n C_n B_bar_n A_bar_n^l,  y = K * u + D u  (causal FFT convolution, float32),
-then GELU -> dropout -> Linear(H, 2H) -> GLU, as in state-spaces/s4 `s4d.py`.
+Per channel h and mode n:  A = -f(A_re) + i A_im,  dt = g(log_dt) with g = exp or softplus (`dt_transform`),
+(A_bar, B_bar) by ZOH or bilinear, K_l = 2 Re sum_n C_n B_bar_n A_bar_n^l,  y = K * u + D u  (causal FFT
+convolution, float32), then [dropout ->] GELU -> dropout -> Linear(H, 2H) -> GLU, as in state-spaces/s4 `s4d.py`
+(the first dropout with `dropout_before_gelu`, as its `FFTConv`). With `n_ssm` < H, A and B have n_ssm rows and
+channel h uses row h mod n_ssm (state-spaces/s4 `n_ssm`); dt, C and D stay per channel.
 
 Two computation paths (`path`), held equal by tests/test_kernels.py:
 - "fast" (default): blocked Vandermonde kernel (no (H, M, L) tensor, SPEC.md §F.2), FFT size `fft_size(L)`
@@ -18,7 +20,9 @@ import math
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
+from ssmbench.models.dropout import sequence_dropout
 from ssmbench.models.kernels import (at_least_float32, bidirectional_kernel, blocked_vandermonde_kernel, discretize,
                                      fft_conv, fft_conv_direct, fft_size, limit_growth, sobolev_weights,
                                      vandermonde_kernel)
@@ -32,9 +36,17 @@ REAL_TRANSFORMS = {
     "none": (lambda a: a, lambda x: x),
 }
 
+# dt = g(log_dt) and its inverse (state-spaces `dt_transform`); `log_dt` holds log dt under exp, softplus^-1(dt) else.
+DT_TRANSFORMS = {
+    "exp": (torch.exp, torch.log),
+    "softplus": (F.softplus, lambda dt: dt + torch.log(-torch.expm1(-dt))),
+}
+DEFAULT_LR = {"dt": 1e-3, "A": 1e-3, "B": 1e-3, "C": None}
+DEFAULT_WEIGHT_DECAY = {"dt": 0.0, "A": 0.0, "B": 0.0, "C": None}
 
-def tag_optim(param: nn.Parameter, lr: float, weight_decay: float = 0.0) -> nn.Parameter:
-    """Mark a parameter for its own optimizer group (read by `ssmbench.train.optim`)."""
+
+def tag_optim(param: nn.Parameter, lr: float | None, weight_decay: float | None = 0.0) -> nn.Parameter:
+    """Mark a parameter for its own optimizer group (read by `ssmbench.train.optim`); None = the global value."""
     param._optim = {"lr": lr, "weight_decay": weight_decay}
     return param
 
@@ -44,47 +56,80 @@ class S4D(nn.Module):
 
     def __init__(self, d_model: int, d_state: int = 64, init: str = "s4d-lin", dropout: float = 0.0,
                  bidirectional: bool = False, dt_min: float = 1e-3, dt_max: float = 1e-1,
-                 discretization: str = "zoh", real_transform: str = "exp", lr: float = 1e-3,
-                 beta: float | None = None, beta_lr: float = 0.01, kappa: float | str = "nfft", path: str = "fast"):
+                 discretization: str = "zoh", real_transform: str = "exp", lr: dict | None = None,
+                 beta: float | None = None, beta_lr: float = 0.01, kappa: float | str = "nfft", path: str = "fast",
+                 weight_decay: dict | None = None, dt_transform: str = "exp", n_ssm: int | None = None,
+                 tie_dropout: bool = False, dropout_before_gelu: bool = False):
         super().__init__()
         if path not in ("fast", "direct"):
             raise ValueError(f"unknown S4D path {path!r}; known: fast, direct")
         self.path = path
         H, c = d_model, 2 if bidirectional else 1
+        S = H if n_ssm is None else n_ssm
+        if H % S:
+            raise ValueError(f"n_ssm = {S} must divide d_model = {H}")
+        lr, wd = {**DEFAULT_LR, **(lr or {})}, {**DEFAULT_WEIGHT_DECAY, **(weight_decay or {})}
         diag = INITIALIZERS.get(init)(d_state)
         M = diag.A.shape[0]
-        self.d_model, self.bidirectional, self.discretization = H, bidirectional, discretization
-        self.conjugate_pairs, self.real_transform = diag.conjugate_pairs, real_transform
+        self.d_model, self.n_ssm, self.bidirectional, self.discretization = H, S, bidirectional, discretization
+        self.conjugate_pairs, self.real_transform, self.dt_transform = diag.conjugate_pairs, real_transform, dt_transform
         self.kappa = None if kappa == "nfft" else float(kappa)
 
-        log_dt = torch.rand(H) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)
-        self.log_dt = tag_optim(nn.Parameter(log_dt), lr)
-        self.A_re = tag_optim(nn.Parameter(torch.empty(H, M)), lr)
-        self.A_im = tag_optim(nn.Parameter(torch.empty(H, M)), lr)
-        self.B = tag_optim(nn.Parameter(torch.view_as_real(diag.B.to(torch.complex64).repeat(H, 1)).clone()), lr)
-        self.C = nn.Parameter(torch.view_as_real(torch.randn(c, H, M, dtype=torch.complex64)))
+        log_dt = torch.rand(H) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)  # dt log-uniform
+        raw_dt = log_dt if dt_transform == "exp" else DT_TRANSFORMS[dt_transform][1](torch.exp(log_dt))
+        self.log_dt = tag_optim(nn.Parameter(raw_dt), lr["dt"], wd["dt"])
+        self.A_re = tag_optim(nn.Parameter(torch.empty(S, M)), lr["A"], wd["A"])
+        self.A_im = tag_optim(nn.Parameter(torch.empty(S, M)), lr["A"], wd["A"])
+        self.B = tag_optim(nn.Parameter(torch.view_as_real(diag.B.to(torch.complex64).repeat(S, 1)).clone()),
+                           lr["B"], wd["B"])
+        self.C = tag_optim(nn.Parameter(torch.view_as_real(torch.randn(c, H, M, dtype=torch.complex64))), lr["C"], wd["C"])
         self.D = nn.Parameter(torch.randn(H))
-        # Channels whose -Re(A) is the raw parameter (transform `none`), so Re(A) can reach and cross 0 (SPEC.md §D).
-        self.register_buffer("linear_real", torch.zeros(H, dtype=torch.bool))
-        self.set_A(diag.A.expand(H, M))
+        # Rows whose -Re(A) is the raw parameter (transform `none`), so Re(A) can reach and cross 0 (SPEC.md §D).
+        self.register_buffer("linear_real", torch.zeros(S, dtype=torch.bool))
+        self.set_A(diag.A.expand(S, M))
         self.beta = None if beta is None else tag_optim(nn.Parameter(torch.full((H,), float(beta))), beta_lr)
 
         self.activation = nn.GELU()
-        self.dropout = nn.Dropout(dropout)
+        self.pre_dropout = sequence_dropout(dropout, tie_dropout) if dropout_before_gelu else nn.Identity()
+        self.dropout = sequence_dropout(dropout, tie_dropout)
         self.output_linear = nn.Linear(H, 2 * H)
         self.glu = nn.GLU(dim=-1)
 
+    def per_channel(self, x: torch.Tensor) -> torch.Tensor:
+        """Rows of a shared (n_ssm, ...) parameter for every channel, (H, ...): channel h gets row h mod n_ssm."""
+        return x if self.n_ssm == self.d_model else x.repeat(self.d_model // self.n_ssm, *([1] * (x.dim() - 1)))
+
     @property
     def A(self) -> torch.Tensor:
-        """The diagonal state matrix, complex (H, M): Re A = -f(A_re), or -A_re on `linear_real` channels."""
+        """The diagonal state matrix, complex (H, M): Re A = -f(A_re), or -A_re on `linear_real` rows."""
         neg_re = REAL_TRANSFORMS[self.real_transform][0](self.A_re)
         if self.linear_real.any():
             neg_re = torch.where(self.linear_real[:, None], self.A_re, neg_re)
-        return torch.complex(-neg_re, self.A_im)
+        return self.per_channel(torch.complex(-neg_re, self.A_im))
+
+    @property
+    def dt(self) -> torch.Tensor:
+        """The step sizes, (H,): dt = exp(log_dt) or softplus(log_dt)."""
+        return DT_TRANSFORMS[self.dt_transform][0](self.log_dt)
+
+    @torch.no_grad()
+    def set_dt(self, dt: torch.Tensor | float, channels: torch.Tensor | None = None) -> None:
+        """Write step sizes (all channels, or `channels`) into `log_dt` through the inverse dt transform."""
+        value = DT_TRANSFORMS[self.dt_transform][1](torch.as_tensor(dt, dtype=self.log_dt.dtype, device=self.log_dt.device))
+        if channels is None:
+            self.log_dt.copy_(value.expand_as(self.log_dt))
+        else:
+            self.log_dt[channels] = value
 
     @torch.no_grad()
     def set_A(self, A: torch.Tensor) -> None:
-        """Write a complex (H, M) diagonal into the (transformed) parameters."""
+        """Write a complex diagonal into the (transformed) parameters: (n_ssm, M), or (H, M) made of n_ssm repeats."""
+        if A.shape[0] != self.n_ssm:
+            shared = A[:self.n_ssm]
+            if A.shape[0] != self.d_model or not torch.equal(self.per_channel(shared), A):
+                raise ValueError(f"A has {A.shape[0]} rows; this layer shares A across channels (n_ssm = "
+                                 f"{self.n_ssm}) and takes {self.n_ssm} rows or {self.d_model} that repeat them")
+            A = shared
         neg_re = -A.real.to(self.A_re.dtype)
         inverse = REAL_TRANSFORMS[self.real_transform][1](neg_re)
         self.A_re.copy_(torch.where(self.linear_real[:, None], neg_re, inverse))
@@ -92,8 +137,7 @@ class S4D(nn.Module):
 
     def discrete(self, L: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(log A_bar (H, M), W = C * B_bar (c, H, M)) for sequences of length L, with the overflow guard."""
-        dt = torch.exp(self.log_dt)
-        log_A_bar, B_bar = discretize(self.A, torch.view_as_complex(self.B), dt, self.discretization)
+        log_A_bar, B_bar = discretize(self.A, self.per_channel(torch.view_as_complex(self.B)), self.dt, self.discretization)
         return limit_growth(log_A_bar, L), torch.view_as_complex(self.C) * B_bar
 
     def kernel(self, L: int) -> torch.Tensor:
@@ -132,5 +176,5 @@ class S4D(nn.Module):
             return fft_conv_direct(u, self.kernel_spectrum(L, 2 * L), 2 * L) + u * self.D
 
     def forward(self, u: torch.Tensor) -> torch.Tensor:
-        y = self.dropout(self.activation(self.ssm(u)))
+        y = self.dropout(self.activation(self.pre_dropout(self.ssm(u))))
         return self.glu(self.output_linear(y))

@@ -269,7 +269,7 @@ class Trainer:
         if t.compile:  # nn.Module.compile works in place: same parameters, same state-dict keys
             for block in self.model.blocks:
                 block.compile()
-        self.optimizer = build_optimizer(self.model, t.lr, t.weight_decay)
+        self.optimizer = build_optimizer(self.model, t.lr, t.weight_decay, t.no_weight_decay)
         self.steps_per_epoch = math.ceil(len(self.data.train) / t.batch_size)
         total = self.steps_per_epoch * t.epochs
         self.total_steps = min(total, t.max_steps) if t.max_steps else total

@@ -1,32 +1,62 @@
 """Optimizer and schedule (SPEC.md §A "Optimizer").
 
-Parameters tagged with `_optim = {"lr": ..., "weight_decay": ...}` where they are created (dt, A, B, beta, ...)
-get a group of their own; everything else gets AdamW with the recipe's lr and weight decay. Biases and
-normalization weights are decayed like the rest, as in state-spaces/s4 `example.py`.
+Parameters tagged with `_optim = {"lr": ..., "weight_decay": ...}` where they are created (dt, A, B, C, beta, ...)
+get the group of those values, a None value meaning the global one; everything else gets AdamW with the recipe's
+lr and weight decay, except that `no_weight_decay` exempts biases ("bias": every parameter named `*bias`),
+normalization layers ("norm": all parameters of BatchNorm/LayerNorm/GroupNorm modules) and embeddings
+("embedding": nn.Embedding weights) from weight decay, as state-spaces/s4 `optimizer_param_grouping` does.
+With no exemptions every untagged parameter is decayed (state-spaces/s4 `example.py`, AnnanYu/FreqBiasSSM).
 """
 
 from __future__ import annotations
 
 import math
+from typing import Iterable
 
 import torch
+import torch.nn as nn
+
+NORM_MODULES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm, nn.InstanceNorm1d, nn.InstanceNorm2d,
+                nn.InstanceNorm3d, nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm)
 
 
-def param_groups(model: torch.nn.Module, lr: float, weight_decay: float) -> list[dict]:
+def exempt_from_decay(model: nn.Module, no_weight_decay: Iterable[str]) -> set[str]:
+    """Names of the untagged parameters that `no_weight_decay` (bias, norm, embedding) exempts from weight decay."""
+    kinds = set(no_weight_decay)
+    unknown = kinds - {"bias", "norm", "embedding"}
+    if unknown:
+        raise ValueError(f"unknown no_weight_decay entries {sorted(unknown)}; known: bias, norm, embedding")
+    names = set()
+    for module_name, module in model.named_modules():
+        for param_name, p in module.named_parameters(recurse=False):
+            if hasattr(p, "_optim"):
+                continue
+            if (("bias" in kinds and param_name.endswith("bias"))
+                    or ("norm" in kinds and isinstance(module, NORM_MODULES))
+                    or ("embedding" in kinds and isinstance(module, nn.Embedding))):
+                names.add(f"{module_name}.{param_name}" if module_name else param_name)
+    return names
+
+
+def param_groups(model: nn.Module, lr: float, weight_decay: float, no_weight_decay: Iterable[str] = ()) -> list[dict]:
+    """AdamW groups, one per distinct (lr, weight_decay), in order of first appearance; each lists `names`."""
+    exempt = exempt_from_decay(model, no_weight_decay)
     groups: dict[tuple, dict] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        hp = getattr(p, "_optim", None) or {"lr": lr, "weight_decay": weight_decay}
-        key = (hp["lr"], hp["weight_decay"])
-        group = groups.setdefault(key, {"params": [], "names": [], "lr": hp["lr"], "weight_decay": hp["weight_decay"]})
+        hp = getattr(p, "_optim", None) or {}
+        p_lr = lr if hp.get("lr") is None else hp["lr"]
+        p_wd = 0.0 if name in exempt else weight_decay if hp.get("weight_decay") is None else hp["weight_decay"]
+        group = groups.setdefault((p_lr, p_wd), {"params": [], "names": [], "lr": p_lr, "weight_decay": p_wd})
         group["params"].append(p)
         group["names"].append(name)
     return list(groups.values())
 
 
-def build_optimizer(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW:
-    return torch.optim.AdamW(param_groups(model, lr, weight_decay), lr=lr, weight_decay=weight_decay)
+def build_optimizer(model: nn.Module, lr: float, weight_decay: float,
+                    no_weight_decay: Iterable[str] = ()) -> torch.optim.AdamW:
+    return torch.optim.AdamW(param_groups(model, lr, weight_decay, no_weight_decay), lr=lr, weight_decay=weight_decay)
 
 
 def cosine_with_warmup(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
