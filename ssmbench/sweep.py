@@ -7,9 +7,11 @@ A sweep file is YAML with a top-level `grid` (that key is how `ssmbench smoke` t
     set: [train.epochs=2]               # overrides applied to every run (optional)
     grid:
       tasks: [listops, text]            # optional task axis (only useful when the template uses {task})
-      variants:                         # a list of names, or name -> {recipe, set}
+      variants:                         # a list of names, or name -> {recipe, set, changes}
         s4d: {}
         alpha-beta: {set: [init.alpha=3.0]}
+        stu: {recipe: stu.yaml, changes: [model.kind, model.stu]}
+      baseline: s4d                     # the variant the others are compared with (default: the first)
       seeds: [0, 1, 2]
       train_fractions: [0.1, 1.0]       # data.train_fraction (data-efficiency studies)
       exclude: [text/alpha-beta]        # task/variant points to leave out (optional)
@@ -19,6 +21,11 @@ The grid is task x variant x train_fraction x seed. Every run is tagged {sweep, 
 key is a hash of the sweep name, task, variant and the run's recipe (file + overrides), so a run whose finished record
 exists is skipped, a preempted or interrupted one (checkpoints but no finished results) is resumed, and editing
 a recipe gives new runs.
+
+A comparison changes only what it names: a variant states the fields it changes (the keys of its `set`, and, when it
+has a recipe file of its own, the fields listed under `changes`; a listed section such as `model.stu` covers every
+field below it). `variant_differences` compares every variant's resolved recipe with the baseline's, field by
+field, and `sweep --dry-run` prints those differences, flagging any the variant does not name.
 
 The core is backend-neutral: `expand(sweep_file) -> [RunSpec]` (pure), `find_finished(spec)`, and the top-level
 `run_spec(spec) -> dict`, which trains one spec in the current process and records a failure instead of raising.
@@ -53,21 +60,31 @@ class Variant(BaseModel):
 
     recipe: Optional[str] = Field(None, description="recipe file of this variant (default: the sweep's `recipe` template)")
     set: list[str] = Field(default_factory=list, description="--set overrides of this variant")
+    changes: list[str] = Field(default_factory=list, description="fields (or sections) in which this variant's own "
+                               "recipe differs from the baseline's, besides its `set` keys")
+
+    def named_fields(self) -> set[str]:
+        """The fields this variant says it changes: its `set` keys and `changes`."""
+        return {o.partition("=")[0].strip() for o in self.set} | set(self.changes)
 
 
 class Grid(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     tasks: list[str] = Field(default_factory=list, description="values of {task} in the recipe template (optional)")
-    variants: Union[list[str], dict[str, Optional[Variant]]] = Field(description="variant names, or name -> {recipe, set}")
+    variants: Union[list[str], dict[str, Optional[Variant]]] = Field(description="variant names, or name -> {recipe, set, changes}")
     seeds: list[int] = Field([0], min_length=1, description="recipe seeds")
     train_fractions: list[float] = Field([1.0], min_length=1, description="data.train_fraction values")
     exclude: list[str] = Field(default_factory=list, description="`task/variant` points left out of the grid")
+    baseline: Optional[str] = Field(None, description="the variant the others are compared with; null = the first")
 
     def variant_specs(self) -> dict[str, Variant]:
         if isinstance(self.variants, list):
             return {v: Variant() for v in self.variants}
         return {k: v or Variant() for k, v in self.variants.items()}
+
+    def baseline_name(self) -> str:
+        return self.baseline or next(iter(self.variant_specs()), "")
 
 
 class SweepFile(BaseModel):
@@ -101,6 +118,9 @@ def load_sweep(path: Path) -> SweepFile:
     for f in sweep.grid.train_fractions:
         if not 0.0 < f <= 1.0:
             raise RecipeError(str(path), [f"grid.train_fractions: {f} is outside (0, 1]"])
+    if sweep.grid.baseline is not None and sweep.grid.baseline not in sweep.grid.variant_specs():
+        raise RecipeError(str(path), [f"grid.baseline: {sweep.grid.baseline!r} is not a variant of the grid "
+                                      f"({', '.join(sweep.grid.variant_specs())})"])
     return sweep
 
 
@@ -317,6 +337,79 @@ def format_grid(specs: list[RunSpec], index: dict[str, list[Path]]) -> str:
     return "\n".join(lines)
 
 
+# Fields that tell runs of one grid point apart, or are set per run by the sweep: not compared.
+RUN_FIELDS = {"name", "seed", "tags", "data.train_fraction"}
+
+
+def flatten(tree: dict, prefix: str = "") -> dict[str, object]:
+    """{"model": {"ssm": {"lr": 1}}} -> {"model.ssm.lr": 1}."""
+    out = {}
+    for k, v in tree.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def inert_sections(flat: dict[str, object]) -> set[str]:
+    """Sections a resolved recipe does not use: the S4D options and `init` for an STU layer, `model.stu` for S4D."""
+    return {"model.ssm", "init"} if flat.get("model.kind") in ("stu", "ar-stu") else {"model.stu"}
+
+
+def is_named(field_name: str, named: set[str]) -> bool:
+    """Whether a dotted field is one of `named` or lies below a named section."""
+    return any(field_name == n or field_name.startswith(n + ".") for n in named)
+
+
+@dataclass
+class VariantDifference:
+    """How one variant's resolved recipe differs from the baseline's at one task."""
+
+    task: str
+    variant: str
+    baseline: str
+    fields: dict[str, tuple]  # dotted field -> (baseline value, variant value)
+    unnamed: list[str]  # differing fields the variant does not name
+
+
+def variant_differences(sweep_file: Union[str, Path], specs: list[RunSpec]) -> list[VariantDifference]:
+    """Per task and variant, the resolved fields that differ from the baseline variant (first seed and fraction).
+
+    Run identity (name, seed, tags, train fraction) is not compared, nor a section either recipe does not use.
+    """
+    grid = load_sweep(Path(sweep_file)).grid
+    variants, base = grid.variant_specs(), grid.baseline_name()
+    first: dict[tuple[str, str], RunSpec] = {}
+    for spec in specs:
+        first.setdefault((spec.tags.get("task", ""), spec.tags["variant"]), spec)
+    resolved = {k: flatten(spec_recipe(s).to_dict()) for k, s in first.items()}
+    out = []
+    for (task, variant), fields in resolved.items():
+        ref = resolved.get((task, base))
+        if variant == base or ref is None:
+            continue
+        skip = RUN_FIELDS | inert_sections(ref) | inert_sections(fields)
+        diff = {k: (ref.get(k), fields.get(k)) for k in sorted(set(ref) | set(fields))
+                if not is_named(k, skip) and ref.get(k) != fields.get(k)}
+        named = variants[variant].named_fields() | variants[base].named_fields()
+        out.append(VariantDifference(task, variant, base, diff, [k for k in diff if not is_named(k, named)]))
+    return out
+
+
+def format_differences(diffs: list[VariantDifference]) -> str:
+    """The dry-run report: per variant, each resolved field that differs from the baseline, unnamed ones flagged."""
+    lines = []
+    for d in diffs:
+        where = f"task={d.task} " if d.task else ""
+        lines.append(f"{where}variant={d.variant} vs baseline {d.baseline}: "
+                     f"{len(d.fields)} field{'s' if len(d.fields) != 1 else ''} differ")
+        for k, (a, b) in d.fields.items():
+            lines.append(f"    {k}: {a!r} -> {b!r}" + ("   [not named by the variant]" if k in d.unnamed else ""))
+    return "\n".join(lines)
+
+
 def result_line(r: dict) -> str:
     if r["status"] == "failed":
         return f"[red]FAIL[/] {r['name']}: {r['error']} ({r['run_dir']})"
@@ -339,6 +432,7 @@ def run_sweep(sweep_file: Path, runs_dir: Optional[Path] = None, jobs: int = 1, 
     index = index_runs(specs[0].runs_dir) if specs else {}
     if dry_run:
         print(format_grid(specs, index))
+        print(format_differences(variant_differences(sweep_file, specs)))
         return []
     if jobs < 1:
         raise SSMBenchError(f"sweep --jobs: must be at least 1, got {jobs}")
