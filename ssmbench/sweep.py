@@ -404,7 +404,7 @@ def format_differences(diffs: list[VariantDifference]) -> str:
     for d in diffs:
         where = f"task={d.task} " if d.task else ""
         lines.append(f"{where}variant={d.variant} vs baseline {d.baseline}: "
-                     f"{len(d.fields)} field{'s' if len(d.fields) != 1 else ''} differ")
+                     f"{len(d.fields)} field{'s differ' if len(d.fields) != 1 else ' differs'}")
         for k, (a, b) in d.fields.items():
             lines.append(f"    {k}: {a!r} -> {b!r}" + ("   [not named by the variant]" if k in d.unnamed else ""))
     return "\n".join(lines)

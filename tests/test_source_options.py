@@ -200,3 +200,16 @@ def test_old_run_directory_resumes(tmp_path):
 def test_bad_source_options_are_one_line_errors(tmp_path, sets, message):
     with pytest.raises(RecipeError, match=message):
         load_recipe(old_recipe(tmp_path), sets)
+
+
+def test_report_reads_shared_ssm_parameters():
+    from ssmbench.report.records import ssm_parameters
+
+    model = SequenceModel(ModelConfig(d_model=6, n_layers=1, ssm={"d_state": 8, "n_ssm": 2}), "s4d-inv",
+                          ModelIO(1, "real", 3))
+    layer = model.blocks[0].layer
+    got = ssm_parameters(model.state_dict())
+    B = torch.view_as_complex(layer.B.detach().double())
+    expected = torch.view_as_complex(layer.C.detach().double()) * B[[h % 2 for h in range(6)]]
+    np.testing.assert_allclose(got["B*C"], expected.numpy().ravel())
+    assert got["Re(A)"].shape == (2 * 4,)  # the shared rows, counted once

@@ -156,8 +156,8 @@ def ssm_parameters(state: dict, real_transform: str = "exp") -> Optional[dict[st
     """Re(A), Im(A), B*C and D of every S4D layer of a model state dict, each flattened over layers (float64).
 
     Keys `blocks.<i>.layer.{A_re, A_im, B, C, D, linear_real}`: Re A = -f(A_re) with f the recipe's
-    `model.ssm.real_transform`, and Re A = -A_re on `linear_real` channels; B (H, M, 2) and C (c, H, M, 2) are
-    view_as_real of complex tensors and B*C is the (c, H, M) product. None if the model has no S4D layer.
+    `model.ssm.real_transform`, and Re A = -A_re on `linear_real` channels; B (n_ssm, M, 2) and C (c, H, M, 2) are
+    view_as_real of complex tensors and B*C is the (c, H, M) product (channel h with B row h mod n_ssm). None if the model has no S4D layer.
     """
     import torch
 
@@ -173,7 +173,8 @@ def ssm_parameters(state: dict, real_transform: str = "exp") -> Optional[dict[st
         linear = state.get(p + "linear_real")
         if linear is not None and linear.any():
             neg_re = torch.where(linear[:, None], a_re, neg_re)
-        bc = torch.view_as_complex(state[p + "C"].double()) * torch.view_as_complex(state[p + "B"].double())
+        C, B = torch.view_as_complex(state[p + "C"].double()), torch.view_as_complex(state[p + "B"].double())
+        bc = C * B.repeat(C.shape[1] // B.shape[0], 1)  # B has n_ssm rows, channel h uses row h mod n_ssm
         parts["Re(A)"].append((-neg_re).numpy().ravel())
         parts["Im(A)"].append(state[p + "A_im"].double().numpy().ravel())
         parts["B*C"].append(bc.numpy().ravel())
