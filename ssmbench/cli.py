@@ -120,7 +120,8 @@ def bench(
 def sweep(
     sweep_file: Path = typer.Argument(..., help="sweep YAML (base recipes and a grid of variants, seeds, train fractions)"),
     jobs: int = typer.Option(1, "--jobs", "-j", help="runs trained in parallel processes (1 = one after another)"),
-    dry_run: bool = typer.Option(False, "--dry-run", help="list every run of the grid and its state; train nothing"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="list every run of the grid and its state, and per variant the resolved "
+                                 "fields that differ from the baseline; train nothing"),
     runs_dir: Optional[Path] = typer.Option(None, "--runs-dir", help="where the runs go (default: the sweep file's runs_dir, else runs/)"),
     set_: List[str] = typer.Option([], "--set", help=SET_HELP + "; applied to every run"),
     backend: str = typer.Option("local", "--backend", help="where runs execute: local, ray (Ray tasks) or slurm (submitit jobs)"),
