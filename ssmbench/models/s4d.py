@@ -78,8 +78,7 @@ class S4D(nn.Module):
     def A(self) -> torch.Tensor:
         """The diagonal state matrix, complex (H, M): Re A = -f(A_re), or -A_re on `linear_real` channels."""
         neg_re = REAL_TRANSFORMS[self.real_transform][0](self.A_re)
-        if self.linear_real.any():
-            neg_re = torch.where(self.linear_real[:, None], self.A_re, neg_re)
+        neg_re = torch.where(self.linear_real[:, None], self.A_re, neg_re)  # no `if .any()`: that syncs on CUDA
         return torch.complex(-neg_re, self.A_im)
 
     @torch.no_grad()
