@@ -7,6 +7,8 @@ then GELU -> dropout -> Linear(H, 2H) -> GLU, as in state-spaces/s4 `s4d.py`.
 Two computation paths (`path`), held equal by tests/test_kernels.py:
 - "fast" (default): blocked Vandermonde kernel (no (H, M, L) tensor, SPEC.md §F.2), FFT size `fft_size(L)`
   (2L rounded up to a 7-smooth size), FFTs along the contiguous axis, D u folded into the kernel spectrum.
+  On CUDA, float32 layers compute the kernel with one fused Triton kernel in real arithmetic instead
+  (models/vandermonde_triton.py, forward and backward; `triton=False` keeps the PyTorch kernel).
 - "direct": the straightforward path (materialized Vandermonde, FFT of size 2L along dim 1, D u added after).
 Mixed precision: the SSM/FFT part always runs in float32 (float64 if the layer is float64) with autocast off;
 the position-wise Linear runs in the autocast dtype (bf16/fp16).
@@ -14,6 +16,7 @@ the position-wise Linear runs in the autocast dtype (bf16/fp16).
 
 from __future__ import annotations
 
+import importlib.util
 import math
 
 import torch
@@ -33,6 +36,11 @@ REAL_TRANSFORMS = {
 }
 
 
+def fused_kernel_available(x: torch.Tensor) -> bool:
+    """Whether the fused Triton kernel serves tensors like `x`: complex64/float32 on CUDA, Triton installed."""
+    return x.is_cuda and x.dtype in (torch.float32, torch.complex64) and importlib.util.find_spec("triton") is not None
+
+
 def tag_optim(param: nn.Parameter, lr: float, weight_decay: float = 0.0) -> nn.Parameter:
     """Mark a parameter for its own optimizer group (read by `ssmbench.train.optim`)."""
     param._optim = {"lr": lr, "weight_decay": weight_decay}
@@ -45,11 +53,12 @@ class S4D(nn.Module):
     def __init__(self, d_model: int, d_state: int = 64, init: str = "s4d-lin", dropout: float = 0.0,
                  bidirectional: bool = False, dt_min: float = 1e-3, dt_max: float = 1e-1,
                  discretization: str = "zoh", real_transform: str = "exp", lr: float = 1e-3,
-                 beta: float | None = None, beta_lr: float = 0.01, kappa: float | str = "nfft", path: str = "fast"):
+                 beta: float | None = None, beta_lr: float = 0.01, kappa: float | str = "nfft", path: str = "fast",
+                 triton: bool = True):
         super().__init__()
         if path not in ("fast", "direct"):
             raise ValueError(f"unknown S4D path {path!r}; known: fast, direct")
-        self.path = path
+        self.path, self.triton = path, triton
         H, c = d_model, 2 if bidirectional else 1
         diag = INITIALIZERS.get(init)(d_state)
         M = diag.A.shape[0]
@@ -98,6 +107,10 @@ class S4D(nn.Module):
     def kernel(self, L: int) -> torch.Tensor:
         """The SSM convolution kernel K, real (c, H, L) (blocked Vandermonde on the fast path)."""
         log_A_bar, W = self.discrete(L)
+        if self.path == "fast" and self.triton and fused_kernel_available(W):
+            from ssmbench.models.vandermonde_triton import fused_vandermonde_kernel
+
+            return fused_vandermonde_kernel(W, log_A_bar, L, self.conjugate_pairs)
         kernel_fn = blocked_vandermonde_kernel if self.path == "fast" else vandermonde_kernel
         return kernel_fn(W, log_A_bar, L, self.conjugate_pairs)
 
