@@ -229,7 +229,10 @@ def peak_memory_here(case: Case) -> dict[str, Any]:
 
 
 def peak_memory(case: Case) -> dict[str, Any]:
-    """Run `peak_memory_here` in a fresh Python process (`python -m ssmbench.bench CASE_JSON`)."""
+    """Run `peak_memory_here` in a fresh Python process (`python -m ssmbench.bench CASE_JSON`); on CUDA in this
+    process, since the allocator's peak statistics see only this step's allocations."""
+    if torch.device(case.device).type == "cuda":
+        return peak_memory_here(case)
     proc = subprocess.run([sys.executable, "-m", "ssmbench.bench", json.dumps(asdict(case))],
                           capture_output=True, text=True)
     if proc.returncode != 0:

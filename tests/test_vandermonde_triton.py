@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 pytest.importorskip("triton")
 ROOT = Path(__file__).resolve().parents[1]
@@ -85,6 +86,29 @@ def test_triton_kernel_matches_pytorch_and_float64():
         # float32 rounding of the phase l Im(log A_bar) bounds both paths alike (~1e-4 here, at l Im ~ 900)
         assert all(e < 3 * t + 1e-6 and e < 2e-4 for e, t in zip(own, torch32)), (case, own, torch32)
         assert max(errors[case.replace("torch64", "torch32")]) < 1e-4
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_compiled_triton_kernel_on_cuda():
+    """The compiled kernel at an LRA-like shape (bidirectional, M = 32, L = 4096) vs the PyTorch kernel in float64."""
+    from ssmbench.models.kernels import limit_growth, vandermonde_kernel
+    from ssmbench.models.vandermonde_triton import fused_vandermonde_kernel
+
+    g = torch.Generator().manual_seed(0)
+    H, M, L = 64, 32, 4096
+    log_A = torch.complex(-torch.rand(H, M, generator=g, dtype=torch.float64) * 0.01,
+                          torch.rand(H, M, generator=g, dtype=torch.float64) * 0.1)
+    W = torch.randn(2, H, M, generator=g, dtype=torch.complex128)
+    cot = torch.randn(2, H, L, generator=g, dtype=torch.float64)
+    results = []
+    for dtype, device, fn in [(torch.complex64, "cuda", fused_vandermonde_kernel),
+                              (torch.complex128, "cpu", vandermonde_kernel)]:
+        a, w = log_A.to(device, dtype).requires_grad_(), W.to(device, dtype).requires_grad_()
+        k = fn(w, limit_growth(a, L), L, True)
+        (k * cot.to(device, k.dtype)).sum().backward()
+        results.append([t.detach().cpu().to(torch.complex128) for t in (k, a.grad, w.grad)])
+    errors = [rel(t, r) for t, r in zip(*results)]
+    assert max(errors) < 1e-4, errors
 
 
 if __name__ == "__main__":
