@@ -25,8 +25,6 @@ def rel(a, b) -> float:
 
 def kernel_cases() -> dict:
     """Forward and all four gradients, Triton (float32) vs vandermonde_kernel in float32 and in float64."""
-    import torch
-
     from ssmbench.models.kernels import limit_growth, vandermonde_kernel
     from ssmbench.models.vandermonde_triton import fused_vandermonde_kernel
 
@@ -55,8 +53,6 @@ def kernel_cases() -> dict:
 
 def block_case() -> dict:
     """A bidirectional S4D block with the Triton kernel forced on vs the same block on the PyTorch path."""
-    import torch
-
     from ssmbench.models import s4d
 
     torch.manual_seed(0)
