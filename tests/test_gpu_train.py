@@ -13,7 +13,8 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUD
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_train_step_does_not_synchronize(tmp_path, precision):
-    trainer = engine.Trainer(tiny(device="cuda", precision=precision, grad_clip=1.0), tmp_path, log=lambda *_: None)
+    trainer = engine.Trainer(tiny(device="cuda", precision=precision, grad_clip=1.0), tmp_path, log=lambda *_: None,
+                             is_writer=False)
     sampler = engine.EpochBatches(len(trainer.data.train), 8, 0, 0)
     batches = iter(engine.loader(trainer.data.train, sampler, 0, trainer.device))
     trainer.train_step(*next(batches))  # warm-up: lazy CUDA initialization, optimizer state
