@@ -3,9 +3,9 @@
     python benchmarks/compare_reference.py --reference /tmp/s4d.py [--lengths 1024,4096,16384] [--batch 8]
 
 The reference file is the user's copy (e.g. `git show HEAD:models/s4/s4d.py` of state-spaces/s4); nothing of it
-is part of ssmbench. It imports `einops` (`pip install -e ".[bench]"`) and `src.models.nn.DropoutNd`, which is
-only used for dropout > 0; when `src.models.nn` is not importable a stand-in module (torch's Dropout) is
-registered so the file loads on its own.
+is part of ssmbench. It is loaded by `ssmbench.bench.load_reference` (it imports `einops`: `pip install -e
+".[bench]"`). `ssmbench bench --reference` times the same cases on any device; this script adds the
+same-function check.
 
 Per length the cases (ssmbench fast path, reference, and with --with-direct ssmbench's straightforward path)
 are timed in one process with interleaved rounds (`ssmbench.bench.time_cases`), each block in its native
@@ -18,40 +18,13 @@ function, so the ratios compare implementations, not models.
 from __future__ import annotations
 
 import argparse
-import importlib.util
-import sys
-import types
 from pathlib import Path
 
 import torch
 
-from ssmbench.bench import Case, environment, make_inputs, peak_memory, print_table, step, time_cases, write_json
+from ssmbench.bench import (Case, build_block, environment, make_inputs, peak_memory, print_table, step, time_cases,
+                            write_json)
 from ssmbench.models.s4d import S4D
-
-HERE = Path(__file__).resolve()
-
-
-def load_reference(path: str):
-    """Import the reference s4d.py as a module (registering a stand-in for `src.models.nn` if needed)."""
-    try:
-        importlib.import_module("src.models.nn")
-    except ImportError:
-        for name in ("src", "src.models"):
-            sys.modules.setdefault(name, types.ModuleType(name))
-        nn_stub = types.ModuleType("src.models.nn")
-        nn_stub.DropoutNd = torch.nn.Dropout
-        sys.modules["src.models.nn"] = nn_stub
-    spec = importlib.util.spec_from_file_location("reference_s4d", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def build_reference(case: Case):
-    """Builder for `ssmbench.bench.build_block` ("THIS_FILE.py:build_reference"): the reference block, (B, H, L)."""
-    ref = load_reference(case.options["reference"])
-    torch.manual_seed(case.seed)
-    return ref.S4D(case.d_model, d_state=case.d_state, dropout=0.0, transposed=True), "BHL"
 
 
 def ssmbench_from_reference(ref: torch.nn.Module) -> S4D:
@@ -73,8 +46,8 @@ def ssmbench_from_reference(ref: torch.nn.Module) -> S4D:
 
 def check_same_function(reference: str, L: int = 512, batch: int = 2, d_model: int = 64) -> dict[str, float]:
     """Max |difference| of outputs and input gradients: reference block vs ssmbench block with its parameters."""
-    case = Case(f"{HERE}:build_reference", "reference", L, batch, d_model, options={"reference": reference})
-    ref, _ = build_reference(case)
+    case = Case("reference", "reference", L, batch, d_model, options={"reference": reference})
+    ref, _ = build_block(case)
     ours = ssmbench_from_reference(ref)
     x, g = make_inputs(case, "BLH")
     y = step(ours, x, g)
@@ -109,7 +82,7 @@ def main(argv: list[str] | None = None) -> dict:
     for L in [int(t) for t in a.lengths.split(",")]:
         common = dict(L=L, batch=a.batch, d_model=a.d_model, d_state=a.d_state, threads=torch.get_num_threads())
         cases = [Case("s4d", "fast", **common),
-                 Case(f"{HERE}:build_reference", "reference", **common, options={"reference": a.reference})]
+                 Case("reference", "reference", **common, options={"reference": a.reference})]
         if a.with_direct:
             cases.append(Case("s4d", "direct", **common))
         print(f"L={L}: timing {', '.join(c.path for c in cases)} ({a.reps} rounds)", flush=True)

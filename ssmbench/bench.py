@@ -17,20 +17,29 @@ The difference check runs the paths of one block with identical parameters on th
 reports the largest difference of the outputs and of all gradients (input and parameters), absolute and relative
 to the largest |value| of each tensor (the table shows the relative ones).
 
-A block is built by `build_block(case)`: "s4d" (`S4D(d_model, d_state)` with `path` fast or direct), "stu"
-(`ssmbench.models.stu.STU`, one path), or any "FILE.py:function" that takes the case and returns
-(module, layout) with layout "BLH" or "BHL" (benchmarks/compare_reference.py uses this for a reference s4d.py).
+A block is built by `build_block(case)`: "s4d" (`S4D(d_model, d_state)` with `path` fast or direct, or
+"blocked": the fast path with the PyTorch kernel instead of the Triton one, timed on CUDA), "stu"
+(`ssmbench.models.stu.STU`, one path), "reference" (the S4D of a reference `s4d.py` given with `--reference`,
+e.g. state-spaces/s4's `models/s4/s4d.py`: the user's file, loaded at run time, never part of ssmbench), or any
+"FILE.py:function" that takes the case and returns (module, layout) with layout "BLH" or "BHL".
+
+Precision: `fp32`, or `bf16` (the step under torch.autocast, as `train.precision: bf16` runs it). On CUDA every
+case also gets a lower bound (`lower_bound`) computed from the device's datasheet peaks (`PEAKS`), and the
+table shows how far the measured time is from it, and the reference's time over each case's.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import resource
 import statistics
 import subprocess
 import sys
 import time
+import types
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -54,6 +63,7 @@ class Case:
     threads: int | None = None
     seed: int = 0
     options: dict = field(default_factory=dict)  # passed through to external builders
+    precision: str = "fp32"  # or "bf16": the step under torch.autocast
 
 
 def build_block(case: Case) -> tuple[torch.nn.Module, str]:
@@ -62,7 +72,12 @@ def build_block(case: Case) -> tuple[torch.nn.Module, str]:
     if case.block == "s4d":
         from ssmbench.models.s4d import S4D
 
-        return S4D(case.d_model, d_state=case.d_state, path=case.path), "BLH"
+        path = "fast" if case.path == "blocked" else case.path
+        return S4D(case.d_model, d_state=case.d_state, path=path, triton=case.path != "blocked"), "BLH"
+    if case.block == "reference":
+        ref = load_reference(case.options["reference"])
+        torch.manual_seed(case.seed)
+        return ref.S4D(case.d_model, d_state=case.d_state, dropout=0.0, transposed=True), "BHL"
     if case.block == "stu":
         from ssmbench.models.stu import STU
 
@@ -76,6 +91,28 @@ def build_block(case: Case) -> tuple[torch.nn.Module, str]:
     return getattr(module, name)(case)
 
 
+def load_reference(path: str) -> types.ModuleType:
+    """Import a reference s4d.py as a module. It imports `einops` and `src.models.nn.DropoutNd` (only used for
+    dropout > 0): when `src.models.nn` is not importable a stand-in module (torch's Dropout) is registered."""
+    if not Path(path).is_file():
+        raise SSMBenchError(f"bench --reference: {path}: no such file; pass the path of a reference s4d.py")
+    try:
+        importlib.import_module("src.models.nn")
+    except ImportError:
+        for name in ("src", "src.models"):
+            sys.modules.setdefault(name, types.ModuleType(name))
+        nn_stub = types.ModuleType("src.models.nn")
+        nn_stub.DropoutNd = torch.nn.Dropout
+        sys.modules["src.models.nn"] = nn_stub
+    spec = importlib.util.spec_from_file_location("reference_s4d", path)
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+    except ImportError as e:
+        raise SSMBenchError(f"bench --reference {path}: {e}; install what it imports (pip install -e '.[bench]')") from None
+    return module
+
+
 def make_inputs(case: Case, layout: str) -> tuple[torch.Tensor, torch.Tensor]:
     """Input x (requires grad) and cotangent g, both (B, L, H) or (B, H, L), from a fixed seed."""
     shape = (case.batch, case.L, case.d_model) if layout == "BLH" else (case.batch, case.d_model, case.L)
@@ -85,11 +122,12 @@ def make_inputs(case: Case, layout: str) -> tuple[torch.Tensor, torch.Tensor]:
     return x, g
 
 
-def step(module: torch.nn.Module, x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-    """One forward+backward; returns the output (detached)."""
+def step(module: torch.nn.Module, x: torch.Tensor, g: torch.Tensor, precision: str = "fp32") -> torch.Tensor:
+    """One forward+backward (under bf16 autocast for precision "bf16"); returns the output (detached)."""
     module.zero_grad(set_to_none=True)
     x.grad = None
-    y = module(x)
+    with torch.autocast(x.device.type, dtype=torch.bfloat16) if precision == "bf16" else nullcontext():
+        y = module(x)
     y = y[0] if isinstance(y, tuple) else y
     y.backward(g)
     return y.detach()
@@ -121,12 +159,13 @@ def time_cases(cases: list[Case], reps: int) -> list[dict[str, float]]:
     """Interleaved timing of cases (the paths of one block and length): median and min seconds per case."""
     prepared = [_prepare(c) for c in cases]
     device = torch.device(cases[0].device)
-    for module, x, g in prepared:  # warm-up: filters, FFT plans, allocator
-        step(module, x, g)
+    for _ in range(2):  # warm-up: Triton compilation, filters, FFT plans, allocator
+        for case, (module, x, g) in zip(cases, prepared):
+            step(module, x, g, case.precision)
     times: list[list[float]] = [[] for _ in cases]
     for _ in range(reps):
         for i, (module, x, g) in enumerate(prepared):
-            times[i].append(timed(lambda: step(module, x, g), device))
+            times[i].append(timed(lambda: step(module, x, g, cases[i].precision), device))
     return [{"median_s": statistics.median(t), "min_s": min(t), "reps": len(t)} for t in times]
 
 
@@ -134,13 +173,13 @@ def max_differences(cases: list[Case]) -> dict[str, float]:
     """Largest |difference| of the output and of every gradient (input and parameters) between cases[1:] and
     cases[0] with the same parameters: absolute, and relative to the largest |value| of the same tensor."""
     ref_module, x, g = _prepare(cases[0])
-    y_ref = step(ref_module, x, g)
+    y_ref = step(ref_module, x, g, cases[0].precision)
     ref = {"output": y_ref, "input": x.grad.clone(), **{n: p.grad for n, p in ref_module.named_parameters()}}
     out = {"output": 0.0, "output_rel": 0.0, "grad": 0.0, "grad_rel": 0.0}
     for case in cases[1:]:
         module, x2, g2 = _prepare(case)
         module.load_state_dict(ref_module.state_dict())
-        y = step(module, x2, g2)
+        y = step(module, x2, g2, case.precision)
         other = {"output": y, "input": x2.grad, **{n: p.grad for n, p in module.named_parameters()}}
         for name, r in ref.items():
             diff = (other[name] - r).abs().max().item()
@@ -166,13 +205,13 @@ def peak_memory_here(case: Case) -> dict[str, Any]:
         torch.set_num_threads(case.threads)
     module, x, g = _prepare(case)
     warm = Case(**{**asdict(case), "L": min(case.L, 16), "batch": 1})
-    step(module, *make_inputs(warm, build_block(warm)[1]))  # library and thread-pool start-up is not the step's
+    step(module, *make_inputs(warm, build_block(warm)[1]), case.precision)  # library start-up is not the step's
     module.zero_grad(set_to_none=True)
     if torch.device(case.device).type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
-        step(module, x, g)
+        step(module, x, g, case.precision)
         torch.cuda.synchronize()
         return {"peak_bytes": torch.cuda.max_memory_allocated() - base, "method": "cuda max_memory_allocated"}
     def max_rss() -> int:
@@ -184,13 +223,16 @@ def peak_memory_here(case: Case) -> dict[str, Any]:
         method = "rss: VmHWM - VmRSS (clear_refs)"
     except OSError:
         base, method = max_rss(), "rss: ru_maxrss delta"
-    step(module, x, g)
+    step(module, x, g, case.precision)
     peak = _rss_bytes("VmHWM") if method.endswith("(clear_refs)") else max_rss()
     return {"peak_bytes": max(0, peak - base), "method": method}
 
 
 def peak_memory(case: Case) -> dict[str, Any]:
-    """Run `peak_memory_here` in a fresh Python process (`python -m ssmbench.bench CASE_JSON`)."""
+    """Run `peak_memory_here` in a fresh Python process (`python -m ssmbench.bench CASE_JSON`); on CUDA in this
+    process, since the allocator's peak statistics see only this step's allocations."""
+    if torch.device(case.device).type == "cuda":
+        return peak_memory_here(case)
     proc = subprocess.run([sys.executable, "-m", "ssmbench.bench", json.dumps(asdict(case))],
                           capture_output=True, text=True)
     if proc.returncode != 0:
@@ -207,57 +249,123 @@ def environment(device: str, threads: int) -> dict[str, Any]:
     return env
 
 
+# Datasheet peaks (dense): memory bandwidth (bytes/s), float32 FLOP/s without tensor cores, bf16 tensor-core FLOP/s.
+# Matched against torch.cuda.get_device_name in this order (the first name contained in it).
+PEAKS = {"H200": (4.8e12, 67e12, 989e12), "H100 PCIe": (2.0e12, 51e12, 756e12), "H100": (3.35e12, 67e12, 989e12),
+         "A100": (2.0e12, 19.5e12, 312e12)}
+
+
+def device_peaks(device: str) -> dict[str, Any] | None:
+    """The `PEAKS` entry of a CUDA device, None for the CPU or an unknown card."""
+    if not device.startswith("cuda"):
+        return None
+    name = torch.cuda.get_device_name(torch.device(device))
+    key = next((k for k in PEAKS if k in name), None)
+    return None if key is None else dict(zip(("card", "bytes_per_s", "fp32_flops", "bf16_flops"), (key, *PEAKS[key])))
+
+
+def lower_bound(case: Case, peaks: dict[str, Any]) -> dict[str, float]:
+    """Seconds below which no implementation of one S4D block forward+backward can run on a device with `peaks`:
+
+        t >= max(bytes / bandwidth, matmul FLOPs / matmul peak + FFT FLOPs / float32 peak)
+
+    bytes: the input x read and the output y written by the forward; x and the cotangent g read and dx written by
+    the backward: 5 B L H float32 values (anything more is an intermediate that a fused implementation keeps on
+    chip). matmul: the Linear(H, 2H) costs 2 B L H (2H) FLOPs forward and twice that backward (dx and dW):
+    12 B L H^2, on tensor cores in bf16 or in float32 (fp32; TF32 off). FFT: four real FFTs of size n =
+    fft_size(L) per (batch, channel) (rfft of x and irfft forward; rfft of g and irfft backward), 2.5 n log2 n
+    FLOPs each, in float32 (the kernel generation, O(H M L), is smaller for B > 1 and left out)."""
+    from ssmbench.models.kernels import fft_size
+
+    B, L, H = case.batch, case.L, case.d_model
+    n = fft_size(L)
+    data = 5 * B * L * H * 4
+    matmul, fft = 12 * B * L * H * H, 4 * B * H * 2.5 * n * math.log2(n)
+    matmul_peak = peaks["bf16_flops"] if case.precision == "bf16" else peaks["fp32_flops"]
+    seconds = max(data / peaks["bytes_per_s"], matmul / matmul_peak + fft / peaks["fp32_flops"])
+    return {"bound_s": seconds, "bound_bytes": data, "bound_flops": matmul + fft}
+
+
 def run_bench(lengths: list[int], batch: int, d_model: int, d_state: int, blocks: list[str], reps: int,
               device: str = "auto", threads: int | None = None, memory: bool = True, stu_d_model: int | None = None,
-              log: Callable[[str], None] = print) -> dict:
-    """Time (and measure) every block x path x length; returns the JSON-ready record."""
+              log: Callable[[str], None] = print, reference: str | None = None,
+              precisions: tuple[str, ...] = ("fp32",)) -> dict:
+    """Time (and measure) every block x path x precision x length; returns the JSON-ready record. With
+    `reference`, the reference S4D of that file is timed beside ssmbench's S4D paths in the same rounds."""
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise SSMBenchError(f"bench --device: '{device}' requested but CUDA is not available; use auto or cpu")
     if threads:
         torch.set_num_threads(threads)
+    if reference is not None:
+        load_reference(reference)  # a bad path or a missing import fails before any timing
+    peaks = device_peaks(device)
     results = []
     for block in blocks:
         if block == "stu" and importlib.util.find_spec("ssmbench.models.stu") is None:
             log("bench: ssmbench.models.stu is not available; skipping the STU block")
             continue
         H = stu_d_model if (block == "stu" and stu_d_model) else d_model
-        for L in lengths:
-            cases = [Case(block, p, L, batch, H, d_state, device, torch.get_num_threads()) for p in PATHS[block]]
-            log(f"bench: {block} L={L} B={batch} H={H}: timing {', '.join(PATHS[block])} ({reps} rounds)")
-            timing = time_cases(cases, reps)
-            diffs = max_differences(cases) if len(cases) > 1 else None
-            for case, t in zip(cases, timing):
-                row = {"group": f"{block} L={L}", "block": block, "path": case.path, "L": L, "batch": batch,
-                       "d_model": H, "d_state": d_state, **t, "max_abs_diff": diffs}
-                if memory:
-                    row.update(peak_memory(case))
-                results.append(row)
-    return {"environment": environment(device, torch.get_num_threads()),
+        paths = list(PATHS[block])
+        if block == "s4d" and device.startswith("cuda"):
+            paths.insert(1, "blocked")  # the fast path with the PyTorch kernel instead of the Triton one
+        for precision in precisions:
+            for L in lengths:
+                common = dict(L=L, batch=batch, d_model=H, d_state=d_state, device=device,
+                              threads=torch.get_num_threads(), precision=precision)
+                cases = [Case(block, p, **common) for p in paths]
+                if block == "s4d" and reference is not None:
+                    cases.append(Case("reference", "reference", **common, options={"reference": reference}))
+                log(f"bench: {block} L={L} B={batch} H={H} {precision}: timing "
+                    f"{', '.join(c.path for c in cases)} ({reps} rounds)")
+                timing = time_cases(cases, reps)
+                ours = [c for c in cases if c.block == block]
+                diffs = max_differences(ours) if len(ours) > 1 else None
+                for case, t in zip(cases, timing):
+                    row = {"group": f"{block} L={L} {precision}", "block": case.block, "path": case.path, "L": L,
+                           "batch": batch, "d_model": H, "d_state": d_state, "precision": precision, **t,
+                           "max_abs_diff": diffs if case.block == block else None}
+                    if peaks is not None and block == "s4d":
+                        row.update(lower_bound(case, peaks))
+                    if memory:
+                        row.update(peak_memory(case))
+                    results.append(row)
+    return {"environment": {**environment(device, torch.get_num_threads()), "peaks": peaks},
             "config": {"lengths": lengths, "batch": batch, "d_model": d_model, "d_state": d_state, "reps": reps,
-                       "blocks": blocks, "stu_d_model": stu_d_model},
+                       "blocks": blocks, "stu_d_model": stu_d_model, "reference": reference,
+                       "precisions": list(precisions)},
             "results": results}
 
 
+def milliseconds(seconds: float) -> str:
+    return f"{seconds * 1e3:.2f}" if seconds < 0.01 else f"{seconds * 1e3:.0f}"
+
+
 def print_table(record: dict, console=None) -> None:
-    """Rich table: time and memory per case, ratios against the first case of its group, differences."""
+    """Rich table: time and memory per case, ratios against the first case of its group, the reference's time
+    over the case's (ref/t, > 1: faster than the reference), the time over the lower bound, differences."""
     from rich.console import Console
     from rich.table import Table
 
     env = record["environment"]
     table = Table(title=f"forward+backward on {env['device']} ({env['device_name']}), {env['torch_threads']} threads, "
                         f"torch {env['torch']}")
-    for col in ("case", "L", "med ms", "min ms", "t/1st", "MB", "MB/1st", "dy rel", "dgrad rel"):
+    for col in ("case", "L", "prec", "med ms", "min ms", "t/1st", "ref/t", "t/bound", "MB", "MB/1st", "dy rel",
+                "dgrad rel"):
         table.add_column(col, justify="left" if col == "case" else "right", no_wrap=True)
     first: dict[str, dict] = {}
+    references = {r["group"]: r for r in record["results"] if r["block"] == "reference"}
     for r in record["results"]:
         ref = first.setdefault(r["group"], r)
         mem = r.get("peak_bytes")
         d = r.get("max_abs_diff") or {}
         case = r["block"] if r["block"] == r["path"] else f"{r['block']} {r['path']}"
-        table.add_row(case, str(r["L"]), f"{r['median_s'] * 1e3:.0f}", f"{r['min_s'] * 1e3:.0f}",
-                      f"{r['median_s'] / ref['median_s']:.2f}",
+        reference = references.get(r["group"])
+        table.add_row(case, str(r["L"]), r.get("precision", "fp32"), milliseconds(r["median_s"]),
+                      milliseconds(r["min_s"]), f"{r['median_s'] / ref['median_s']:.2f}",
+                      f"{reference['median_s'] / r['median_s']:.2f}" if reference else "-",
+                      f"{r['median_s'] / r['bound_s']:.1f}" if r.get("bound_s") else "-",
                       "-" if mem is None else f"{mem / 2**20:.0f}",
                       "-" if not (mem and ref.get("peak_bytes")) else f"{mem / ref['peak_bytes']:.2f}",
                       f"{d['output_rel']:.1e}" if d else "-", f"{d['grad_rel']:.1e}" if d else "-")
@@ -283,7 +391,8 @@ def parse_list(text: str, option: str, cast: Callable = str) -> list:
 
 
 def bench(lengths: str, batch: int, d_model: int, d_state: int, blocks: str, reps: int, device: str,
-          threads: int | None, memory: bool, stu_d_model: int | None, out: Path, console=None) -> dict:
+          threads: int | None, memory: bool, stu_d_model: int | None, out: Path, console=None,
+          reference: Path | None = None, precision: str = "fp32") -> dict:
     """The `ssmbench bench` command: run, print the table, write the JSON record to `out`."""
     Ls = parse_list(lengths, "--lengths", int)
     if min(Ls) < 1:
@@ -292,8 +401,14 @@ def bench(lengths: str, batch: int, d_model: int, d_state: int, blocks: str, rep
     unknown = [b for b in names if b not in PATHS]
     if unknown:
         raise SSMBenchError(f"bench --blocks: unknown block(s) {', '.join(unknown)}; known: {', '.join(PATHS)}")
+    precisions = parse_list(precision, "--precision")
+    if set(precisions) - {"fp32", "bf16"}:
+        raise SSMBenchError(f"bench --precision: {precision!r}; use fp32, bf16 or both (fp32,bf16)")
+    if reference is not None and "s4d" not in names:
+        raise SSMBenchError("bench --reference: the reference is an S4D block; add s4d to --blocks")
     log = console.print if console else print
-    record = run_bench(Ls, batch, d_model, d_state, names, reps, device, threads, memory, stu_d_model, log=log)
+    record = run_bench(Ls, batch, d_model, d_state, names, reps, device, threads, memory, stu_d_model, log=log,
+                       reference=None if reference is None else str(reference), precisions=tuple(precisions))
     print_table(record, console)
     write_json(record, out)
     log(f"wrote {out}")

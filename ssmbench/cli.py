@@ -109,11 +109,14 @@ def bench(
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="torch CPU threads (default: torch's choice)"),
     memory: bool = typer.Option(True, "--memory/--no-memory", help="measure peak memory in a subprocess per case"),
     out: Path = typer.Option(Path("bench.json"), "--out", help="JSON file for the results"),
+    reference: Optional[Path] = typer.Option(None, "--reference", help="a reference s4d.py (e.g. state-spaces/s4 models/s4/s4d.py), timed beside the S4D block"),
+    precision: str = typer.Option("fp32", "--precision", help="comma-separated: fp32, bf16 (autocast)"),
 ) -> None:
     """Time forward+backward of the S4D and STU blocks, fast vs straightforward path, with peak memory."""
     from ssmbench.bench import bench as run
 
-    run(lengths, batch, d_model, d_state, blocks, reps, device, threads, memory, stu_d_model, out, console)
+    run(lengths, batch, d_model, d_state, blocks, reps, device, threads, memory, stu_d_model, out, console,
+        reference=reference, precision=precision)
 
 
 @app.command()

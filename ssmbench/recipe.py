@@ -257,6 +257,8 @@ class TrainConfig(Section):
     compile: bool = Field(False, description="torch.compile each residual block (compiles on the first steps; needs a C++ compiler on the CPU)")
     on_nonfinite: Literal["stop", "skip"] = Field("stop", description="a non-finite loss or gradient: stop the run "
                                                   "(exit 3) or skip that update (counted in results.json skipped_steps)")
+    tf32: bool = Field(False, description="CUDA: float32 matmuls/convolutions on TF32 tensor cores (faster, ~1e-3 "
+                       "relative error); recorded in env.json. FFTs are not affected")
 
 
 class Recipe(Section):

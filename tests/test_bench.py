@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from ssmbench.bench import Case, bench, peak_memory_here, run_bench
+from ssmbench.bench import Case, bench, lower_bound, peak_memory_here, run_bench
 from ssmbench.errors import SSMBenchError
 
 
@@ -35,3 +35,46 @@ def test_bench_command_writes_json_and_rejects_bad_arguments(tmp_path):
         bench("12", 1, 4, 8, "s4d,mamba", 1, "cpu", None, False, None, out)
     with pytest.raises(SSMBenchError, match="--lengths"):
         bench("12,x", 1, 4, 8, "s4d", 1, "cpu", None, False, None, out)
+
+
+FAKE_REFERENCE = '''
+import torch
+
+class S4D(torch.nn.Module):  # the interface of state-spaces/s4 models/s4/s4d.py: (B, H, L) in and out
+    def __init__(self, d_model, d_state=64, dropout=0.0, transposed=True):
+        super().__init__()
+        self.scale = torch.nn.Parameter(torch.ones(d_model, 1))
+
+    def forward(self, u):
+        return u * self.scale, None
+'''
+
+
+def test_reference_is_timed_beside_s4d_at_each_precision(tmp_path):
+    ref = tmp_path / "s4d.py"
+    ref.write_text(FAKE_REFERENCE)
+    record = run_bench([16], batch=2, d_model=4, d_state=8, blocks=["s4d"], reps=1, device="cpu", memory=False,
+                       log=lambda *a: None, reference=str(ref), precisions=("fp32", "bf16"))
+    rows = record["results"]
+    assert [(r["path"], r["precision"]) for r in rows] == [
+        ("fast", "fp32"), ("direct", "fp32"), ("reference", "fp32"), ("fast", "bf16"), ("direct", "bf16"),
+        ("reference", "bf16")]
+    assert rows[2]["block"] == "reference" and rows[2]["max_abs_diff"] is None
+    assert rows[4]["max_abs_diff"]["output_rel"] < 1e-2  # fast vs direct, both under bf16 autocast
+    assert "bound_s" not in rows[0]  # the CPU has no datasheet peaks
+    with pytest.raises(SSMBenchError, match="--reference"):
+        bench("12", 1, 4, 8, "s4d", 1, "cpu", None, False, None, tmp_path / "b.json", reference=tmp_path / "none.py")
+    with pytest.raises(SSMBenchError, match="--precision"):
+        bench("12", 1, 4, 8, "s4d", 1, "cpu", None, False, None, tmp_path / "b.json", precision="fp8")
+
+
+def test_lower_bound_is_the_larger_of_memory_and_compute_time():
+    peaks = {"bytes_per_s": 1e12, "fp32_flops": 1e13, "bf16_flops": 1e14}
+    case = Case("s4d", "fast", L=1024, batch=8, d_model=256, precision="bf16")
+    b = lower_bound(case, peaks)
+    n = 2048  # fft_size(1024)
+    matmul, fft = 12 * 8 * 1024 * 256**2, 4 * 8 * 256 * 2.5 * n * 11
+    assert b["bound_bytes"] == 5 * 8 * 1024 * 256 * 4 and b["bound_flops"] == matmul + fft
+    assert b["bound_s"] == pytest.approx(max(b["bound_bytes"] / 1e12, matmul / 1e14 + fft / 1e13))
+    fp32 = lower_bound(Case("s4d", "fast", L=1024, batch=8, d_model=256), peaks)
+    assert fp32["bound_s"] == pytest.approx(matmul / 1e13 + fft / 1e13)  # compute-bound without tensor cores

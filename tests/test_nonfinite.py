@@ -109,3 +109,49 @@ def test_skip_still_stops_when_parameters_are_nonfinite(tmp_path):
 
     with pytest.raises(NonFiniteError, match=r"at step 4: .*\(value\)"):
         engine.train(tiny(on_nonfinite="skip"), runs_root=tmp_path, on_step=poison, **QUIET)
+
+
+# ---- the CUDA policy on the CPU: the device tally is read only at log points (eval every 4, checkpoint every 2)
+
+
+@pytest.fixture
+def read_at_log_points(monkeypatch):
+    monkeypatch.setattr(engine, "read_each_step", lambda device: False)
+
+
+def metric_rows(root):
+    return [{k: v for k, v in r.items() if k != "seconds"} for r in runs.read_jsonl(run_dir(root) / runs.METRICS)]
+
+
+def test_reading_at_log_points_logs_the_same_metrics(tmp_path, monkeypatch):
+    every_step = engine.train(tiny(), runs_root=tmp_path / "a", **QUIET)
+    monkeypatch.setattr(engine, "read_each_step", lambda device: False)
+    at_log_points = engine.train(tiny(), runs_root=tmp_path / "b", **QUIET)
+    assert metric_rows(tmp_path / "a") == metric_rows(tmp_path / "b")
+    assert every_step["test"] == at_log_points["test"]
+
+
+def test_deferred_stop_names_the_bad_step_and_saves_nothing_after_it(tmp_path, monkeypatch, read_at_log_points):
+    nan_loss_at(monkeypatch, {5})
+    with pytest.raises(NonFiniteError) as e:
+        engine.train(tiny(), runs_root=tmp_path, **QUIET)
+    rd = run_dir(tmp_path)
+    assert "at step 5: loss is nan" in str(e.value) and "(step 4)" in str(e.value)
+    assert checkpoint.load(rd / "checkpoints" / "last.pt")["progress"]["step"] == 4
+    assert runs.read_json(rd / runs.RESULTS)["step"] == 6  # detected at the checkpoint of step 6
+
+
+def test_deferred_skip_drops_exactly_the_bad_updates(tmp_path, monkeypatch, read_at_log_points):
+    nan_loss_at(monkeypatch, {3, 5})
+    snapshots = {}
+
+    def snapshot(trainer):
+        snapshots[trainer.progress.step] = {n: q.detach().clone() for n, q in trainer.model.named_parameters()}
+
+    results = engine.train(tiny(on_nonfinite="skip"), runs_root=tmp_path, on_step=snapshot, **QUIET)
+    assert results["status"] == "finished" and results["skipped_steps"] == 2
+    assert all(torch.equal(snapshots[2][n], snapshots[3][n]) for n in snapshots[2])
+    assert not all(torch.equal(snapshots[3][n], snapshots[4][n]) for n in snapshots[3])
+    state = checkpoint.load(run_dir(tmp_path) / "checkpoints" / "last.pt")
+    assert {int(s["step"]) for s in state["optimizer"]["state"].values()} == {10}
+    assert all(torch.isfinite(torch.tensor(r["loss"])) for r in runs.read_jsonl(run_dir(tmp_path) / runs.METRICS))

@@ -9,6 +9,8 @@ channel h uses row h mod n_ssm (state-spaces/s4 `n_ssm`); dt, C and D stay per c
 Two computation paths (`path`), held equal by tests/test_kernels.py:
 - "fast" (default): blocked Vandermonde kernel (no (H, M, L) tensor, SPEC.md §F.2), FFT size `fft_size(L)`
   (2L rounded up to a 7-smooth size), FFTs along the contiguous axis, D u folded into the kernel spectrum.
+  On CUDA, float32 layers compute the kernel with one fused Triton kernel in real arithmetic instead
+  (models/vandermonde_triton.py, forward and backward; `triton=False` keeps the PyTorch kernel).
 - "direct": the straightforward path (materialized Vandermonde, FFT of size 2L along dim 1, D u added after).
 Mixed precision: the SSM/FFT part always runs in float32 (float64 if the layer is float64) with autocast off;
 the position-wise Linear runs in the autocast dtype (bf16/fp16).
@@ -16,6 +18,7 @@ the position-wise Linear runs in the autocast dtype (bf16/fp16).
 
 from __future__ import annotations
 
+import importlib.util
 import math
 
 import torch
@@ -45,6 +48,11 @@ DEFAULT_LR = {"dt": 1e-3, "A": 1e-3, "B": 1e-3, "C": None}
 DEFAULT_WEIGHT_DECAY = {"dt": 0.0, "A": 0.0, "B": 0.0, "C": None}
 
 
+def fused_kernel_available(x: torch.Tensor) -> bool:
+    """Whether the fused Triton kernel serves tensors like `x`: complex64/float32 on CUDA, Triton installed."""
+    return x.is_cuda and x.dtype in (torch.float32, torch.complex64) and importlib.util.find_spec("triton") is not None
+
+
 def tag_optim(param: nn.Parameter, lr: float | None, weight_decay: float | None = 0.0) -> nn.Parameter:
     """Mark a parameter for its own optimizer group (read by `ssmbench.train.optim`); None = the global value."""
     param._optim = {"lr": lr, "weight_decay": weight_decay}
@@ -59,11 +67,11 @@ class S4D(nn.Module):
                  discretization: str = "zoh", real_transform: str = "exp", lr: dict | None = None,
                  beta: float | None = None, beta_lr: float = 0.01, kappa: float | str = "nfft", path: str = "fast",
                  weight_decay: dict | None = None, dt_transform: str = "exp", n_ssm: int | None = None,
-                 tie_dropout: bool = False, dropout_before_gelu: bool = False):
+                 tie_dropout: bool = False, dropout_before_gelu: bool = False, triton: bool = True):
         super().__init__()
         if path not in ("fast", "direct"):
             raise ValueError(f"unknown S4D path {path!r}; known: fast, direct")
-        self.path = path
+        self.path, self.triton = path, triton
         H, c = d_model, 2 if bidirectional else 1
         S = H if n_ssm is None else n_ssm
         if H % S:
@@ -103,8 +111,7 @@ class S4D(nn.Module):
     def A(self) -> torch.Tensor:
         """The diagonal state matrix, complex (H, M): Re A = -f(A_re), or -A_re on `linear_real` rows."""
         neg_re = REAL_TRANSFORMS[self.real_transform][0](self.A_re)
-        if self.linear_real.any():
-            neg_re = torch.where(self.linear_real[:, None], self.A_re, neg_re)
+        neg_re = torch.where(self.linear_real[:, None], self.A_re, neg_re)  # no `if .any()`: that syncs on CUDA
         return self.per_channel(torch.complex(-neg_re, self.A_im))
 
     @property
@@ -143,6 +150,10 @@ class S4D(nn.Module):
     def kernel(self, L: int) -> torch.Tensor:
         """The SSM convolution kernel K, real (c, H, L) (blocked Vandermonde on the fast path)."""
         log_A_bar, W = self.discrete(L)
+        if self.path == "fast" and self.triton and fused_kernel_available(W):
+            from ssmbench.models.vandermonde_triton import fused_vandermonde_kernel
+
+            return fused_vandermonde_kernel(W, log_A_bar, L, self.conjugate_pairs)
         kernel_fn = blocked_vandermonde_kernel if self.path == "fast" else vandermonde_kernel
         return kernel_fn(W, log_A_bar, L, self.conjugate_pairs)
 

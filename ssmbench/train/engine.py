@@ -15,6 +15,12 @@ scratch if none was written); the metric lines written after that checkpoint are
 next step boundary with a checkpoint, results.json status "preempted" and exit status 75 (`Preempted`). A
 non-finite loss or gradient stops the run (NonFiniteError, exit 3) or, with `train.on_nonfinite: skip`, drops
 that update. A run directory is locked while a process trains in it (`runs.locked`).
+
+No host-device synchronization inside a training step (train/tally.py): loss sums, correct counts and the
+non-finite flag accumulate as device tensors, a non-finite update is dropped on the device (the fused AdamW's
+`found_inf`), and the tally is read at the log points (evaluation, checkpoint), where a non-finite step is
+reported by its number. On the CPU, where reading is free, it is read after every step, so a run stops at the
+bad step itself; on CUDA it stops at the next log point, having written no checkpoint after the bad step.
 """
 
 from __future__ import annotations
@@ -42,6 +48,7 @@ from ssmbench.models.backbone import SequenceModel
 from ssmbench.recipe import Recipe, load_recipe
 from ssmbench.train import checkpoint, distributed
 from ssmbench.train.optim import build_optimizer, cosine_with_warmup
+from ssmbench.train.tally import DeviceTally, Tally
 
 
 # --------------------------------------------------------------------------------------------------
@@ -63,6 +70,22 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype | Non
     if precision == "fp16" and device.type != "cuda":
         raise SSMBenchError("train.precision: 'fp16' needs a CUDA device; on the CPU use 'fp32' or 'bf16'")
     return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+def set_tf32(enabled: bool, device: torch.device) -> bool:
+    """The TF32 policy (`train.tf32`): float32 matmuls and convolutions on CUDA tensor cores with a 10-bit
+    mantissa (~1e-3 relative error) or in full float32. Set explicitly either way (it is process-global);
+    returns whether TF32 is in effect (never on the CPU), which env.json records."""
+    on = enabled and device.type == "cuda"
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = on
+        torch.backends.cudnn.allow_tf32 = on
+    return on
+
+
+def read_each_step(device: torch.device) -> bool:
+    """Whether the engine reads its device tally after every step (free on the CPU) or only at log points."""
+    return device.type == "cpu"
 
 
 def seed_everything(seed: int) -> None:
@@ -151,7 +174,7 @@ def evaluate(model: torch.nn.Module, data: DataLoader, task: str, device: torch.
              amp: torch.dtype | None, max_batches: int | None = None) -> dict[str, float]:
     """Mean loss (and accuracy) over a split, weighted by batch size."""
     model.eval()
-    total, loss_sum, correct = 0, 0.0, 0
+    total, sums = 0, torch.zeros(2, dtype=torch.float64, device=device)  # loss sum, correct: read once at the end
     for i, (x, y) in enumerate(data):
         if max_batches is not None and i >= max_batches:
             break
@@ -159,11 +182,12 @@ def evaluate(model: torch.nn.Module, data: DataLoader, task: str, device: torch.
         with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
             out = model(x)
         loss, c = loss_and_correct(task, out, y)
-        loss_sum += loss.item() * len(x)
-        correct += int(c) if c is not None else 0
+        sums[0] += loss.double() * len(x)
+        if c is not None:
+            sums[1] += c
         total += len(x)
     model.train()
-    loss_sum, correct, total = distributed.all_reduce_sum([loss_sum, correct, total])  # each rank saw a shard
+    loss_sum, correct, total = distributed.all_reduce_sum([*sums.tolist(), total])  # each rank saw a shard
     correct, total = round(correct), round(total)
     metrics = {"loss": loss_sum / max(total, 1), "n": total}
     if task == "classification":
@@ -179,13 +203,13 @@ def better(task: str, new: dict, best: dict | None) -> bool:
     return new["loss"] < best["loss"]
 
 
-def nonfinite_parameters(model: torch.nn.Module) -> list[str]:
-    bad = []
-    for name, p in model.named_parameters():
-        if not torch.isfinite(p).all():
-            bad.append(f"{name} (value)")
-        elif p.grad is not None and not torch.isfinite(p.grad).all():
-            bad.append(f"{name} (gradient)")
+def nonfinite_parameters(model: torch.nn.Module, gradients: bool = True) -> list[str]:
+    """Parameters with non-finite values, then (if `gradients`) those with only a non-finite gradient."""
+    params = list(model.named_parameters())
+    bad = [f"{name} (value)" for name, p in params if not torch.isfinite(p).all()]
+    if gradients:
+        bad += [f"{name} (gradient)" for name, p in params
+                if p.grad is not None and torch.isfinite(p).all() and not torch.isfinite(p.grad).all()]
     return bad
 
 
@@ -261,6 +285,7 @@ class Trainer:
             raise SSMBenchError(f"train.batch_size / train.eval_batch_size: the global batch is split across "
                                 f"{self.world} processes, so it must be at least {self.world}")
         self.amp = resolve_precision(t.precision, self.device)
+        self.tf32 = set_tf32(t.tf32, self.device)
         seed_everything(recipe.seed)
         self.data = build_data(recipe.data)
         self.task = self.data.task
@@ -278,6 +303,7 @@ class Trainer:
         self.progress = Progress()
         self.ckpt_dir = self.run_dir / runs.CHECKPOINTS
         self.saved_step: int | None = None  # step of the newest last.pt (named by the non-finite guard)
+        self.tally = DeviceTally(self.device)  # this rank's step metrics since the last read (`collect`)
         if resume:
             self._restore()
         elif is_writer:
@@ -289,7 +315,7 @@ class Trainer:
     def _start_record(self) -> None:
         runs.atomic_write_text(self.run_dir / runs.RECIPE, self.recipe.to_yaml())
         env = runs.environment(str(self.device))
-        env.update({"precision": str(self.amp).replace("torch.", "") if self.amp else "fp32",
+        env.update({"precision": str(self.amp).replace("torch.", "") if self.amp else "fp32", "tf32": self.tf32,
                     "data": {"source": self.data.source, "provenance": self.data.provenance,
                              "sizes": self.data.sizes(), "seq_len": self.data.seq_len, **self.data.facts},
                     "init": self.init_facts, "n_params": sum(p.numel() for p in self.model.parameters()),
@@ -303,6 +329,7 @@ class Trainer:
                 "rng": rng_state(), "progress": asdict(self.progress)}
 
     def save_last(self) -> None:
+        self.collect()  # a non-finite step since the last read stops the run before its state is saved
         if self.is_writer:
             checkpoint.save(self.ckpt_dir / checkpoint.LAST, self._state(), keep_previous=True)
         self.saved_step = self.progress.step
@@ -350,57 +377,71 @@ class Trainer:
     def train_step(self, x: torch.Tensor, y: torch.Tensor, share: tuple[int, int] | None = None) -> None:
         """One optimizer step on this rank's shard. `share` = (samples of the shard that count, samples in the
         global batch), default (len(x), len(x)). The mean loss is scaled by world * share[0] / share[1], so
-        DDP's gradient average is the mean over the global batch (distributed.py); logged sums are reduced."""
+        DDP's gradient average is the mean over the global batch (distributed.py); logged sums are reduced.
+        Nothing is read on the host: a non-finite loss or gradient norm drops the update on the device (the
+        GradScaler does it under fp16) and is reported when the tally is read (`collect`)."""
         t, p = self.recipe.train, self.progress
         mine, total = share or (len(x), len(x))
         x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
         with torch.autocast(self.device.type, dtype=self.amp or torch.float32, enabled=self.amp is not None):
             out = self.ddp(x)
         loss, correct = loss_and_correct(self.task, out, y)
-        loss_sum, n_correct = distributed.all_reduce_sum([loss.item() * mine, int(correct) if correct is not None and mine else 0])
         self.optimizer.zero_grad(set_to_none=True)
-        problem = None if math.isfinite(loss_sum) else f"loss is {loss_sum / total}"
-        if problem is None:
-            self.scaler.scale(loss * (self.world * mine / total)).backward()
-            self.scaler.unscale_(self.optimizer)
-            params = [q for q in self.model.parameters() if q.grad is not None]
-            grad_norm = torch.nn.utils.get_total_norm([q.grad for q in params])
-            if torch.isfinite(grad_norm):  # = clip_grad_norm_, split so a bad gradient is reported unclipped
-                torch.nn.utils.clip_grads_with_norm_(params, t.grad_clip or float("inf"), grad_norm)
-            elif self.amp != torch.float16:  # fp16: the scaler skips such steps
-                problem = f"gradient norm is {grad_norm.item()}"
-        if problem is None:
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-            p.train_loss_sum += loss_sum
-            p.train_correct += round(n_correct)
-            p.train_seen += total
-        else:
-            self._nonfinite(problem)  # raises unless train.on_nonfinite is skip
-            p.skipped_steps += 1
+        self.scaler.scale(loss * (self.world * mine / total)).backward()
+        self.scaler.unscale_(self.optimizer)
+        params = [q for q in self.model.parameters() if q.grad is not None]
+        grad_norm = torch.nn.utils.get_total_norm([q.grad for q in params])
+        if t.grad_clip:  # a non-finite norm clips nothing, so the guard names only the bad gradient
+            torch.nn.utils.clip_grads_with_norm_(params, t.grad_clip, torch.where(grad_norm.isfinite(), grad_norm, 0.0))
+        fp16 = self.amp == torch.float16  # the scaler skips overflowing steps itself
+        bad = self.tally.add(p.step + 1, loss, correct if mine else None, mine, total, None if fp16 else grad_norm)
+        if not fp16:
+            self.optimizer.found_inf = bad  # read by the fused AdamW: 1 leaves parameters and state unchanged
+        self.scaler.step(self.optimizer)
+        self.optimizer.__dict__.pop("found_inf", None)
+        self.scaler.update()
+        if read_each_step(self.device):
+            self.collect()
         self.scheduler.step()
         p.step += 1
         p.batch_in_epoch += 1
         p.samples += total
 
-    def _nonfinite(self, what: str) -> None:
-        """A non-finite loss or gradient at the coming step. `train.on_nonfinite: skip` drops the update (the step
-        and the lr schedule still advance) unless the parameters themselves are non-finite, which no later step
-        can repair; otherwise NonFiniteError names the step, the parameters and the last good checkpoint."""
-        step, bad = self.progress.step + 1, nonfinite_parameters(self.model)
-        values_finite = all(torch.isfinite(q).all() for q in self.model.parameters())
+    def collect(self) -> None:
+        """Read the device tally into `progress` (one synchronization); a non-finite step since the last read
+        raises NonFiniteError or, with `train.on_nonfinite: skip`, is counted and logged."""
+        tally = self.tally.read()
+        loss_sum, correct, bad_steps = distributed.all_reduce_sum([tally.loss_sum, tally.correct, tally.bad_steps])
+        p = self.progress
+        p.train_loss_sum += loss_sum
+        p.train_correct += round(correct)
+        p.train_seen += round(tally.seen)
+        if bad_steps:
+            self._nonfinite(tally)  # raises unless train.on_nonfinite is skip
+            p.skipped_steps += tally.bad_steps
+
+    def _nonfinite(self, tally: Tally) -> None:
+        """Non-finite losses or gradients since the last read. `train.on_nonfinite: skip` accepts the dropped
+        updates (the steps and the lr schedule still advanced) unless the parameters themselves are non-finite,
+        which no later step can repair; otherwise NonFiniteError names the first bad step, the parameters and
+        the last good checkpoint."""
+        step, what = tally.first_bad_step, tally.first_bad or "on another rank"
+        more = f" (and {tally.bad_steps - 1} later step(s))" if tally.bad_steps > 1 else ""
+        bad = nonfinite_parameters(self.model, gradients=not what.startswith("loss"))
+        values_finite = not any(b.endswith("(value)") for b in bad)
         if self.recipe.train.on_nonfinite == "skip" and values_finite:
-            self.log(f"warning: step {step}: {what}; update skipped (train.on_nonfinite: skip)")
+            self.log(f"warning: step {step}: {what}{more}; update skipped (train.on_nonfinite: skip)")
             return
         last = self.ckpt_dir / checkpoint.LAST
         where = (f"last good checkpoint: {last} (step {self.saved_step})" if self.saved_step is not None
                  else "no checkpoint was written yet")
-        raise NonFiniteError(f"non-finite training at step {step}: {what}; "
+        raise NonFiniteError(f"non-finite training at step {step}: {what}{more}; "
                              f"non-finite parameters: {', '.join(bad[:8]) or 'none (the loss itself overflowed)'}; "
                              f"{where}. Start again with a lower train.lr, a train.grad_clip, "
                              f"or train.on_nonfinite: skip.")
 
     def run_eval(self) -> None:
+        self.collect()
         p = self.progress
         if p.train_seen:
             train_metrics = {"loss": p.train_loss_sum / p.train_seen}

@@ -56,7 +56,11 @@ def param_groups(model: nn.Module, lr: float, weight_decay: float, no_weight_dec
 
 def build_optimizer(model: nn.Module, lr: float, weight_decay: float,
                     no_weight_decay: Iterable[str] = ()) -> torch.optim.AdamW:
-    return torch.optim.AdamW(param_groups(model, lr, weight_decay, no_weight_decay), lr=lr, weight_decay=weight_decay)
+    """AdamW with the fused (one kernel per device) implementation. Besides being fast, it honours
+    `optimizer.found_inf` (a 0/1 tensor on the device): at 1 the update, the moments and the step count are left
+    unchanged, which is how the engine drops a non-finite update without reading the flag on the host."""
+    return torch.optim.AdamW(param_groups(model, lr, weight_decay, no_weight_decay), lr=lr,
+                             weight_decay=weight_decay, fused=True)
 
 
 def cosine_with_warmup(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# The GPU check of issue 12 in one command (< 5 minutes on one H100), from the project root of a GPU machine:
+#   bash benchmarks/gpu_check.sh PATH/s4d.py [OUT_DIR]        (OUT_DIR default: gpu-check)
+# PATH/s4d.py is the reference (state-spaces/s4 models/s4/s4d.py, see benchmarks/README.md; never commit it).
+# Runs the GPU-only tests (no host-device sync in a training step; the Triton kernel vs PyTorch), then
+# benchmarks/gpu_check.py: numerics vs float64, the layer table vs the reference, the LRA S4D recipes' steps.
+# Writes OUT_DIR/gpu_check.json, OUT_DIR/gpu_check.md and OUT_DIR/tests.txt.
+# An offline machine without pydantic/datasets/soundfile gets them from .whl/ (made by ../shared/gpu/wheels.sh).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+reference=${1:?usage: bash benchmarks/gpu_check.sh PATH/s4d.py [OUT_DIR]}
+out=${2:-gpu-check}
+PY=${PYTHON:-python3}
+mkdir -p "$out"
+if ! "$PY" -c "import pydantic, datasets, soundfile" 2>/dev/null; then
+  if ! ls .whl/*.whl >/dev/null 2>&1; then
+    echo "gpu_check: pydantic/datasets/soundfile are missing and .whl/ has no wheels; see benchmarks/README.md" >&2
+    exit 2
+  fi
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --target /tmp/ssmbench-site .whl/*.whl
+  export PYTHONPATH=/tmp/ssmbench-site${PYTHONPATH:+:$PYTHONPATH}
+fi
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+"$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'gpu_check: no CUDA device')"
+# Tests first, but a failure does not stop the figures: both end up in OUT_DIR.
+tests_rc=0
+timeout 120 "$PY" -m pytest -q -p no:cacheprovider tests/test_gpu_train.py tests/test_vandermonde_triton.py \
+  > "$out/tests.txt" 2>&1 || tests_rc=$?
+tail -n 3 "$out/tests.txt"
+timeout 240 "$PY" benchmarks/gpu_check.py --reference "$reference" --out "$out"
+exit "$tests_rc"
