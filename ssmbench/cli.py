@@ -102,15 +102,15 @@ def bench(
     batch: int = typer.Option(8, "--batch", min=1, help="batch size"),
     d_model: int = typer.Option(256, "--d-model", min=1, help="features H of the S4D block"),
     d_state: int = typer.Option(64, "--d-state", min=2, help="state size N of the S4D block"),
-    blocks: str = typer.Option("s4d,stu", "--blocks", help="comma-separated blocks: s4d, stu"),
-    stu_d_model: int = typer.Option(64, "--stu-d-model", min=1, help="features of the STU block (its transfer matrices are O(L H^2))"),
+    blocks: str = typer.Option("s4d,stu", "--blocks", help="comma-separated blocks: s4d, stu, ar-stu"),
+    stu_d_model: int = typer.Option(64, "--stu-d-model", min=1, help="features of the STU and AR-STU blocks"),
     reps: int = typer.Option(3, "--reps", min=1, help="timed rounds per case (interleaved across paths)"),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda[:i]"),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="torch CPU threads (default: torch's choice)"),
     memory: bool = typer.Option(True, "--memory/--no-memory", help="measure peak memory in a subprocess per case"),
     out: Path = typer.Option(Path("bench.json"), "--out", help="JSON file for the results"),
 ) -> None:
-    """Time forward+backward of the S4D and STU blocks, fast vs straightforward path, with peak memory."""
+    """Time forward+backward of the S4D, STU and AR-STU blocks, fast vs straightforward path, with peak memory."""
     from ssmbench.bench import bench as run
 
     run(lengths, batch, d_model, d_state, blocks, reps, device, threads, memory, stu_d_model, out, console)

@@ -7,6 +7,7 @@ import pytest
 
 from ssmbench.bench import Case, bench, peak_memory_here, run_bench
 from ssmbench.errors import SSMBenchError
+from ssmbench.models.stu import chunk_length
 
 
 def test_run_bench_record(tmp_path):
@@ -35,3 +36,13 @@ def test_bench_command_writes_json_and_rejects_bad_arguments(tmp_path):
         bench("12", 1, 4, 8, "s4d,mamba", 1, "cpu", None, False, None, out)
     with pytest.raises(SSMBenchError, match="--lengths"):
         bench("12,x", 1, 4, 8, "s4d", 1, "cpu", None, False, None, out)
+
+
+def test_ar_stu_block_compares_the_chunked_scan_with_the_loop():
+    record = run_bench([64], batch=2, d_model=8, d_state=8, blocks=["stu", "ar-stu"], reps=1, device="cpu",
+                       memory=False, stu_d_model=4, log=lambda *a: None)
+    rows = record["results"]
+    assert [(r["block"], r["path"], r["d_model"]) for r in rows] == [("stu", "fast", 4), ("ar-stu", "chunked", 4),
+                                                                     ("ar-stu", "loop", 4)]
+    assert chunk_length(2, 64, 4, 2) < 64  # the chunked path is not the loop at this size
+    assert rows[1]["max_abs_diff"]["grad_rel"] < 1e-5
