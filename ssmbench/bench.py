@@ -19,7 +19,8 @@ to the largest |value| of each tensor (the table shows the relative ones).
 
 A block is built by `build_block(case)`: "s4d" (`S4D(d_model, d_state)` with `path` fast or direct, or
 "blocked": the fast path with the PyTorch kernel instead of the Triton one, timed on CUDA), "stu"
-(`ssmbench.models.stu.STU`, one path), "reference" (the S4D of a reference `s4d.py` given with `--reference`,
+(`ssmbench.models.stu.STU`, one path), "ar-stu" (`ARSTU` with k_y = 2 and M^y_2 = 0.9 I as in the LRA recipes,
+`path` chunked: the chunked scan, loop: one time step after the other), "reference" (the S4D of a reference `s4d.py` given with `--reference`,
 e.g. state-spaces/s4's `models/s4/s4d.py`: the user's file, loaded at run time, never part of ssmbench), or any
 "FILE.py:function" that takes the case and returns (module, layout) with layout "BLH" or "BHL".
 
@@ -48,13 +49,13 @@ import torch
 
 from ssmbench.errors import SSMBenchError
 
-PATHS = {"s4d": ("fast", "direct"), "stu": ("fast",)}
+PATHS = {"s4d": ("fast", "direct"), "stu": ("fast",), "ar-stu": ("chunked", "loop")}
 
 
 @dataclass
 class Case:
-    block: str  # "s4d", "stu" or "FILE.py:function"
-    path: str  # "fast" | "direct" for s4d; a label otherwise
+    block: str  # "s4d", "stu", "ar-stu" or "FILE.py:function"
+    path: str  # "fast" | "direct" for s4d, "chunked" | "loop" for ar-stu; a label otherwise
     L: int
     batch: int
     d_model: int
@@ -82,10 +83,14 @@ def build_block(case: Case) -> tuple[torch.nn.Module, str]:
         from ssmbench.models.stu import STU
 
         return STU(case.d_model), "BLH"
+    if case.block == "ar-stu":
+        from ssmbench.models.stu import ARSTU
+
+        return ARSTU(case.d_model, ar_init=0.9, scan_chunk=case.L if case.path == "loop" else None), "BLH"
     file, _, name = case.block.rpartition(":")
     spec = importlib.util.spec_from_file_location(f"ssmbench_bench_{Path(file).stem}", file)
     if not file.endswith(".py") or spec is None or not Path(file).is_file():
-        raise SSMBenchError(f"bench: block {case.block!r} is neither s4d, stu nor FILE.py:function")
+        raise SSMBenchError(f"bench: block {case.block!r} is neither s4d, stu, ar-stu nor FILE.py:function")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return getattr(module, name)(case)
@@ -303,10 +308,10 @@ def run_bench(lengths: list[int], batch: int, d_model: int, d_state: int, blocks
     peaks = device_peaks(device)
     results = []
     for block in blocks:
-        if block == "stu" and importlib.util.find_spec("ssmbench.models.stu") is None:
+        if block in ("stu", "ar-stu") and importlib.util.find_spec("ssmbench.models.stu") is None:
             log("bench: ssmbench.models.stu is not available; skipping the STU block")
             continue
-        H = stu_d_model if (block == "stu" and stu_d_model) else d_model
+        H = stu_d_model if (block in ("stu", "ar-stu") and stu_d_model) else d_model
         paths = list(PATHS[block])
         if block == "s4d" and device.startswith("cuda"):
             paths.insert(1, "blocked")  # the fast path with the PyTorch kernel instead of the Triton one

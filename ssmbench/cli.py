@@ -102,8 +102,8 @@ def bench(
     batch: int = typer.Option(8, "--batch", min=1, help="batch size"),
     d_model: int = typer.Option(256, "--d-model", min=1, help="features H of the S4D block"),
     d_state: int = typer.Option(64, "--d-state", min=2, help="state size N of the S4D block"),
-    blocks: str = typer.Option("s4d,stu", "--blocks", help="comma-separated blocks: s4d, stu"),
-    stu_d_model: int = typer.Option(64, "--stu-d-model", min=1, help="features of the STU block (its transfer matrices are O(L H^2))"),
+    blocks: str = typer.Option("s4d,stu", "--blocks", help="comma-separated blocks: s4d, stu, ar-stu"),
+    stu_d_model: int = typer.Option(64, "--stu-d-model", min=1, help="features of the STU and AR-STU blocks"),
     reps: int = typer.Option(3, "--reps", min=1, help="timed rounds per case (interleaved across paths)"),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda[:i]"),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="torch CPU threads (default: torch's choice)"),
@@ -112,7 +112,7 @@ def bench(
     reference: Optional[Path] = typer.Option(None, "--reference", help="a reference s4d.py (e.g. state-spaces/s4 models/s4/s4d.py), timed beside the S4D block"),
     precision: str = typer.Option("fp32", "--precision", help="comma-separated: fp32, bf16 (autocast)"),
 ) -> None:
-    """Time forward+backward of the S4D and STU blocks, fast vs straightforward path, with peak memory."""
+    """Time forward+backward of the S4D, STU and AR-STU blocks, fast vs straightforward path, with peak memory."""
     from ssmbench.bench import bench as run
 
     run(lengths, batch, d_model, d_state, blocks, reps, device, threads, memory, stu_d_model, out, console,

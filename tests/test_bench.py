@@ -7,6 +7,7 @@ import pytest
 
 from ssmbench.bench import Case, bench, lower_bound, peak_memory_here, run_bench
 from ssmbench.errors import SSMBenchError
+from ssmbench.models.stu import chunk_length
 
 
 def test_run_bench_record(tmp_path):
@@ -78,3 +79,13 @@ def test_lower_bound_is_the_larger_of_memory_and_compute_time():
     assert b["bound_s"] == pytest.approx(max(b["bound_bytes"] / 1e12, matmul / 1e14 + fft / 1e13))
     fp32 = lower_bound(Case("s4d", "fast", L=1024, batch=8, d_model=256), peaks)
     assert fp32["bound_s"] == pytest.approx(matmul / 1e13 + fft / 1e13)  # compute-bound without tensor cores
+
+
+def test_ar_stu_block_compares_the_chunked_scan_with_the_loop():
+    record = run_bench([64], batch=2, d_model=8, d_state=8, blocks=["stu", "ar-stu"], reps=1, device="cpu",
+                       memory=False, stu_d_model=4, log=lambda *a: None)
+    rows = record["results"]
+    assert [(r["block"], r["path"], r["d_model"]) for r in rows] == [("stu", "fast", 4), ("ar-stu", "chunked", 4),
+                                                                     ("ar-stu", "loop", 4)]
+    assert chunk_length(2, 64, 4, 2) < 64  # the chunked path is not the loop at this size
+    assert rows[1]["max_abs_diff"]["grad_rel"] < 1e-5

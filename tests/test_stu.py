@@ -9,7 +9,9 @@ import torch
 
 from ssmbench.errors import RecipeError, SSMBenchError
 from ssmbench.models.hankel import spectral_filters
-from ssmbench.models.stu import ARSTU, STU, OutputAutoregression, ar_scan, lag2_cumsum
+from ssmbench.models import stu as stu_module
+from ssmbench.models.stu import (ARSTU, STU, OutputAutoregression, SpectralMix, ar_scan, chunk_length, chunk_transition,
+                                 lag2_cumsum)
 from ssmbench.recipe import load_recipe, validate_recipe
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
@@ -60,6 +62,65 @@ def test_fft_path_equals_direct_sum(hankel, L):
     with torch.no_grad():
         expected = direct_stu(layer, u)
         assert torch.allclose(layer.stu(u), expected, rtol=1e-10, atol=1e-11)
+
+
+def dense_spectral(layer: STU, u: torch.Tensor) -> torch.Tensor:
+    """The spectral part with the whole transfer matrix W (F, H, H) materialized, under autograd."""
+    B, L, H = u.shape
+    taps_f = torch.fft.rfft(layer.filters(L).to(u.dtype), n=2 * L).T  # (F, R)
+    W = torch.einsum("fr,roi->fio", taps_f, layer.mixing().to(taps_f.dtype))  # sum_r taps_f(f, r) M_r^T
+    y_f = torch.einsum("bfi,fio->bfo", torch.fft.rfft(u, n=2 * L, dim=1), W)
+    return torch.fft.irfft(y_f, n=2 * L, dim=1)[:, :L]
+
+
+@pytest.mark.parametrize("hankel,L,block_freqs", [("z", 23, 1), ("z", 24, 5), ("l", 23, 7), ("z", 24, 1000)])
+def test_blocked_spectral_mix_equals_the_dense_transfer_matrix(hankel, L, block_freqs, monkeypatch):
+    """Output and gradients (input and every M) of `SpectralMix` in blocks of `block_freqs` frequencies vs autograd
+    through the dense W."""
+    H = 3
+    monkeypatch.setattr(stu_module, "MIX_BLOCK_BYTES", block_freqs * H * H * 16)  # complex128
+    layer = randomize(STU(H, k=5, k_u=3, hankel=hankel).double())
+    g = torch.Generator().manual_seed(2)
+    u = torch.randn(2, L, H, generator=g, dtype=torch.float64, requires_grad=True)
+    cotangent = torch.randn(2, L, H, generator=g, dtype=torch.float64)
+    results = []
+    for spectral in (layer.spectral, lambda x: dense_spectral(layer, x)):
+        layer.zero_grad(set_to_none=True)
+        u.grad = None
+        y = spectral(u)
+        y.backward(cotangent)
+        results.append([y.detach(), u.grad] + [p.grad for p in (layer.M_u, layer.M_phi_plus, layer.M_phi_minus) if p is not None])
+    for fast, dense in zip(*results):
+        assert torch.allclose(fast, dense, rtol=1e-10, atol=1e-12)
+
+
+def test_spectral_mix_gradient():
+    g = torch.Generator().manual_seed(3)
+    u_f = torch.randn(7, 2, 3, generator=g, dtype=torch.complex128, requires_grad=True)
+    taps_f = torch.randn(7, 4, generator=g, dtype=torch.complex128)
+    M = torch.randn(4, 2, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda a, b: SpectralMix.apply(a, taps_f, b, 3), (u_f, M))
+
+
+def test_stu_saves_no_transfer_matrix():
+    """The layer saves nothing of the size of W (F, H, H) for the backward (the dense path saves W itself)."""
+    B, L, H = 1, 64, 32
+    layer = randomize(STU(H, k=4))
+    sizes = []
+
+    def pack(t):
+        sizes.append(t.numel())
+        return t
+
+    u = torch.randn(B, L, H, requires_grad=True)
+    for spectral in (layer.spectral, lambda x: dense_spectral(layer, x)):
+        sizes.clear()
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            spectral(u)
+        if spectral == layer.spectral:
+            assert max(sizes, default=0) < (L + 1) * H * H / 4, sizes
+        else:
+            assert max(sizes) >= (L + 1) * H * H  # the check sees W where it is saved
 
 
 def test_zero_parameters_give_zero_output():
@@ -150,6 +211,42 @@ def test_ar_scan_equals_naive_recursion(k, reverse):
     z = torch.randn(3, 17, 4, generator=g, dtype=torch.float64)
     M = 0.3 * torch.randn(k, 4, 4, generator=g, dtype=torch.float64)
     assert torch.allclose(ar_scan(z, M, reverse), naive_ar(z, M, reverse), atol=1e-12)
+
+
+@pytest.mark.parametrize("k,T", [(1, 1), (2, 2), (2, 3), (3, 5), (2, 16), (3, 17), (2, 40)])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_chunked_scan_equals_naive_recursion(k, T, reverse):
+    """Chunk lengths T from k (the carried window is the whole chunk) to >= L (one chunk), dividing L or not."""
+    g = torch.Generator().manual_seed(10 * k + T)
+    z = torch.randn(2, 34, 3, generator=g, dtype=torch.float64)
+    M = 0.3 * torch.randn(k, 3, 3, generator=g, dtype=torch.float64)
+    assert torch.allclose(ar_scan(z, M, reverse, chunk=T), naive_ar(z, M, reverse), rtol=1e-12, atol=1e-12)
+
+
+def test_chunked_scan_of_a_marginally_stable_recurrence():
+    """M_2 = I (STU's y_t = y_{t-2} + z_t, outputs growing like sqrt(t)) over 2000 steps in chunks of 4 and 45:
+    the carried windows go through Phi = C^T, and match the cumulative sums to rounding."""
+    z = torch.randn(2, 2000, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    M = torch.stack([torch.zeros(3, 3), torch.eye(3)]).double()
+    for T in (4, 45):
+        assert torch.allclose(ar_scan(z, M, chunk=T), lag2_cumsum(z), rtol=0, atol=1e-10)
+    assert torch.allclose(chunk_transition(M, 4), torch.eye(6, dtype=torch.float64))  # C^2 swaps, C^4 = I
+
+
+def test_chunk_length_and_its_limits():
+    assert chunk_length(16, 4096, 256, 2) == 45  # sqrt(L / 2) sequential steps per pass
+    assert chunk_length(50, 1024, 512, 32) == 1024  # a (16384, 16384) companion power would cost more: the loop
+    assert chunk_length(1, 3, 4, 2) == 3  # T >= L: one chunk
+    with pytest.raises(ValueError, match="at least k = 3"):
+        ar_scan(torch.zeros(1, 10, 2), torch.zeros(3, 2, 2), chunk=2)
+
+
+@pytest.mark.parametrize("chunk", [None, 2, 4])
+def test_chunked_output_autoregression_gradient(chunk):
+    g = torch.Generator().manual_seed(1)
+    z = torch.randn(2, 11, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    M = (0.3 * torch.randn(2, 3, 3, generator=g, dtype=torch.float64)).requires_grad_()
+    assert torch.autograd.gradcheck(lambda a, b: OutputAutoregression.apply(a, b, chunk), (z, M))
 
 
 def test_output_autoregression_gradient():

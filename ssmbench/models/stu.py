@@ -9,11 +9,14 @@ With the alternative Hankel matrix Z_L (`hankel: l`, App. B) only the X+ branch 
 
 Everything except the y_{t-2} term is one causal convolution with a bank of R = k_u + 2K fixed scalar filters
 (`filter_bank`: unit impulses at lags 0..k_u-1, then sigma^(1/4) phi_k and sigma^(1/4) (-1)^i phi_k delayed by 2),
-each mixing channels by its own matrix. So the layer computes the matrix transfer function
-W(f) = sum_r FFT(tap_r)(f) M_r once per step and applies it with one FFT of the input: O(L H^2) instead of
-materializing the (B, L, 2K, H) features. The FFTs run in float32 even under autocast, like S4D.
+each mixing channels by its own matrix. So the layer applies the matrix transfer function
+W(f) = sum_r FFT(tap_r)(f) M_r to one FFT of the input, instead of materializing the (B, L, 2K, H) features.
+`SpectralMix` builds W one block of frequencies at a time, in the forward and again in the backward, so neither
+the whole complex (L+1, H, H) tensor nor its gradient ever exists (8.6 GB each at L = 16384, H = 256): the layer
+saves only U(f), and its extra memory is one block of W. The FFTs run in float32 even under autocast, like S4D.
 
-AR-STU (Eq. 6) replaces the fixed y_{t-2} term by y_t = sum_{i=1}^{k_y} M^y_i y_{t-i} + (the rest of Eq. 4).
+AR-STU (Eq. 6) replaces the fixed y_{t-2} term by y_t = sum_{i=1}^{k_y} M^y_i y_{t-i} + (the rest of Eq. 4),
+computed exactly by a chunked scan (`ar_scan`): sqrt(L)-scale sequential steps instead of L.
 Initialization: the paper's App. C.2 initializes M^y "so that at initialization the model mimics the standard
 STU", i.e. M^y_2 = I and every other M^y_i = 0; this is the default (`ar_init: 1.0`), so AR-STU equals STU at
 initialization for any shared M^u, M^phi. The value 0.9 that SPEC.md reconstructs ("better for stability") is
@@ -23,6 +26,7 @@ would pull M^y_2 away from I. All other M are initialized to 0 (App. C.2; SPEC.m
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import torch
@@ -58,47 +62,155 @@ def lag2_cumsum(z: torch.Tensor) -> torch.Tensor:
     return zp.reshape(B, -1, 2, H).cumsum(dim=1).reshape(B, -1, H)[:, :L]
 
 
-def ar_scan(z: torch.Tensor, M: torch.Tensor, reverse: bool = False) -> torch.Tensor:
-    """y_t = z_t + sum_{i=1}^{k} M_i y_{t-i} (or y_{t+i} if `reverse`) along dim 1 of z (B, L, H); M (k, H, H).
+def lag_matrix(M: torch.Tensor) -> torch.Tensor:
+    """(k H, H): M_k^T, ..., M_1^T stacked, so that y_t^T = (y_{t-k}^T, ..., y_{t-1}^T) @ lag_matrix(M) for z = 0."""
+    k, H = M.shape[0], M.shape[-1]
+    return M.transpose(1, 2).flip(0).reshape(k * H, H)
 
-    A plain loop over time without autograd: one (B, k H) x (k H, H) product per step, whose left factor is a
-    view of the k neighbouring outputs in the (B, L + k, H) buffer (no copies).
+
+def ar_loop(z: torch.Tensor, M: torch.Tensor, init: torch.Tensor | None = None) -> torch.Tensor:
+    """y_t = z_t + sum_{i=1}^{k} M_i y_{t-i} along dim 1 of z (N, T, H), one time step after the other; the k
+    outputs before the start are `init` (N, k, H), oldest first (zeros if None).
+
+    One (N, k H) x (k H, H) product per step, whose left factor is a view of the k previous outputs in the
+    (N, k + T, H) buffer (no copies).
     """
-    B, L, H = z.shape
+    N, T, H = z.shape
     k = M.shape[0]
-    lags = M.transpose(1, 2)  # y_t^T gets y_{t-i}^T M_i^T
-    y = z.new_zeros(B, L + k, H)
-    if reverse:  # output t sits at t; its successors t+1..t+k at t+1..t+k, ordered lag 1..k
-        M_flat = lags.reshape(k * H, H)
-        for t in range(L - 1, -1, -1):
-            y[:, t] = torch.addmm(z[:, t], y[:, t + 1:t + k + 1].reshape(B, k * H), M_flat)
-        return y[:, :L]
-    M_flat = lags.flip(0).reshape(k * H, H)  # output t sits at t + k; predecessors at t..t+k-1, ordered lag k..1
-    for t in range(L):
-        y[:, t + k] = torch.addmm(z[:, t], y[:, t:t + k].reshape(B, k * H), M_flat)
+    y = z.new_zeros(N, k + T, H)
+    if init is not None:
+        y[:, :k] = init
+    lags = lag_matrix(M)
+    for t in range(T):
+        y[:, t + k] = torch.addmm(z[:, t], y[:, t:t + k].reshape(N, k * H), lags)
     return y[:, k:]
 
 
+def chunk_transition(M: torch.Tensor, T: int) -> torch.Tensor:
+    """Phi = C^T (k H, k H): after T steps with z = 0, the window of the last k outputs (oldest first, flattened to
+    a row) is w Phi for the window w before them. C is the companion matrix of one step, w' = w C: block (j+1, j)
+    is I (the window shifts by one) and the last block column is `lag_matrix(M)` (the new output)."""
+    k, H = M.shape[0], M.shape[-1]
+    C = M.new_zeros(k * H, k * H)
+    C[H:, :-H] = torch.eye((k - 1) * H, dtype=M.dtype, device=M.device)
+    C[:, -H:] = lag_matrix(M)
+    return torch.linalg.matrix_power(C, T)
+
+
+def chunk_length(B: int, L: int, H: int, k: int) -> int:
+    """The chunk length T of `ar_scan`: about sqrt(L / 2), which minimizes the 2T + L/T sequential steps, and at
+    least k. L (one chunk: the plain loop) where the chunked scan does not pay: when the power of the (k H)^2
+    companion matrix (~ 2 (k H)^3 log2 T flops) would cost more than one pass of the recurrence (2 B L k H^2)."""
+    T = max(k, round(math.sqrt(L / 2)))
+    if T >= L or k * k * H * math.log2(T) > B * L:
+        return L
+    return T
+
+
+def ar_scan(z: torch.Tensor, M: torch.Tensor, reverse: bool = False, chunk: int | None = None) -> torch.Tensor:
+    """y_t = z_t + sum_{i=1}^{k} M_i y_{t-i} (or y_{t+i} if `reverse`) along dim 1 of z (B, L, H); M (k, H, H).
+
+    Exact chunked scan without autograd, with chunks of T >= k steps (T = `chunk`, or `chunk_length` if None;
+    T >= L is the plain loop). With n = ceil(L / T) chunks and w_c the window of the last k outputs of chunk c:
+    1. every chunk from a zero window, all n at once: T steps of a (B n, k H) x (k H, H) product, giving w0_c;
+    2. the true windows in order, w_c = w0_c + w_{c-1} Phi (`chunk_transition`): n steps of (B, k H) x (k H, k H);
+    3. every chunk again from its true initial window w_{c-1}, all at once: T steps, giving y.
+    2T + n sequential steps instead of L. The outputs come from the recurrence itself (step 3), so powers of M
+    enter only the carried windows, through Phi, whose entries stay bounded when the recurrence is stable.
+    """
+    if reverse:
+        return ar_scan(z.flip(1), M, chunk=chunk).flip(1)
+    B, L, H = z.shape
+    k = M.shape[0]
+    T = chunk_length(B, L, H, k) if chunk is None else chunk
+    if T < k:
+        raise ValueError(f"ar_scan: the chunk length must be at least k = {k}; got {T}")
+    n = -(-L // T)
+    if n == 1:
+        return ar_loop(z, M)
+    chunks = F.pad(z, (0, 0, 0, n * T - L)).reshape(B * n, T, H)
+    last = ar_loop(chunks, M)[:, T - k:].reshape(B, n, k * H)  # w0_c
+    Phi = chunk_transition(M, T)
+    windows = [z.new_zeros(B, k * H)]  # the window before chunk c
+    for c in range(n - 1):
+        windows.append(torch.addmm(last[:, c], windows[-1], Phi))
+    init = torch.stack(windows, dim=1).reshape(B * n, k, H)
+    return ar_loop(chunks, M, init).reshape(B, n * T, H)[:, :L]
+
+
 class OutputAutoregression(torch.autograd.Function):
-    """y_t = z_t + sum_i M_i y_{t-i} with a hand-written backward, so the L-step loop leaves no autograd graph.
+    """y_t = z_t + sum_i M_i y_{t-i} (`ar_scan` with chunk length `chunk`, None: automatic) with a hand-written
+    backward, so the scan leaves no autograd graph.
 
     Backward (the adjoint recurrence runs backwards in time): g_t = dL/dy_t + sum_i M_i^T g_{t+i};
     dL/dz_t = g_t;  dL/dM_i = sum_{b,t} g_t y_{t-i}^T.
     """
 
     @staticmethod
-    def forward(ctx, z: torch.Tensor, M: torch.Tensor) -> torch.Tensor:
-        y = ar_scan(z, M)
+    def forward(ctx, z: torch.Tensor, M: torch.Tensor, chunk: int | None = None) -> torch.Tensor:
+        y = ar_scan(z, M, chunk=chunk)
         ctx.save_for_backward(y, M)
+        ctx.chunk = chunk
         return y
 
     @staticmethod
     def backward(ctx, grad_y: torch.Tensor):
         y, M = ctx.saved_tensors
         k, L = M.shape[0], y.shape[1]
-        g = ar_scan(grad_y, M.transpose(1, 2), reverse=True)
+        g = ar_scan(grad_y, M.transpose(1, 2), reverse=True, chunk=ctx.chunk)
         grad_M = torch.stack([torch.einsum("bto,bti->oi", g[:, i:], y[:, :L - i]) for i in range(1, k + 1)])
-        return g, grad_M
+        return g, grad_M, None
+
+
+MIX_BLOCK_BYTES = 2**28  # bytes of one block of the transfer matrix W in `SpectralMix` (256 MiB)
+
+
+def transfer_block(taps_f: torch.Tensor, M_t: torch.Tensor, H_in: int) -> torch.Tensor:
+    """W(f) = sum_r taps_f(f, r) M_r^T for a block of c frequencies: (c, H_in, H_out) from taps_f (c, R) complex
+    and M_t (R, H_in * H_out), the M_r^T flattened."""
+    W = torch.complex(taps_f.real @ M_t, taps_f.imag @ M_t)
+    return W.view(taps_f.shape[0], H_in, -1)
+
+
+class SpectralMix(torch.autograd.Function):
+    """Y(f) = U(f) W(f) with W(f) = sum_r taps_f(f, r) M_r^T, for U (F, B, H_in) complex, taps_f (F, R) complex
+    (fixed), M (R, H_out, H_in) real; Y (F, B, H_out).
+
+    W is built `block` frequencies at a time and dropped after use, in the forward and again in the backward
+    (saved: U, taps_f, M), so the memory beyond U and Y is one block of W, whatever L. Backward, in PyTorch's
+    convention for complex tensors (the gradient is the conjugate Wirtinger derivative):
+    dL/dU(f) = dL/dY(f) W(f)^H,   dL/dM_r^T = sum_f Re(conj(taps_f(f, r)) U(f)^H dL/dY(f)).
+    """
+
+    @staticmethod
+    def forward(ctx, u_f: torch.Tensor, taps_f: torch.Tensor, M: torch.Tensor, block: int) -> torch.Tensor:
+        ctx.save_for_backward(u_f, taps_f, M)
+        ctx.block = block
+        R, H_out, H_in = M.shape
+        M_t = M.transpose(1, 2).reshape(R, H_in * H_out)
+        y_f = u_f.new_empty(u_f.shape[0], u_f.shape[1], H_out)
+        for lo in range(0, u_f.shape[0], block):
+            f = slice(lo, lo + block)
+            torch.bmm(u_f[f], transfer_block(taps_f[f], M_t, H_in), out=y_f[f])
+        return y_f
+
+    @staticmethod
+    def backward(ctx, grad_y: torch.Tensor):
+        u_f, taps_f, M = ctx.saved_tensors
+        R, H_out, H_in = M.shape
+        M_t = M.transpose(1, 2).reshape(R, H_in * H_out)
+        grad_u = torch.empty_like(u_f) if ctx.needs_input_grad[0] else None
+        grad_M_t = torch.zeros_like(M_t) if ctx.needs_input_grad[2] else None
+        for lo in range(0, u_f.shape[0], ctx.block):
+            f = slice(lo, lo + ctx.block)
+            if grad_u is not None:
+                W = transfer_block(taps_f[f], M_t, H_in)
+                torch.bmm(grad_y[f], W.transpose(1, 2).conj(), out=grad_u[f])
+            if grad_M_t is not None:
+                grad_W = torch.bmm(u_f[f].transpose(1, 2).conj(), grad_y[f]).flatten(1)  # (c, H_in * H_out)
+                grad_M_t.addmm_(taps_f[f].real.T, grad_W.real).addmm_(taps_f[f].imag.T, grad_W.imag)
+        grad_M = None if grad_M_t is None else grad_M_t.view(R, H_in, H_out).transpose(1, 2)
+        return grad_u, None, grad_M, None
 
 
 class STU(nn.Module):
@@ -144,15 +256,15 @@ class STU(nn.Module):
     def spectral(self, u: torch.Tensor) -> torch.Tensor:
         """Eq. 4 without the autoregressive term: z_t = sum_r sum_lag tap_r(lag) M_r u_{t-lag}, by FFT.
 
-        Y(f) = U(f) W(f) with W(f) = sum_r rfft(tap_r)(f) M_r^T, at n_fft = 2L (no wrap-around).
+        Y(f) = U(f) W(f) with W(f) = sum_r rfft(tap_r)(f) M_r^T, at n_fft = 2L (no wrap-around), by `SpectralMix`
+        in blocks of at most MIX_BLOCK_BYTES of W.
         """
         B, L, H = u.shape
         n_fft = 2 * L
         taps_f = torch.fft.rfft(self.filters(L).to(u.dtype), n=n_fft).T  # (F, R)
-        M = self.mixing().to(u.dtype).transpose(1, 2).reshape(-1, H * H)  # (R, H_in * H_out)
-        W = torch.complex(taps_f.real @ M, taps_f.imag @ M).reshape(-1, H, H)  # (F, H_in, H_out)
         u_f = torch.fft.rfft(u, n=n_fft, dim=1).transpose(0, 1).contiguous()  # (F, B, H_in)
-        y_f = torch.bmm(u_f, W).transpose(0, 1)  # (B, F, H_out)
+        block = max(1, MIX_BLOCK_BYTES // (H * H * u_f.element_size()))
+        y_f = SpectralMix.apply(u_f, taps_f, self.mixing().to(u.dtype), block).transpose(0, 1)  # (B, F, H_out)
         return torch.fft.irfft(y_f, n=n_fft, dim=1)[:, :L]
 
     def autoregress(self, z: torch.Tensor) -> torch.Tensor:
@@ -174,12 +286,14 @@ class ARSTU(STU):
     """AR-STU block (Eq. 6): the fixed y_{t-2} term of STU becomes sum_{i=1}^{k_y} M^y_i y_{t-i}.
 
     M^y_2 = ar_init * I and the other M^y_i = 0 at initialization (ar_init = 1 makes it equal STU); M^y is
-    trained with learning rate `ar_lr` and no weight decay.
+    trained with learning rate `ar_lr` and no weight decay. `scan_chunk`: the chunk length of `ar_scan` (None:
+    `chunk_length`'s choice; >= L: the plain loop, which `ssmbench bench` compares against).
     """
 
     def __init__(self, d_model: int, k: int = 16, k_u: int = 3, k_y: int = 2, hankel: str = "z", dropout: float = 0.0,
-                 cache_dir: str | None = None, ar_lr: float = 1e-3, ar_init: float = 1.0):
+                 cache_dir: str | None = None, ar_lr: float = 1e-3, ar_init: float = 1.0, scan_chunk: int | None = None):
         super().__init__(d_model, k=k, k_u=k_u, hankel=hankel, dropout=dropout, cache_dir=cache_dir)
+        self.scan_chunk = scan_chunk
         if k_y < 2:
             raise ValueError(f"AR-STU needs k_y >= 2 (M^y_2 carries the y_(t-2) term of STU); got {k_y}")
         M_y = torch.zeros(k_y, d_model, d_model)
@@ -188,7 +302,7 @@ class ARSTU(STU):
 
     def autoregress(self, z: torch.Tensor) -> torch.Tensor:
         """y_t = sum_i M^y_i y_{t-i} + z_t (Eq. 6)."""
-        return OutputAutoregression.apply(z, self.M_y.to(z.dtype))
+        return OutputAutoregression.apply(z, self.M_y.to(z.dtype), self.scan_chunk)
 
 
 @LAYERS.register("stu")
