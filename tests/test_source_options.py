@@ -6,7 +6,6 @@ per-group SSM learning rates / weight decays and the weight-decay exemptions (gr
 and the defaults: an old recipe.yaml resolves to the old model, states every new field and still resumes.
 """
 
-import math
 
 import numpy as np
 import pytest
