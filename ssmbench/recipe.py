@@ -7,6 +7,7 @@ Every error line names the file, the dotted field path and what is allowed.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, Union
@@ -208,6 +209,18 @@ class TrainConfig(Section):
     compile: bool = Field(False, description="torch.compile each residual block (compiles on the first steps; needs a C++ compiler on the CPU)")
     on_nonfinite: Literal["stop", "skip"] = Field("stop", description="a non-finite loss or gradient: stop the run "
                                                   "(exit 3) or skip that update (counted in results.json skipped_steps)")
+    loggers: list[Literal["tensorboard", "wandb"]] = Field(["tensorboard"], description="metric loggers besides "
+                                                           "metrics.jsonl: tensorboard (event files in the run directory), wandb (extra ssmbench[wandb])")
+    log_every: Optional[int] = Field(None, ge=1, description="steps between progress rows (loggers; plain lines when "
+                                     "the output is not a terminal); null = 20 per run")
+
+    @field_validator("loggers")
+    @classmethod
+    def _installed(cls, v: list[str]) -> list[str]:
+        for name in v:
+            if importlib.util.find_spec(name) is None:
+                raise ValueError(f"logger '{name}' needs the {name} package: `pip install {name}`, or remove it")
+        return v
 
 
 class Recipe(Section):
