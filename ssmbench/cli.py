@@ -7,6 +7,7 @@ was preempted by SIGTERM/SIGINT after writing a checkpoint: continue with `ssmbe
 
 from __future__ import annotations
 
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -19,7 +20,8 @@ from ssmbench.errors import SSMBenchError
 
 app = typer.Typer(help="ssmbench: train and compare state space model initializations from recipe YAMLs.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
-console = Console(stderr=True)
+# Messages never wrap; off a terminal (a log file) tables get 240 columns instead of rich's default 80.
+console = Console(stderr=True, soft_wrap=True, width=None if sys.stderr.isatty() or "COLUMNS" in os.environ else 240)
 
 SET_HELP = "override a recipe field, e.g. --set train.lr=0.004 (repeatable; the value is read as YAML)"
 

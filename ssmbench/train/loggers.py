@@ -64,14 +64,14 @@ class TextLines:
 class TensorBoard:
     """Scalars `<split>/<metric>` in TensorBoard event files in the run directory.
 
-    On resume, `purge_step` makes TensorBoard drop the events of steps after the checkpoint, which the resumed
-    run logs again (as metrics.jsonl drops its rows).
+    On resume from the checkpoint of step s, `purge_step = s + 1` makes TensorBoard drop the events logged after
+    that checkpoint, which the resumed run logs again (as metrics.jsonl drops its rows).
     """
 
     def __init__(self, run_dir: Path, start_step: int):
         from torch.utils.tensorboard import SummaryWriter
 
-        self.writer = SummaryWriter(str(run_dir), purge_step=start_step or None)
+        self.writer = SummaryWriter(str(run_dir), purge_step=start_step + 1 if start_step else None)
 
     def log(self, split: str, metrics: dict, step: int) -> None:
         for key, value in scalars(metrics).items():
@@ -96,7 +96,10 @@ class WandB:
         self.run.log({f"{split}/{k}": v for k, v in scalars(metrics).items()}, step=step)
 
     def close(self) -> None:
+        import wandb
+
         self.run.finish()
+        wandb.teardown()  # waits for W&B's writer process, so the run's files are complete when training returns
 
 
 def build_loggers(names: list[str], run_dir: Path, config: dict, start_step: int) -> list[Logger]:
