@@ -16,14 +16,16 @@ import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ssmbench.errors import RecipeError
-from ssmbench.registry import DATASETS, INITIALIZERS, LAYERS, UnknownNameError
+from ssmbench.registry import DATASETS, INITIALIZERS, LAYERS, UnknownNameError, load_plugins
 
 
 def load_components() -> None:
-    """Import the modules that fill the registries (datasets, initializers, layers)."""
+    """Import the modules that fill the registries (datasets, initializers, layers), then the plugins."""
     import ssmbench.data  # noqa: F401
     import ssmbench.init  # noqa: F401
     import ssmbench.models  # noqa: F401
+
+    load_plugins()
 
 
 def _registered(registry, name: str) -> str:
@@ -367,5 +369,7 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     """Load, override and validate a recipe file."""
     path = Path(path)
     raw = read_yaml_mapping(path)
+    if "grid" in raw and "data" not in raw:
+        raise RecipeError(str(path), [f"this is a sweep file (it has a `grid`), not a recipe: use `ssmbench sweep {path}`"])
     raw = apply_overrides(raw, list(overrides or []))
     return validate_recipe(raw, str(path))

@@ -361,8 +361,11 @@ def init_tdi(dataset: str | None, recipe_path: Path | None, overrides: list[str]
     from ssmbench.recipe import apply_overrides, read_yaml_mapping, validate_recipe
     from ssmbench.train.engine import build_model, seed_everything
 
-    if (dataset is None) == (recipe_path is None):
-        raise SSMBenchError("init-tdi: give either --dataset NAME or --recipe FILE (not both)")
+    if dataset is None and recipe_path is None:
+        raise SSMBenchError("init-tdi: no data given; name a dataset adapter with --dataset NAME (see `ssmbench data "
+                            "list`) or take data and model from a recipe with --recipe FILE")
+    if dataset is not None and recipe_path is not None:
+        raise SSMBenchError("init-tdi: give --dataset NAME or --recipe FILE, not both")
     raw = read_yaml_mapping(recipe_path) if recipe_path else {"name": "init-tdi", "data": {"name": dataset}}
     flags = {"init.name": "tdi", "init.samples": samples, "init.tdi.steps": steps, "model.d_model": d_model,
              "model.ssm.d_state": d_state, "model.kind": "s4d"}
@@ -370,7 +373,7 @@ def init_tdi(dataset: str | None, recipe_path: Path | None, overrides: list[str]
     try:
         recipe = validate_recipe(raw, str(recipe_path or "init-tdi"))
     except RecipeError as e:
-        hint = "give the dataset's options with --set data.KEY=VALUE (see `ssmbench data list`)"
+        hint = f"give the dataset's options with --set data.KEY=VALUE (see `ssmbench data show {dataset}`)"
         options = dataset and any(q.startswith("data.") and not q.startswith("data.name") for q in e.problems)
         raise RecipeError(e.source, e.problems + ([hint] if options else [])) from None
     if recipe.train.threads:
@@ -381,7 +384,7 @@ def init_tdi(dataset: str | None, recipe_path: Path | None, overrides: list[str]
     from ssmbench.init import ssm_layers
 
     H, M = ssm_layers(model)[0].A_im.shape
-    path = Path(out) if out else default_path(recipe)
+    path = (out if out.suffix == ".pt" else out.with_name(out.name + ".pt")) if out else default_path(recipe)
     steps_total = recipe.init.tdi.steps
     with Progress(TextColumn("[bold]TDI"), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]}"),
                   TimeElapsedColumn(), console=console, transient=False) as bar:
