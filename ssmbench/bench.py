@@ -117,11 +117,15 @@ def timed(fn: Callable[[], Any], device: torch.device) -> float:
     return time.perf_counter() - t0
 
 
+WARMUP = 3
+
+
 def time_cases(cases: list[Case], reps: int) -> list[dict[str, float]]:
-    """Interleaved timing of cases (the paths of one block and length): median and min seconds per case."""
+    """Interleaved timing of cases (the paths of one block and length): median and min seconds per case, after
+    WARMUP untimed steps of each (the first steps of a process also pay for CUDA/cuFFT set-up and allocator growth)."""
     prepared = [_prepare(c) for c in cases]
     device = torch.device(cases[0].device)
-    for module, x, g in prepared:  # warm-up: filters, FFT plans, allocator
+    for module, x, g in prepared * WARMUP:  # warm-up: filters, FFT plans, allocator
         step(module, x, g)
     times: list[list[float]] = [[] for _ in cases]
     for _ in range(reps):
