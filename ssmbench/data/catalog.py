@@ -71,7 +71,7 @@ def prepare(name: str, root: str, source: str | None, overrides: list[str] = ())
     """Build (and so cache) adapter `name` with its default options, `source` and the `--set` overrides
     (`data.KEY=VALUE`, or `KEY=VALUE` for a data option); return sizes and timing."""
     from ssmbench.data import build_data
-    from ssmbench.recipe import apply_overrides, validate_recipe
+    from ssmbench.recipe import DataConfig, apply_overrides, validate_recipe
 
     data = {"name": name, "root": root}
     if source is not None:
@@ -82,7 +82,8 @@ def prepare(name: str, root: str, source: str | None, overrides: list[str] = ())
         recipe = validate_recipe(raw, f"data prepare {name}")
     except RecipeError as e:
         hint = f"give options with --set data.KEY=VALUE; `ssmbench data show {name}` lists them"
-        raise RecipeError(e.source, e.problems + ([hint] if any(p.startswith("data.") for p in e.problems) else [])) from None
+        options = [p for p in e.problems if p.startswith("data.") and p[5:].split(":")[0].split(".")[0] not in DataConfig.model_fields]
+        raise RecipeError(e.source, e.problems + ([hint] if options else [])) from None
     t0 = time.perf_counter()
     bundle = build_data(recipe.data)
     return {"name": name, "sizes": bundle.sizes(), "seq_len": bundle.seq_len, "source": bundle.source,
