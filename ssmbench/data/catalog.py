@@ -82,7 +82,8 @@ def prepare(name: str, root: str, source: str | None, overrides: list[str] = ())
         recipe = validate_recipe(raw, f"data prepare {name}")
     except RecipeError as e:
         hint = f"give options with --set data.KEY=VALUE; `ssmbench data show {name}` lists them"
-        options = [p for p in e.problems if p.startswith("data.") and p[5:].split(":")[0].split(".")[0] not in DataConfig.model_fields]
+        fields = [p.split(":")[0].split(".") for p in e.problems]
+        options = [f for f in fields if f[0] == "data" and len(f) > 1 and f[1] not in DataConfig.model_fields]
         raise RecipeError(e.source, e.problems + ([hint] if options else [])) from None
     t0 = time.perf_counter()
     bundle = build_data(recipe.data)

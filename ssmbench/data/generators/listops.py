@@ -1,4 +1,4 @@
-"""ListOps generator (SPEC.md §G "ListOps generator"), a clean-room version of the published procedure.
+"""ListOps generator (docs/methods.md §G "ListOps generator"), a clean-room version of the published procedure.
 
 A node at depth d (root d = 1) is an operator with probability 0.25 unless d = max_depth (then a leaf digit);
 an operator takes randint(2, max_args) arguments. Operators: MIN, MAX, MED (integer median: the mean of the two

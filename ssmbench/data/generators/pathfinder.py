@@ -1,4 +1,4 @@
-"""Pathfinder generator (SPEC.md §G "Pathfinder generator"), a clean-room version of the published procedure.
+"""Pathfinder generator (docs/methods.md §G "Pathfinder generator"), a clean-room version of the published procedure.
 
 An image holds two target paths and some distractor paths, each a chain of dashes ("paddles") of
 `paddle_length` x `thickness`. A path starts at a random point and heading; each next dash starts
@@ -54,7 +54,7 @@ class Params:
         return length / self.scale
 
 
-PRESETS = {  # SPEC.md §G parameter table
+PRESETS = {  # docs/methods.md §G parameter table
     32: Params(32, paddle_length=2, thickness=0.5, margin=1, marker_radius=1.5, seed_distance=7, continuity=1.0,
                distractor_budget=20, contrast=2 * 0.75),
     64: Params(64, paddle_length=5, thickness=1, margin=1, marker_radius=2.5, seed_distance=12, continuity=1.8,
