@@ -189,10 +189,12 @@ def sweep(
 
 
 def sweep_summary(results: list[dict]) -> str:
-    """The sweep's last line: how many runs were trained, already done, failed (with why) or stopped."""
-    count = {k: sum(r["status"] == k for r in results) for k in ("finished", "skipped", "failed", "preempted")}
-    text = (f"sweep: {len(results)} run(s): {count['finished']} trained, {count['skipped']} skipped (already finished), "
-            f"{count['failed']} failed, {count['preempted']} stopped by a signal")
+    """The sweep's last line: how many runs were trained, already done, failed (with why), stopped or submitted."""
+    labels = {"finished": "trained", "skipped": "skipped (already finished)", "failed": "failed",
+              "preempted": "stopped by a signal", "submitted": "submitted (--detach)"}
+    count = {k: sum(r["status"] == k for r in results) for k in labels}
+    parts = [f"{n} {labels[k]}" for k, n in count.items() if n or k in ("finished", "skipped", "failed")]
+    text = f"sweep: {len(results)} run(s): {', '.join(parts)}"
     why = [f"  {r['name']}: {r['error']}" for r in results if r["status"] == "failed"]
     return "\n".join([text, *why])
 

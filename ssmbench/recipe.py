@@ -77,7 +77,7 @@ DataPath = Annotated[str, AfterValidator(check_data_path)]
 
 
 class DataConfig(BaseModel):
-    """Common data options; any other key is an option of the named adapter (see `ssmbench data list`)."""
+    """Common data options; any other key is an option of the named adapter (see `ssmbench data show NAME`)."""
 
     model_config = ConfigDict(extra="allow")
 
