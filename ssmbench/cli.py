@@ -237,7 +237,7 @@ def init_tdi(
     run_init_tdi(dataset, recipe, set_, samples, d_state, d_model, steps, out, console)
 
 
-data_app = typer.Typer(help="Datasets: list, prepare (cache), generate and synthesize.", no_args_is_help=True)
+data_app = typer.Typer(help="Datasets: list, show options, prepare (cache), generate and synthesize.", no_args_is_help=True)
 generate_app = typer.Typer(help="Write generated LRA data in the release layout (offline).", no_args_is_help=True)
 data_app.add_typer(generate_app, name="generate")
 app.add_typer(data_app, name="data")

@@ -15,6 +15,9 @@ scratch if none was written); the metric lines written after that checkpoint are
 next step boundary with a checkpoint, results.json status "preempted" and exit status 75 (`Preempted`). A
 non-finite loss or gradient stops the run (NonFiniteError, exit 3) or, with `train.on_nonfinite: skip`, drops
 that update. A run directory is locked while a process trains in it (`runs.locked`).
+
+Metrics go to metrics.jsonl and to the loggers of `train.loggers` (TensorBoard, W&B; `train/loggers.py`), and,
+when the output is not a terminal, to plain progress lines instead of the progress bar.
 """
 
 from __future__ import annotations
