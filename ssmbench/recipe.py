@@ -347,6 +347,14 @@ def read_yaml_mapping(path: Path) -> dict[str, Any]:
     return raw
 
 
+def read_recipe_mapping(path: Path) -> dict[str, Any]:
+    """`read_yaml_mapping` of a recipe file; a sweep file (a `grid` and no `data`) is refused with the right command."""
+    raw = read_yaml_mapping(path)
+    if "grid" in raw and "data" not in raw:
+        raise RecipeError(str(path), [f"this is a sweep file (it has a `grid`), not a recipe: use `ssmbench sweep {path}`"])
+    return raw
+
+
 def validate_recipe(raw: dict[str, Any], source: str = "<recipe>") -> Recipe:
     load_components()
     try:
@@ -368,8 +376,5 @@ def validate_recipe(raw: dict[str, Any], source: str = "<recipe>") -> Recipe:
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     """Load, override and validate a recipe file."""
     path = Path(path)
-    raw = read_yaml_mapping(path)
-    if "grid" in raw and "data" not in raw:
-        raise RecipeError(str(path), [f"this is a sweep file (it has a `grid`), not a recipe: use `ssmbench sweep {path}`"])
-    raw = apply_overrides(raw, list(overrides or []))
+    raw = apply_overrides(read_recipe_mapping(path), list(overrides or []))
     return validate_recipe(raw, str(path))

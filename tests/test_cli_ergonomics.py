@@ -54,6 +54,8 @@ def test_a_sweep_file_given_to_train_and_a_recipe_given_to_sweep(tmp_path):
     code, out = cli_run("train", str(sweep))
     assert code == 2 and f"this is a sweep file (it has a `grid`), not a recipe: use `ssmbench sweep {sweep}`" in out
     assert "unknown key" not in out
+    code, out = cli_run("init-tdi", "--recipe", str(sweep))
+    assert code == 2 and "this is a sweep file" in out, out
     code, out = cli_run("sweep", str(tmp_path / "tiny.yaml"))
     assert code == 2 and f"not a sweep file: use `ssmbench train {tmp_path / 'tiny.yaml'}`" in out, out
     assert "unknown key" not in out

@@ -358,7 +358,7 @@ def init_tdi(dataset: str | None, recipe_path: Path | None, overrides: list[str]
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from ssmbench.data import build_data
-    from ssmbench.recipe import apply_overrides, read_yaml_mapping, validate_recipe
+    from ssmbench.recipe import apply_overrides, read_recipe_mapping, validate_recipe
     from ssmbench.train.engine import build_model, seed_everything
 
     if dataset is None and recipe_path is None:
@@ -366,7 +366,7 @@ def init_tdi(dataset: str | None, recipe_path: Path | None, overrides: list[str]
                             "list`) or take data and model from a recipe with --recipe FILE")
     if dataset is not None and recipe_path is not None:
         raise SSMBenchError("init-tdi: give --dataset NAME or --recipe FILE, not both")
-    raw = read_yaml_mapping(recipe_path) if recipe_path else {"name": "init-tdi", "data": {"name": dataset}}
+    raw = read_recipe_mapping(recipe_path) if recipe_path else {"name": "init-tdi", "data": {"name": dataset}}
     flags = {"init.name": "tdi", "init.samples": samples, "init.tdi.steps": steps, "model.d_model": d_model,
              "model.ssm.d_state": d_state, "model.kind": "s4d"}
     raw = apply_overrides(raw, [f"{k}={v}" for k, v in flags.items() if v is not None] + list(overrides))
