@@ -85,7 +85,9 @@ def train(
         raise SSMBenchError("train: --set cannot change a run being resumed; start a new run instead")
     r = load_recipe(recipe, set_) if recipe is not None else None
     if print_config:
-        typer.echo((r or load_recipe(resume / "recipe.yaml")).to_yaml(), nl=False)
+        from ssmbench.runs import RECIPE
+
+        typer.echo((r or load_recipe(resume / RECIPE)).to_yaml(), nl=False)
         return
     if nproc > 1:  # re-run this command under torchrun, without --nproc
         args = ["train", *([str(recipe)] if recipe else ["--resume", str(resume)]), *(a for s in set_ for a in ("--set", s)),
@@ -181,9 +183,12 @@ def sweep(
     if preempted:
         from ssmbench.train.engine import Preempted
 
-        again = " ".join(["ssmbench sweep", str(sweep_file), *(["--runs-dir", str(runs_dir)] if runs_dir else []),
-                          *(a for s in set_ for a in ("--set", shlex.quote(s))), *(["--jobs", str(jobs)] if jobs > 1 else []),
-                          *(["--backend", backend] if backend != "local" else [])])
+        from ssmbench.registry import IMPORT_ENV
+
+        imports = [m for m in os.environ.get(IMPORT_ENV, "").split(os.pathsep) if m]
+        again = shlex.join(["ssmbench", *(a for m in imports for a in ("--import", m)), "sweep", str(sweep_file),
+                            *(["--runs-dir", str(runs_dir)] if runs_dir else []), *(a for s in set_ for a in ("--set", s)),
+                            *(["--jobs", str(jobs)] if jobs > 1 else []), *(["--backend", backend] if backend != "local" else [])])
         raise Preempted(f"sweep: stopped by a signal during {', '.join(preempted)}; run `{again}` to resume it and "
                         f"train the rest")
 

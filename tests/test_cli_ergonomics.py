@@ -144,7 +144,9 @@ def test_sweep_ends_with_a_summary(tmp_path, one_thread):
 
 def test_sweep_failure_reasons_and_resume_hint_repeat_the_flags(tmp_path, monkeypatch):
     import ssmbench.sweep as sweep_module
+    from ssmbench.registry import IMPORT_ENV
 
+    monkeypatch.delenv(IMPORT_ENV, raising=False)
     path = sweep_file(tmp_path)
     outcome = {"status": "failed", "error": "DataError: no data"}
 
