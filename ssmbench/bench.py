@@ -160,11 +160,15 @@ def timed(fn: Callable[[], Any], device: torch.device) -> float:
     return time.perf_counter() - t0
 
 
+WARMUP = 3
+
+
 def time_cases(cases: list[Case], reps: int) -> list[dict[str, float]]:
-    """Interleaved timing of cases (the paths of one block and length): median and min seconds per case."""
+    """Interleaved timing of cases (the paths of one block and length): median and min seconds per case, after
+    WARMUP untimed steps of each (the first steps of a process also pay for CUDA/cuFFT set-up and allocator growth)."""
     prepared = [_prepare(c) for c in cases]
     device = torch.device(cases[0].device)
-    for _ in range(2):  # warm-up: Triton compilation, filters, FFT plans, allocator
+    for _ in range(WARMUP):  # warm-up: Triton compilation, filters, FFT plans, allocator
         for case, (module, x, g) in zip(cases, prepared):
             step(module, x, g, case.precision)
     times: list[list[float]] = [[] for _ in cases]

@@ -7,8 +7,11 @@ was preempted by SIGTERM/SIGINT after writing a checkpoint: continue with `ssmbe
 
 from __future__ import annotations
 
+import os
+import shlex
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import List, Optional
 
@@ -19,9 +22,38 @@ from ssmbench.errors import SSMBenchError
 
 app = typer.Typer(help="ssmbench: train and compare state space model initializations from recipe YAMLs.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
-console = Console(stderr=True)
+# Messages never wrap; off a terminal (a log file) tables get 240 columns instead of rich's default 80.
+console = Console(stderr=True, soft_wrap=True, width=None if sys.stderr.isatty() or "COLUMNS" in os.environ else 240)
 
 SET_HELP = "override a recipe field, e.g. --set train.lr=0.004 (repeatable; the value is read as YAML)"
+
+
+def show_version(value: bool) -> None:
+    if value:
+        import platform
+
+        import torch
+
+        from ssmbench import __version__
+
+        typer.echo(f"ssmbench {__version__} (torch {torch.__version__}, Python {platform.python_version()})")
+        raise typer.Exit()
+
+
+@app.callback()
+def options(
+    version: bool = typer.Option(False, "--version", callback=show_version, is_eager=True, help="print the version and exit"),
+    imports: List[str] = typer.Option([], "--import", help="import this module (or .py file) first, so the datasets, "
+                                      "initializers and layers it registers can be named in recipes (repeatable)"),
+) -> None:
+    """ssmbench: train and compare state space model initializations from recipe YAMLs."""
+    from ssmbench.registry import IMPORT_ENV, import_module
+
+    if imports:  # kept in the environment, so sweep workers and torchrun ranks import them too
+        for name in imports:
+            import_module(name)
+        listed = [m for m in os.environ.get(IMPORT_ENV, "").split(os.pathsep) if m]
+        os.environ[IMPORT_ENV] = os.pathsep.join(listed + [m for m in imports if m not in listed])
 
 
 @app.command()
@@ -30,8 +62,9 @@ def train(
     set_: List[str] = typer.Option([], "--set", help=SET_HELP),
     resume: Optional[Path] = typer.Option(None, "--resume", help="continue the run in this run directory from its last checkpoint"),
     runs_dir: Path = typer.Option(Path("runs"), "--runs-dir", help="where new run directories are created"),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar or progress lines"),
     nproc: int = typer.Option(1, "--nproc", min=1, help="data-parallel processes on this machine (launches torchrun; one per GPU)"),
+    print_config: bool = typer.Option(False, "--print-config", help="print the resolved recipe (defaults and --set applied) as YAML and exit"),
 ) -> None:
     """Train a recipe and write its run record under runs/<name>-<timestamp>-<hash>/.
 
@@ -43,11 +76,19 @@ def train(
     from ssmbench.train import distributed
     from ssmbench.train.engine import train as run_training
 
-    if (recipe is None) == (resume is None):
-        raise SSMBenchError("train: give either a RECIPE file or --resume RUN_DIR (not both)")
+    if recipe is None and resume is None:
+        raise SSMBenchError("train: no recipe given; name a recipe YAML (e.g. `ssmbench train recipes/quickstart.yaml`) "
+                            "or continue a run with --resume RUN_DIR")
+    if recipe is not None and resume is not None:
+        raise SSMBenchError("train: give a RECIPE or --resume RUN_DIR, not both (a resumed run keeps its own recipe)")
     if resume is not None and set_:
         raise SSMBenchError("train: --set cannot change a run being resumed; start a new run instead")
     r = load_recipe(recipe, set_) if recipe is not None else None
+    if print_config:
+        from ssmbench.runs import RECIPE
+
+        typer.echo((r or load_recipe(resume / RECIPE)).to_yaml(), nl=False)
+        return
     if nproc > 1:  # re-run this command under torchrun, without --nproc
         args = ["train", *([str(recipe)] if recipe else ["--resume", str(resume)]), *(a for s in set_ for a in ("--set", s)),
                 "--runs-dir", str(runs_dir), *(["--quiet"] if quiet else [])]
@@ -77,12 +118,14 @@ def smoke(
     steps: int = typer.Option(3, help="optimizer steps per recipe"),
     runs_dir: Optional[Path] = typer.Option(None, "--runs-dir", help="where to write the runs (default: a temp folder)"),
 ) -> None:
-    """Run a few training steps of every recipe, so a broken recipe fails CI."""
+    """Run a few training steps of every recipe, so a broken recipe fails CI; end with done / failed / skipped."""
     from ssmbench.smoke import smoke_recipes
 
-    failures = smoke_recipes(paths, steps, runs_dir or Path(tempfile.mkdtemp(prefix="ssmbench-smoke-")), console)
-    if failures:
-        raise SSMBenchError(f"smoke: {len(failures)} recipe(s) failed: {', '.join(failures)}")
+    s = smoke_recipes(paths, steps, runs_dir or Path(tempfile.mkdtemp(prefix="ssmbench-smoke-")), console)
+    skipped = f", {len(s['skipped'])} sweep file(s) skipped (run them with `ssmbench sweep`)" if s["skipped"] else ""
+    console.print(f"smoke: {s['done']} recipe(s) done, {len(s['failed'])} failed{skipped}")
+    if s["failed"]:
+        raise SSMBenchError(f"smoke: {len(s['failed'])} recipe(s) failed: {', '.join(s['failed'])}")
 
 
 @app.command()
@@ -134,6 +177,8 @@ def sweep(
     from ssmbench.backends import run_sweep
 
     results = run_sweep(sweep_file, backend, runs_dir, jobs, dry_run, tuple(set_), console, wait=not detach)
+    if results:
+        console.print(sweep_summary(results))
     failed = [r["name"] for r in results if r["status"] == "failed"]
     if failed:
         raise SSMBenchError(f"sweep: {len(failed)} of {len(results)} run(s) failed (recorded in their run "
@@ -142,8 +187,25 @@ def sweep(
     if preempted:
         from ssmbench.train.engine import Preempted
 
-        raise Preempted(f"sweep: stopped by a signal during {', '.join(preempted)}; run the same command again to "
-                        f"resume it and train the rest")
+        from ssmbench.registry import IMPORT_ENV
+
+        imports = [m for m in os.environ.get(IMPORT_ENV, "").split(os.pathsep) if m]
+        again = shlex.join(["ssmbench", *(a for m in imports for a in ("--import", m)), "sweep", str(sweep_file),
+                            *(["--runs-dir", str(runs_dir)] if runs_dir else []), *(a for s in set_ for a in ("--set", s)),
+                            *(["--jobs", str(jobs)] if jobs > 1 else []), *(["--backend", backend] if backend != "local" else [])])
+        raise Preempted(f"sweep: stopped by a signal during {', '.join(preempted)}; run `{again}` to resume it and "
+                        f"train the rest")
+
+
+def sweep_summary(results: list[dict]) -> str:
+    """The sweep's last line: how many runs were trained, already done, failed (with why), stopped or submitted."""
+    labels = {"finished": "trained", "skipped": "skipped (already finished)", "failed": "failed",
+              "preempted": "stopped by a signal", "submitted": "submitted (--detach)"}
+    count = {k: sum(r["status"] == k for r in results) for k in labels}
+    parts = [f"{n} {labels[k]}" for k, n in count.items() if n or k in ("finished", "skipped", "failed")]
+    text = f"sweep: {len(results)} run(s): {', '.join(parts)}"
+    why = [f"  {r['name']}: {r['error']}" for r in results if r["status"] == "failed"]
+    return "\n".join([text, *why])
 
 
 @app.command()
@@ -176,15 +238,15 @@ def init_tdi(
     d_state: Optional[int] = typer.Option(None, "--d-state", min=2, help="state size N of the SSM layer (N/2 complex modes; default 64)"),
     d_model: Optional[int] = typer.Option(None, "--d-model", min=1, help="channels H of the SSM layer (default 64)"),
     steps: Optional[int] = typer.Option(None, "--steps", min=0, help="Adam iterations of the spectrum matching (default 2000)"),
-    out: Optional[Path] = typer.Option(None, "--out", help="artifact path (.pt; .json and .png beside it); default <data.root>/cache/tdi/"),
+    out: Optional[Path] = typer.Option(None, "--out", help="artifact path: NAME writes NAME.pt, NAME.json and NAME.png; default <data.root>/cache/tdi/"),
 ) -> None:
-    """TDI: match an SSM layer's power spectrum to a dataset's and save the parameters (SPEC.md §C)."""
+    """TDI: match an SSM layer's power spectrum to a dataset's and save the parameters (docs/methods.md §C)."""
     from ssmbench.init.tdi import init_tdi as run_init_tdi
 
     run_init_tdi(dataset, recipe, set_, samples, d_state, d_model, steps, out, console)
 
 
-data_app = typer.Typer(help="Datasets: list, prepare (cache), generate and synthesize.", no_args_is_help=True)
+data_app = typer.Typer(help="Datasets: list, show options, prepare (cache), generate and synthesize.", no_args_is_help=True)
 generate_app = typer.Typer(help="Write generated LRA data in the release layout (offline).", no_args_is_help=True)
 data_app.add_typer(generate_app, name="generate")
 app.add_typer(data_app, name="data")
@@ -199,17 +261,44 @@ def data_list(root: Path = typer.Option(Path("data"), "--root", help=ROOT_HELP))
     typer.echo(list_text(root))
 
 
+@data_app.command("show")
+def data_show(
+    name: str = typer.Argument(..., help="registered dataset adapter, e.g. smnist"),
+    root: Path = typer.Option(Path("data"), "--root", help=ROOT_HELP),
+) -> None:
+    """One adapter: its data folder and state, and every option with type, default and description."""
+    from ssmbench.data.catalog import show_text
+
+    typer.echo(show_text(name, root))
+
+
 @data_app.command("prepare")
 def data_prepare(
     name: str = typer.Argument(..., help="registered dataset adapter, e.g. listops"),
     source: Optional[str] = typer.Option(None, "--source", help="the adapter's `source` folder, relative to --root"),
     root: Path = typer.Option(Path("data"), "--root", help=ROOT_HELP),
+    set_: List[str] = typer.Option([], "--set", help="an adapter option, e.g. --set data.permute=false (as in train; "
+                                   "`data.` may be left out; repeatable; see `ssmbench data show NAME`)"),
 ) -> None:
     """Read a dataset once and store its prepared splits under <root>/<name>/prepared/."""
     from ssmbench.data.catalog import prepare
 
-    r = prepare(name, str(root), source, log=console.print)
-    console.print(f"{r['name']}: {r['sizes']} (L = {r['seq_len']}, {r['source']}) in {r['seconds']} s; cache {r['cache']}")
+    r = prepare(name, str(root), source, set_)
+    sizes = ", ".join(f"{v:,} {k}" for k, v in r["sizes"].items())
+    console.print(f"{r['name']}: {sizes} sequences of length {r['seq_len']} ({r['source']} data) in {r['seconds']} s"
+                  + (f"; cached in {r['cache']}" if r["cache"] else ""))
+
+
+def generator_bar(what: str):
+    """A progress bar with ETA for the data generators; `bar.progress(done, total)` moves it."""
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                               TimeRemainingColumn)
+
+    bar = Progress(TextColumn(f"[bold]{what}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                   TextColumn("ETA"), TimeRemainingColumn(), console=console, disable=not console.is_terminal)
+    task = bar.add_task(what, total=None)
+    bar.progress = lambda done, total: bar.update(task, completed=done, total=total)
+    return bar
 
 
 @generate_app.command("listops")
@@ -219,10 +308,15 @@ def generate_listops(
     eval_n: Optional[int] = typer.Option(None, "--eval-n", min=1, help="validation and test samples each (default n/48, 2000 for the release)"),
     seed: int = typer.Option(0, "--seed", help="random seed"),
 ) -> None:
-    """ListOps expressions (SPEC.md §G procedure) in the release's TSV format."""
+    """ListOps expressions (docs/methods.md §G procedure) in the release's TSV format."""
     from ssmbench.data.generators.listops import write_release
 
-    console.print(write_release(out, n, eval_n, seed))
+    tick = time.perf_counter()
+    with generator_bar("listops") as bar:
+        r = write_release(out, n, eval_n, seed, progress=bar.progress)
+    sizes = ", ".join(f"{v:,} {k}" for k, v in r["sizes"].items())
+    console.print(f"ListOps: wrote {sizes} expressions to {out} in {time.perf_counter() - tick:.1f} s "
+                  f"({r['acceptance']:.1%} of the drawn trees had an allowed length)")
 
 
 @generate_app.command("pathfinder")
@@ -233,13 +327,16 @@ def generate_pathfinder(
     n: int = typer.Option(200000, "--n", min=1, help="images"),
     seed: int = typer.Option(0, "--seed", help="random seed"),
 ) -> None:
-    """Pathfinder images (SPEC.md §G procedure) with metadata in the release layout."""
+    """Pathfinder images (docs/methods.md §G procedure) with metadata in the release layout."""
     from ssmbench.data.generators.pathfinder import write_release
 
     try:
-        console.print(write_release(out, resolution, contour_length, n, seed, log=console.print))
+        with generator_bar(f"pathfinder{resolution}") as bar:
+            r = write_release(out, resolution, contour_length, n, seed, progress=bar.progress)
     except ValueError as e:
         raise SSMBenchError(f"data generate pathfinder: {e}") from None
+    console.print(f"Pathfinder-{resolution}: wrote {r['n']:,} images ({r['positive_fraction']:.1%} connected) to "
+                  f"{r['folder']} in {r['seconds']:.1f} s")
 
 
 @data_app.command("synth-speech")
@@ -255,7 +352,10 @@ def synth_speech(
 
     if words not in (10, 35):
         raise SSMBenchError("data synth-speech: --words must be 10 or 35")
-    console.print(write_release(out, WORDS10 if words == 10 else WORDS35, speakers, seed, log=console.print))
+    with generator_bar("synth-speech") as bar:
+        r = write_release(out, WORDS10 if words == 10 else WORDS35, speakers, seed, progress=bar.progress)
+    console.print(f"synth-speech: wrote {r['clips']:,} clips of {words} words ({r['validation']} validation, "
+                  f"{r['testing']} testing; voices {', '.join(r['engines'])}) to {out} in {r['seconds']:.1f} s")
 
 
 def main() -> None:

@@ -33,4 +33,5 @@ class TrainingProgress:
         self.bar.update(self.task, completed=p.step, stats=stats)
 
     def __exit__(self, *exc) -> None:
+        self.update(self.trainer)  # the last evaluation comes after the last step's update
         self.bar.__exit__(*exc)

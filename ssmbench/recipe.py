@@ -7,6 +7,7 @@ Every error line names the file, the dotted field path and what is allowed.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, Union
@@ -15,14 +16,16 @@ import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ssmbench.errors import RecipeError
-from ssmbench.registry import DATASETS, INITIALIZERS, LAYERS, UnknownNameError
+from ssmbench.registry import DATASETS, INITIALIZERS, LAYERS, UnknownNameError, load_plugins
 
 
 def load_components() -> None:
-    """Import the modules that fill the registries (datasets, initializers, layers)."""
+    """Import the modules that fill the registries (datasets, initializers, layers), then the plugins."""
     import ssmbench.data  # noqa: F401
     import ssmbench.init  # noqa: F401
     import ssmbench.models  # noqa: F401
+
+    load_plugins()
 
 
 def _registered(registry, name: str) -> str:
@@ -74,7 +77,7 @@ DataPath = Annotated[str, AfterValidator(check_data_path)]
 
 
 class DataConfig(BaseModel):
-    """Common data options; any other key is an option of the named adapter (see `ssmbench data list`)."""
+    """Common data options; any other key is an option of the named adapter (see `ssmbench data show NAME`)."""
 
     model_config = ConfigDict(extra="allow")
 
@@ -259,6 +262,18 @@ class TrainConfig(Section):
                                                   "(exit 3) or skip that update (counted in results.json skipped_steps)")
     tf32: bool = Field(False, description="CUDA: float32 matmuls/convolutions on TF32 tensor cores (faster, ~1e-3 "
                        "relative error); recorded in env.json. FFTs are not affected")
+    loggers: list[Literal["tensorboard", "wandb"]] = Field(["tensorboard"], description="metric loggers besides "
+                                                           "metrics.jsonl: tensorboard (event files in the run directory), wandb (extra ssmbench[wandb])")
+    log_every: Optional[int] = Field(None, ge=1, description="steps between progress rows (loggers; plain lines when "
+                                     "the output is not a terminal); null = 20 per run")
+
+    @field_validator("loggers")
+    @classmethod
+    def _installed(cls, v: list[str]) -> list[str]:
+        for name in v:
+            if importlib.util.find_spec(name) is None:
+                raise ValueError(f"logger '{name}' needs the {name} package: `pip install {name}`, or remove it")
+        return v
 
 
 class Recipe(Section):
@@ -393,6 +408,14 @@ def read_yaml_mapping(path: Path) -> dict[str, Any]:
     return raw
 
 
+def read_recipe_mapping(path: Path) -> dict[str, Any]:
+    """`read_yaml_mapping` of a recipe file; a sweep file (a `grid` and no `data`) is refused with the right command."""
+    raw = read_yaml_mapping(path)
+    if "grid" in raw and "data" not in raw:
+        raise RecipeError(str(path), [f"this is a sweep file (it has a `grid`), not a recipe: use `ssmbench sweep {path}`"])
+    return raw
+
+
 def validate_recipe(raw: dict[str, Any], source: str = "<recipe>") -> Recipe:
     load_components()
     try:
@@ -414,6 +437,5 @@ def validate_recipe(raw: dict[str, Any], source: str = "<recipe>") -> Recipe:
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     """Load, override and validate a recipe file."""
     path = Path(path)
-    raw = read_yaml_mapping(path)
-    raw = apply_overrides(raw, list(overrides or []))
+    raw = apply_overrides(read_recipe_mapping(path), list(overrides or []))
     return validate_recipe(raw, str(path))

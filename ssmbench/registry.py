@@ -1,11 +1,23 @@
 """Name -> component registries, in the style of timm: `@DATASETS.register("smnist")`.
 
 A wrong name raises an error listing every registered name, so recipes fail with a useful message.
+
+Plugins fill the same registries from outside the package (`load_plugins`): installed packages through the entry
+point groups `ssmbench.datasets`, `ssmbench.initializers` and `ssmbench.layers`, and modules named on the command
+line (`ssmbench --import my_module`, kept in $SSMBENCH_IMPORT so that sweep workers and torchrun ranks import them too).
 """
 
 from __future__ import annotations
 
+import importlib
+import importlib.metadata
+import importlib.util
+import os
+import sys
+from pathlib import Path
 from typing import Any, Callable, Iterator
+
+from ssmbench.errors import SSMBenchError
 
 
 class UnknownNameError(KeyError):
@@ -53,3 +65,63 @@ class Registry:
 DATASETS = Registry("dataset")
 INITIALIZERS = Registry("initializer")
 LAYERS = Registry("sequence layer")
+
+
+PLUGIN_GROUPS = {"ssmbench.datasets": DATASETS, "ssmbench.initializers": INITIALIZERS, "ssmbench.layers": LAYERS}
+IMPORT_ENV = "SSMBENCH_IMPORT"
+_loaded: set[str] = set()  # imported modules and loaded entry points
+_scanned_path: tuple[str, ...] | None = None  # sys.path at the last look-up of entry points
+
+
+def import_module(name: str) -> None:
+    """Import a plugin module by dotted name (the working directory is searched too) or by path to a .py file."""
+    if name in _loaded:
+        return
+    try:
+        if name.endswith(".py"):
+            path = Path(name)
+            if not path.is_file():
+                raise FileNotFoundError(f"no file {path}")
+            spec = importlib.util.spec_from_file_location(path.stem, path)
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[path.stem] = module
+            spec.loader.exec_module(module)
+        else:
+            if os.getcwd() not in sys.path:
+                sys.path.append(os.getcwd())
+            importlib.import_module(name)
+    except Exception as e:
+        raise SSMBenchError(f"--import {name}: cannot import it ({type(e).__name__}: {e}); give a module on the "
+                            f"Python path (my_package.my_module) or a .py file") from None
+    _loaded.add(name)
+
+
+def load_plugins() -> None:
+    """Import the modules of $SSMBENCH_IMPORT, then load every installed entry point of the plugin groups.
+
+    An entry point names a module (`my_pkg.data`: importing it registers through the decorators) or a component
+    (`my_pkg.data:MyAdapter`: registered under the entry point's name unless its import registered it already).
+    Each is loaded once per process; installed packages are looked up again only when sys.path has changed."""
+    global _scanned_path
+    for name in filter(None, os.environ.get(IMPORT_ENV, "").split(os.pathsep)):
+        import_module(name)
+    if _scanned_path == tuple(sys.path):
+        return
+    for group, registry in PLUGIN_GROUPS.items():
+        for ep in importlib.metadata.entry_points(group=group):
+            key = f"{group}:{ep.name}={ep.value}"
+            if key in _loaded:
+                continue
+            try:
+                obj = ep.load()
+            except Exception as e:
+                dist = ep.dist.name if ep.dist else "an installed package"
+                raise SSMBenchError(f"plugin '{ep.name}' ({group}, from {dist}) cannot be loaded: "
+                                    f"{type(e).__name__}: {e}; fix or uninstall that package") from None
+            if ep.attr and not any(registry.get(n) is obj for n in registry.names()):
+                try:
+                    registry.register(ep.name)(obj)
+                except ValueError as e:
+                    raise SSMBenchError(f"plugin '{ep.name}' ({group}): {e}; rename the entry point") from None
+            _loaded.add(key)
+    _scanned_path = tuple(sys.path)

@@ -16,21 +16,24 @@ import yaml
 from ssmbench.errors import SSMBenchError
 
 
-def recipe_files(paths: list[Path]) -> list[Path]:
-    """Training recipes among `paths` (folders searched recursively); sweep files (with a `grid`) are skipped."""
+def split_files(paths: list[Path]) -> tuple[list[Path], list[Path]]:
+    """(training recipes, sweep files) among `paths` (folders searched recursively); sweep files have a `grid`."""
     files: list[Path] = []
     for p in paths:
         files += sorted(p.rglob("*.yaml")) if p.is_dir() else [p]
-    out = []
+    recipes, sweeps = [], []
     for f in files:
         try:
             raw = yaml.safe_load(f.read_text())
         except (OSError, yaml.YAMLError):
             raw = None
-        if isinstance(raw, dict) and "grid" in raw:
-            continue
-        out.append(f)
-    return out
+        (sweeps if isinstance(raw, dict) and "grid" in raw else recipes).append(f)
+    return recipes, sweeps
+
+
+def recipe_files(paths: list[Path]) -> list[Path]:
+    """Training recipes among `paths`; sweep files are skipped."""
+    return split_files(paths)[0]
 
 
 def smoke_overrides(steps: int, data_root: Path) -> list[str]:
@@ -53,13 +56,15 @@ def fixture_root(runs_dir: Path) -> Path:
     return root
 
 
-def smoke_recipes(paths: list[Path], steps: int, runs_dir: Path, console) -> list[str]:
+def smoke_recipes(paths: list[Path], steps: int, runs_dir: Path, console) -> dict:
+    """Train `steps` steps of every recipe; return {done: count, failed: [recipe files], skipped: [sweep files]}."""
     from ssmbench.recipe import load_recipe
     from ssmbench.train.engine import train
 
     failures = []
     data_root = fixture_root(runs_dir)
-    for f in recipe_files(paths):
+    recipes, sweeps = split_files(paths)
+    for f in recipes:
         start = time.perf_counter()
         try:
             recipe = load_recipe(f, smoke_overrides(steps, data_root))
@@ -73,4 +78,4 @@ def smoke_recipes(paths: list[Path], steps: int, runs_dir: Path, console) -> lis
         except Exception as e:  # a crash in a recipe is exactly what smoke exists to find
             failures.append(str(f))
             console.print(f"FAIL {f}: {type(e).__name__}: {e}")
-    return failures
+    return {"done": len(recipes) - len(failures), "failed": failures, "skipped": sweeps}

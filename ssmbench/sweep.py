@@ -103,6 +103,9 @@ def load_sweep(path: Path) -> SweepFile:
     from ssmbench.recipe import _format_errors, read_yaml_mapping
 
     raw = read_yaml_mapping(Path(path))
+    if "grid" not in raw and "data" in raw:
+        raise RecipeError(str(path), [f"this is a recipe (it has `data` and no `grid`), not a sweep file: use "
+                                      f"`ssmbench train {path}`"])
     try:
         sweep = SweepFile.model_validate(raw)
     except ValidationError as e:
@@ -469,7 +472,5 @@ def run_sweep(sweep_file: Path, runs_dir: Optional[Path] = None, jobs: int = 1, 
                     bar.advance(task)
                     if results[-1]["status"] == "preempted":  # runs not yet started are cancelled
                         pool.shutdown(wait=False, cancel_futures=True)
-    if any(r["status"] == "preempted" for r in results):
-        console.print(f"sweep stopped by a signal; run `ssmbench sweep {sweep_file}` again to resume")
     order = {s.key: i for i, s in enumerate(specs)}
     return sorted(results, key=lambda r: order[r["key"]])

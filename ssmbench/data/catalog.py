@@ -1,12 +1,19 @@
-"""`ssmbench data list` and `ssmbench data prepare`: every adapter, whether its data is present, and preparing it."""
+"""`ssmbench data list`, `data show` and `data prepare`: every adapter, whether its data is present, its options,
+and preparing it."""
 
 from __future__ import annotations
 
 import json
 import time
+import types
+import typing
 from pathlib import Path
 
+from pydantic import BaseModel
+from pydantic_core import PydanticUndefined
+
 from ssmbench.data.layout import MARKER
+from ssmbench.errors import RecipeError, SSMBenchError
 
 # adapter -> (default folder under the data root that must exist, how to get the data)
 HOW = {
@@ -30,6 +37,11 @@ def cached_sizes(root: Path, name: str) -> dict | None:
     return {split: v[0] for split, v in json.loads(metas[-1].read_text()).items()}
 
 
+def present(folder: Path) -> bool:
+    """A data folder counts as present when it holds at least one file (a failed download leaves it empty)."""
+    return folder.is_dir() and any(f.is_file() for f in folder.rglob("*"))
+
+
 def origin(folder: Path) -> str:
     if not folder.exists():
         return "-"
@@ -48,22 +60,31 @@ def rows(root: Path) -> list[dict]:
         adapter = DATASETS.get(name)
         rel, how = HOW.get(name, (None, "generated in memory by the adapter"))
         folder = root / rel if rel else None
-        present = folder.exists() if folder else True
-        out.append({"name": name, "present": present, "source": origin(folder) if folder else "synthetic",
+        out.append({"name": name, "present": present(folder) if folder else True,
+                    "source": origin(folder) if folder and present(folder) else "-" if folder else "synthetic",
                     "sizes": cached_sizes(root, name), "description": adapter.description,
                     "path": str(folder) if folder else "-", "how": how})
     return out
 
 
-def prepare(name: str, root: str, source: str | None, log=print) -> dict:
-    """Build (and so cache) adapter `name` with its default options (and `source`); return sizes and timing."""
+def prepare(name: str, root: str, source: str | None, overrides: list[str] = ()) -> dict:
+    """Build (and so cache) adapter `name` with its default options, `source` and the `--set` overrides
+    (`data.KEY=VALUE`, or `KEY=VALUE` for a data option); return sizes and timing."""
     from ssmbench.data import build_data
-    from ssmbench.recipe import validate_recipe
+    from ssmbench.recipe import DataConfig, apply_overrides, validate_recipe
 
     data = {"name": name, "root": root}
     if source is not None:
         data["source"] = source
-    recipe = validate_recipe({"name": "prepare", "data": data}, f"data prepare {name}")
+    sets = [o if o.startswith("data.") else f"data.{o}" for o in overrides]
+    raw = apply_overrides({"name": "prepare", "data": data}, sets)
+    try:
+        recipe = validate_recipe(raw, f"data prepare {name}")
+    except RecipeError as e:
+        hint = f"give options with --set data.KEY=VALUE; `ssmbench data show {name}` lists them"
+        fields = [p.split(":")[0].split(".") for p in e.problems]
+        options = [f for f in fields if f[0] == "data" and len(f) > 1 and f[1] not in DataConfig.model_fields]
+        raise RecipeError(e.source, e.problems + ([hint] if options else [])) from None
     t0 = time.perf_counter()
     bundle = build_data(recipe.data)
     return {"name": name, "sizes": bundle.sizes(), "seq_len": bundle.seq_len, "source": bundle.source,
@@ -80,4 +101,50 @@ def list_text(root: Path) -> str:
                      f"{sizes:<34} {r['description']}")
         if not r["present"]:
             lines.append(f"{'':<20} expected at {r['path']}; get it: {r['how']}")
+    lines.append("options of an adapter (types, defaults, descriptions): `ssmbench data show NAME`")
+    return "\n".join(lines)
+
+
+def type_name(annotation) -> str:
+    """A field's type as a recipe writer reads it: `int`, `float | null`, `'auto' | 'idx' | 'embedded'`."""
+    args = typing.get_args(annotation)
+    if typing.get_origin(annotation) is typing.Literal:
+        return " | ".join(repr(a) for a in args)
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return " | ".join("null" if a is type(None) else type_name(a) for a in args)
+    if typing.get_origin(annotation) is typing.Annotated:
+        return type_name(args[0])
+    return getattr(annotation, "__name__", str(annotation))
+
+
+def option_rows(model: type[BaseModel]) -> list[tuple[str, str, str, str]]:
+    """(name, type, default, description) of every field of an options model; default "required" if none."""
+    out = []
+    for key, f in model.model_fields.items():
+        if f.default is PydanticUndefined and f.default_factory is None:
+            default = "required"
+        else:
+            default = json.dumps(f.default_factory() if f.default_factory else f.default)
+        out.append((key, type_name(f.annotation), default, f.description or ""))
+    return out
+
+
+def show_text(name: str, root: Path) -> str:
+    """`ssmbench data show NAME`: the adapter's description, data folder and state, and every option."""
+    from ssmbench.recipe import DataConfig, load_components
+    from ssmbench.registry import DATASETS, UnknownNameError
+
+    load_components()
+    try:
+        adapter = DATASETS.get(name)
+    except UnknownNameError as e:
+        raise SSMBenchError(f"data show: {e}") from None
+    (row,) = [r for r in rows(root) if r["name"] == name]
+    lines = [f"{name}: {adapter.description}",
+             f"data: {'present' if row['present'] else 'missing'} at {row['path']} (source {row['source']}); "
+             f"get it: {row['how']}"]
+    for title, model in (("options of every dataset", DataConfig), (f"options of {name}", adapter.Options)):
+        fields = [r for r in option_rows(model) if r[0] != "name"]
+        lines.append(f"{title} (recipe `data:` section, or --set data.KEY=VALUE):")
+        lines += [f"  {k:<20} {t:<34} {d:<10} {desc}" for k, t, d, desc in fields] or ["  (none)"]
     return "\n".join(lines)

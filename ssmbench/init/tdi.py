@@ -1,11 +1,11 @@
-"""TDI: task-dependent initialization by power-spectrum matching (Chen & Chen 2025; SPEC.md §C).
+"""TDI: task-dependent initialization by power-spectrum matching (Chen & Chen 2025; docs/methods.md §C).
 
 1. Task spectrum (Definition 2). From S <= `init.samples` training pairs, the cross-covariance
    Sigma_xy = (X - xbar)^T (Y - ybar) / (S - 1) in R^{L x d} (Y one-hot for classification), and
    P_task(k) = (1/d) sum_i |FFT_L(Sigma_xy[:, i])_k|  (or |.|^2 with `task_power: squared`), one-sided bins
    k = 0..L/2. Inputs: the raw sequence when the data has one real channel; otherwise (tokens, several channels)
    the encoder output u = enc(x) in R^{S x L x H} at initialization, averaging the spectra over H as well
-   (for d_in = 1 both routes give the same normalized spectrum, SPEC.md §C "Multi-dimensional inputs").
+   (for d_in = 1 both routes give the same normalized spectrum, docs/methods.md §C "Multi-dimensional inputs").
 2. Model spectrum. One S4D channel with B = 1, no D: P_model(k) = |rfft(K, L)_k|^2 with
    K_l = 2 Re sum_n C_n B_bar_n A_bar_n^l (ZOH by default), A = -exp(a_re) + i A_im, dt = exp(log_dt),
    evaluated by the closed-form geometric sum (tests hold it to the materialized kernel).
@@ -85,7 +85,7 @@ def model_spectrum(a_re: torch.Tensor, A_im: torch.Tensor, C: torch.Tensor, log_
 
     With W = C * B_bar, lambda = A_bar and z_k = exp(-2 pi i k / L) (so z_k^L = 1), the geometric sum gives
     rfft(K, L)_k = sum_n [W_n (1 - lambda_n^L) / (1 - lambda_n z_k) + conj(W_n) (1 - conj(lambda_n)^L) / (1 - conj(lambda_n) z_k)]
-    (SPEC.md §C "Closed form"): (H, M, L/2+1) divisions instead of the (H, M, L) Vandermonde exponentials.
+    (docs/methods.md §C "Closed form"): (H, M, L/2+1) divisions instead of the (H, M, L) Vandermonde exponentials.
     Well conditioned because |lambda| < 1 here (Re A = -exp(a_re) < 0).
     """
     A = torch.complex(-torch.exp(a_re), A_im)
@@ -186,7 +186,7 @@ def match(P_task: torch.Tensor, L: int, H: int, M: int, steps: int = 2000, lr: f
 
 
 def uses_encoder(data) -> bool:
-    """Raw x for one real input channel; the encoder output otherwise (SPEC.md §C "Multi-dimensional inputs")."""
+    """Raw x for one real input channel; the encoder output otherwise (docs/methods.md §C "Multi-dimensional inputs")."""
     return not (data.io.input_kind == "real" and data.io.d_input == 1)
 
 
@@ -358,19 +358,22 @@ def init_tdi(dataset: str | None, recipe_path: Path | None, overrides: list[str]
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from ssmbench.data import build_data
-    from ssmbench.recipe import apply_overrides, read_yaml_mapping, validate_recipe
+    from ssmbench.recipe import apply_overrides, read_recipe_mapping, validate_recipe
     from ssmbench.train.engine import build_model, seed_everything
 
-    if (dataset is None) == (recipe_path is None):
-        raise SSMBenchError("init-tdi: give either --dataset NAME or --recipe FILE (not both)")
-    raw = read_yaml_mapping(recipe_path) if recipe_path else {"name": "init-tdi", "data": {"name": dataset}}
+    if dataset is None and recipe_path is None:
+        raise SSMBenchError("init-tdi: no data given; name a dataset adapter with --dataset NAME (see `ssmbench data "
+                            "list`) or take data and model from a recipe with --recipe FILE")
+    if dataset is not None and recipe_path is not None:
+        raise SSMBenchError("init-tdi: give --dataset NAME or --recipe FILE, not both")
+    raw = read_recipe_mapping(recipe_path) if recipe_path else {"name": "init-tdi", "data": {"name": dataset}}
     flags = {"init.name": "tdi", "init.samples": samples, "init.tdi.steps": steps, "model.d_model": d_model,
              "model.ssm.d_state": d_state, "model.kind": "s4d"}
     raw = apply_overrides(raw, [f"{k}={v}" for k, v in flags.items() if v is not None] + list(overrides))
     try:
         recipe = validate_recipe(raw, str(recipe_path or "init-tdi"))
     except RecipeError as e:
-        hint = "give the dataset's options with --set data.KEY=VALUE (see `ssmbench data list`)"
+        hint = f"give the dataset's options with --set data.KEY=VALUE (see `ssmbench data show {dataset}`)"
         options = dataset and any(q.startswith("data.") and not q.startswith("data.name") for q in e.problems)
         raise RecipeError(e.source, e.problems + ([hint] if options else [])) from None
     if recipe.train.threads:
@@ -381,7 +384,7 @@ def init_tdi(dataset: str | None, recipe_path: Path | None, overrides: list[str]
     from ssmbench.init import ssm_layers
 
     H, M = ssm_layers(model)[0].A_im.shape
-    path = Path(out) if out else default_path(recipe)
+    path = (out if out.suffix == ".pt" else out.with_name(out.name + ".pt")) if out else default_path(recipe)
     steps_total = recipe.init.tdi.steps
     with Progress(TextColumn("[bold]TDI"), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]}"),
                   TimeElapsedColumn(), console=console, transient=False) as bar:

@@ -21,6 +21,9 @@ non-finite flag accumulate as device tensors, a non-finite update is dropped on 
 `found_inf`), and the tally is read at the log points (evaluation, checkpoint), where a non-finite step is
 reported by its number. On the CPU, where reading is free, it is read after every step, so a run stops at the
 bad step itself; on CUDA it stops at the next log point, having written no checkpoint after the bad step.
+
+Metrics go to metrics.jsonl and to the loggers of `train.loggers` (TensorBoard, W&B; `train/loggers.py`), and,
+when the output is not a terminal, to plain progress lines instead of the progress bar.
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ from ssmbench.init import apply_init
 from ssmbench.models.backbone import SequenceModel
 from ssmbench.recipe import Recipe, load_recipe
 from ssmbench.train import checkpoint, distributed
+from ssmbench.train.loggers import TextLines, build_loggers, close_all
 from ssmbench.train.optim import build_optimizer, cosine_with_warmup
 from ssmbench.train.tally import DeviceTally, Tally
 
@@ -274,7 +278,7 @@ def build_model(recipe: Recipe, bundle: DataBundle) -> torch.nn.Module:
 
 class Trainer:
     def __init__(self, recipe: Recipe, run_dir: Path, resume: bool = False, quiet: bool = False,
-                 log: Callable[[str], None] = print, is_writer: bool = True):
+                 log: Callable[[str], None] = print, is_writer: bool = True, lines: bool = False):
         self.recipe, self.run_dir, self.quiet, self.log, self.is_writer = recipe, Path(run_dir), quiet, log, is_writer
         t = recipe.train
         if t.threads:
@@ -309,6 +313,10 @@ class Trainer:
         elif is_writer:
             self._start_record()
         self.ddp = distributed.wrap(self.model, self.device)  # steps run through DDP; state dicts use self.model
+        self.log_every = t.log_every or max(1, self.total_steps // 20)
+        self.loggers = ([TextLines(recipe.name, self.total_steps, log)] if lines and is_writer else [])
+        if is_writer:
+            self.loggers += build_loggers(t.loggers, self.run_dir, recipe.to_dict(), self.progress.step)
 
     # ---- run record -------------------------------------------------------------------------------
 
@@ -365,6 +373,23 @@ class Trainer:
         if self.is_writer:
             runs.append_jsonl(self.run_dir / runs.METRICS, row)
         self.progress.metrics_rows += 1
+        for logger in self.loggers:
+            logger.log(split, row, self.progress.step)
+
+    def log_progress(self) -> None:
+        """The `progress` row for the loggers: running train loss (and accuracy) since the last evaluation, lr,
+        throughput and the time to the last step at that throughput. A log point: it reads the device tally."""
+        self.collect()
+        p = self.progress
+        if not p.train_seen or not p.seconds:
+            return
+        row = {"epoch": p.epoch, "loss": p.train_loss_sum / p.train_seen, "lr": self.optimizer.param_groups[0]["lr"],
+               "samples_per_second": p.samples / p.seconds, "seconds": p.seconds,
+               "eta_seconds": (self.total_steps - p.step) * p.seconds / p.step}
+        if self.task == "classification":
+            row["accuracy"] = p.train_correct / p.train_seen
+        for logger in self.loggers:
+            logger.log("progress", row, p.step)
 
     # ---- training ---------------------------------------------------------------------------------
 
@@ -477,6 +502,8 @@ class Trainer:
                 now = time.perf_counter()
                 p.seconds += now - tick
                 tick = now
+                if p.step % self.log_every == 0:
+                    self.log_progress()
                 if on_step:
                     on_step(self)
                 evaluate_now = end_of_epoch if t.eval_every is None else p.step % t.eval_every == 0
@@ -540,8 +567,15 @@ def record_failure(run_dir: Path, recipe: Recipe, error: BaseException, trainer:
 
 def train(recipe: Recipe | None = None, runs_root: str | Path = "runs", resume: str | Path | None = None,
           quiet: bool = False, log: Callable[[str], None] = print, on_step=None) -> dict[str, Any]:
-    """Train a recipe into a new run directory under `runs_root`, or continue `resume`; return results.json."""
+    """Train a recipe into a new run directory under `runs_root`, or continue `resume`; return results.json.
+
+    Unless `quiet`: a progress bar on a terminal, else (output to a file) plain `log` lines every
+    `train.log_every` steps and after every evaluation."""
+    from rich.console import Console
+
     from ssmbench.progress import TrainingProgress
+
+    terminal = Console().is_terminal  # else (nohup, Slurm) plain lines replace the progress bar
 
     writer = distributed.is_main_process()  # under torchrun only rank 0 writes and prints
     if not writer:
@@ -562,14 +596,18 @@ def train(recipe: Recipe | None = None, runs_root: str | Path = "runs", resume: 
         with runs.locked(run_dir) if writer else nullcontext(), StopSignals() as stop:
             trainer = None
             try:
-                trainer = Trainer(recipe, run_dir, resume=resume is not None, quiet=quiet, log=log, is_writer=writer)
-                with TrainingProgress(trainer, disable=quiet) as bar:
+                trainer = Trainer(recipe, run_dir, resume=resume is not None, quiet=quiet, log=log, is_writer=writer,
+                                  lines=not quiet and not terminal)
+                with TrainingProgress(trainer, disable=quiet or not terminal) as bar:
                     trainer.fit(on_step=lambda tr: (bar.update(tr), on_step and on_step(tr)), stop=stop)
                 results = trainer.test()
             except (Exception, KeyboardInterrupt) as e:
                 if writer:
                     record_failure(run_dir, recipe, e, trainer)
                 raise
+            finally:
+                if trainer is not None:
+                    close_all(trainer.loggers)
         return results
     finally:
         if started:

@@ -1,4 +1,4 @@
-"""ListOps generator (SPEC.md §G "ListOps generator"), a clean-room version of the published procedure.
+"""ListOps generator (docs/methods.md §G "ListOps generator"), a clean-room version of the published procedure.
 
 A node at depth d (root d = 1) is an operator with probability 0.25 unless d = max_depth (then a leaf digit);
 an operator takes randint(2, max_args) arguments. Operators: MIN, MAX, MED (integer median: the mean of the two
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import random
 from pathlib import Path
+from typing import Callable
 
 OPERATORS = ("[MIN", "[MAX", "[MED", "[SM")
 END = "]"
@@ -68,8 +69,10 @@ def to_text(tree) -> str:
 
 
 def generate(n: int, seed: int, min_length: int = 500, max_length: int = 2000, max_depth: int = 10, max_args: int = 10,
-             p_op: float = 0.25, exclude: set[str] | None = None) -> tuple[list[tuple[str, int]], dict]:
-    """n distinct (text, label) samples with min_length < length < max_length; also returns acceptance stats."""
+             p_op: float = 0.25, exclude: set[str] | None = None,
+             progress: Callable[[int, int], None] = lambda done, total: None) -> tuple[list[tuple[str, int]], dict]:
+    """n distinct (text, label) samples with min_length < length < max_length; also returns acceptance stats.
+    `progress(done, n)` is called after every accepted sample."""
     rng = random.Random(seed)
     seen = set(exclude or ())
     out, tries = [], 0
@@ -87,19 +90,22 @@ def generate(n: int, seed: int, min_length: int = 500, max_length: int = 2000, m
             continue
         seen.add(text)
         out.append((text, evaluate(tree)))
+        progress(len(out), n)
     return out, {"tries": tries, "acceptance": len(out) / tries}
 
 
-def write_release(out_dir: Path, n_train: int, n_eval: int | None, seed: int, **kwargs) -> dict:
+def write_release(out_dir: Path, n_train: int, n_eval: int | None, seed: int,
+                  progress: Callable[[int, int], None] = lambda done, total: None, **kwargs) -> dict:
     """Write `basic_{train,val,test}.tsv` (header Source/Target) with n_train / n_eval / n_eval samples.
 
-    n_eval defaults to n_train / 48 (the release's 96k/2k/2k ratio). Splits are disjoint. Returns statistics.
+    n_eval defaults to n_train / 48 (the release's 96k/2k/2k ratio). Splits are disjoint. Returns statistics;
+    `progress(done, total)` follows the generation of the samples. `kwargs` go to `generate`.
     """
     from ssmbench.data.layout import write_marker
 
     n_eval = n_eval if n_eval is not None else max(1, round(n_train / 48))
     sizes = {"train": n_train, "val": n_eval, "test": n_eval}
-    samples, stats = generate(sum(sizes.values()), seed, **kwargs)
+    samples, stats = generate(sum(sizes.values()), seed, progress=progress, **kwargs)
     out_dir.mkdir(parents=True, exist_ok=True)
     start = 0
     for split, k in sizes.items():

@@ -90,8 +90,9 @@ def place(word: np.ndarray, rng: np.random.Generator, bg: np.ndarray, snr_db: fl
     return buf
 
 
-def write_release(out: Path, words: list[str], n_speakers: int, seed: int, log=lambda _: None) -> dict:
-    """Write the Speech Commands layout under `out` (see the module docstring); returns counts and timing."""
+def write_release(out: Path, words: list[str], n_speakers: int, seed: int, progress=lambda done, total: None) -> dict:
+    """Write the Speech Commands layout under `out` (see the module docstring); returns counts and timing.
+    `progress(done, total)` is called after every clip."""
     import soundfile as sf
 
     from ssmbench.data.layout import write_marker
@@ -113,7 +114,7 @@ def write_release(out: Path, words: list[str], n_speakers: int, seed: int, log=l
     with tempfile.TemporaryDirectory() as tmp:
         for w, word in enumerate(words):
             (out / word).mkdir(exist_ok=True)
-            for spk in speakers:
+            for s, spk in enumerate(speakers):
                 clip_rng = np.random.default_rng([seed, w, int(spk["id"], 16)])
                 bg = backgrounds["pink" if clip_rng.random() < 0.5 else "white"]
                 audio = place(synthesize_word(word, spk, Path(tmp)), clip_rng, bg, float(clip_rng.uniform(10, 30)))
@@ -123,7 +124,7 @@ def write_release(out: Path, words: list[str], n_speakers: int, seed: int, log=l
                 split = which_set(name)
                 if split in lists:
                     lists[split].append(f"{word}/{name}")
-            log(f"synth-speech: {w + 1}/{len(words)} words")
+                progress(w * n_speakers + s + 1, len(words) * n_speakers)
     for split, rows in lists.items():
         (out / f"{split}_list.txt").write_text("".join(f"{r}\n" for r in sorted(rows)))
     write_marker(out, "synthetic", f"synthetic Speech Commands stand-in ({'+'.join(engines)} voices, noise)",
