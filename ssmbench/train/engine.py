@@ -379,6 +379,8 @@ class Trainer:
     def log_progress(self) -> None:
         """The `progress` row for the loggers: running train loss (and accuracy) since the last evaluation, lr,
         throughput and the time to the last step at that throughput. A log point: it reads the device tally."""
+        if not self.loggers:
+            return
         self.collect()
         p = self.progress
         if not p.train_seen or not p.seconds:
