@@ -445,3 +445,16 @@ def test_poles_axis_shows_the_stability_boundary() -> None:
     end = {"Re(A)": np.array([-0.4, -2.0]), "Im(A)": np.array([3.5, 90.0])}
     lo, hi = poles_figure(init, end, "t").axes[0].get_xlim()
     assert lo < -2.0 and 0.0 < hi < 0.5
+
+
+def test_cli_report_explain_and_runs_csv(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from ssmbench.cli import app
+
+    root = tmp_path / "runs"
+    write_run(root, "a", "s4d", "smnist", 0, acc=0.5)
+    res = CliRunner().invoke(app, ["report", str(root), "--explain", "--runs-csv", str(tmp_path / "r.csv")])
+    assert res.exit_code == 0, res.output
+    assert f"Test results | s4d | smnist: 1 run(s)\n  counted   {root / 'a'} (seed 0): 50\n" in res.output
+    assert (tmp_path / "r.csv").read_text().splitlines()[1].startswith("s4d,s4d,smnist,0,1,test,loss,1.0,10,10,True,")

@@ -16,7 +16,8 @@ from ssmbench.sweep import expand, find_finished, format_grid, index_runs, run_s
 TINY = {
     "name": "tiny", "data": {"name": "smnist", "permute": False},
     "model": {"d_model": 4, "n_layers": 1, "ssm": {"d_state": 4}},
-    "train": {"max_steps": 2, "batch_size": 4, "eval_batch_size": 4, "max_eval_batches": 1, "threads": 1},
+    "train": {"max_steps": 2, "batch_size": 4, "eval_batch_size": 4, "max_eval_batches": 1, "max_test_batches": 1,
+              "threads": 1},
 }
 
 
