@@ -377,6 +377,11 @@ def test_partial_evaluation_is_marked_with_its_sample_count(tmp_path: Path) -> N
     table = main_table(read_runs([root]))
     assert table.rows[1][0].text == "zero-real" and table.rows[1][1].mark == "¶"
     assert "coverage not recorded (1 run)" in table.notes[-1]
+    # Records older than `evaluation`: test.n and env.json's split sizes say it.
+    env = runs.read_json(d / runs.ENV)
+    runs.atomic_write_json(d / runs.ENV, {**env, "data": {**env["data"], "sizes": {"test": 2000}}})
+    assert read_run(d).coverage("test") == (10, 2000)
+    assert "10 of 2000 samples (1 run), 600 of 2000 samples (2 runs)" in main_table(read_runs([root])).notes[-1]
 
 
 def test_source_footnote_names_the_data_of_each_task(tmp_path: Path) -> None:
@@ -429,9 +434,9 @@ def test_efficiency_table_states_budget_and_steps_and_curves_separate_fractions(
     fig = learning_curves_figure(read_runs([root]), "smnist")
     ax = fig.axes[0]
     lines = {ln.get_label(): ln for ln in ax.lines}
-    assert set(lines) == {"tdi, 1 of train (n=2)", "tdi, 0.1 of train (n=2)"}
-    assert lines["tdi, 1 of train (n=2)"].get_linestyle() != lines["tdi, 0.1 of train (n=2)"].get_linestyle()
-    for frac, label in ((0.1, "tdi, 0.1 of train (n=2)"), (1.0, "tdi, 1 of train (n=2)")):
+    assert set(lines) == {"tdi, 100% of train (n=2)", "tdi, 10% of train (n=2)"}
+    assert lines["tdi, 100% of train (n=2)"].get_linestyle() != lines["tdi, 10% of train (n=2)"].get_linestyle()
+    for frac, label in ((0.1, "tdi, 10% of train (n=2)"), (1.0, "tdi, 100% of train (n=2)")):
         acc = np.array([[a for _, _, a in curves[(frac, seed)]] for seed in (0, 1)])
         np.testing.assert_allclose(lines[label].get_ydata(), 100 * acc.mean(0))
         band = [c for c in ax.collections if np.allclose(c.get_paths()[0].vertices[:, 0].min(), curves[(frac, 0)][0][0])]

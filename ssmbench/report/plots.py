@@ -70,7 +70,7 @@ def learning_curves_figure(records: list[RunRecord], task: str, group_by: str = 
                 group = cells[(row, f)].runs
                 steps, mean, std = mean_band([r.curve("val", key) for r in group])
                 ls, marker = FRACTION_STYLES[fractions.index(f) % len(FRACTION_STYLES)]
-                label = row + (f", {f:g} of train" if len(fractions) > 1 else "") + f" (n={len(group)})"
+                label = row + (f", {100 * f:g}% of train" if len(fractions) > 1 else "") + f" (n={len(group)})"
                 ax.plot(steps, mean * scale, ls=ls, marker=marker, ms=3, lw=1.3, color=col[row], label=label)
                 if len(group) > 1:
                     ax.fill_between(steps, (mean - std) * scale, (mean + std) * scale, color=col[row], alpha=0.18, lw=0)

@@ -58,9 +58,13 @@ class RunRecord:
 
     def coverage(self, split: str) -> tuple[Optional[int], Optional[int]]:
         """(samples evaluated, samples in the split) of the final `split` ("test") or of the validation evaluations
-        ("val"), from results.json `evaluation` (None where a run does not record it)."""
+        ("val"), from results.json `evaluation`; for test, records older than that field give results.json test.n
+        and env.json data.sizes.test. None where a run does not record it."""
         ev = ((self.results.get("evaluation") or {}).get(split) or {}) if isinstance(self.results, dict) else {}
         n, size = ev.get("n"), ev.get("size")
+        if not ev and split == "test":
+            n = (self.results.get("test") or {}).get("n")
+            size = ((self.env.get("data") or {}).get("sizes") or {}).get("test")
         return (n if isinstance(n, int) else None), (size if isinstance(size, int) else None)
 
     def curve(self, split: str, key: str) -> tuple[list[int], list[float]]:
