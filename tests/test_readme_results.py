@@ -31,11 +31,11 @@ def test_the_script_rewrites_only_its_blocks(repo_root: Path, tmp_path: Path) ->
     readme = tmp_path / "README.md"
     records = tmp_path / "results"
     shutil.copytree(repo_root / RECORDS, records, ignore=shutil.ignore_patterns("*.csv"))
-    text = "intro\n" + "".join(f"{begin(n)}\nold {n}\n{end(n)}\nbetween {n}\n" for n in SWEEPS) + "outro\n"
+    text = "intro\n" + "".join(f"{begin(n)}\nstale-{n}\n{end(n)}\nbetween {n}\n" for n in SWEEPS) + "outro\n"
     readme.write_text(text)
     write_readme(readme, records)
     out = readme.read_text()
-    assert out.startswith("intro\n") and out.endswith("outro\n") and "old " not in out
+    assert out.startswith("intro\n") and out.endswith("outro\n") and "stale-" not in out
     assert all(f"{end(n)}\nbetween {n}\n" in out and (records / f"{n}.csv").is_file() for n in SWEEPS)
     write_readme(readme, records)
     assert readme.read_text() == out  # the blocks are a function of the records

@@ -87,7 +87,7 @@ def provenance_line(name: str, records_dir: Path) -> str:
     commits = one("git_commit")
     return (f"_Made by `make results`: `{sweep_command(name)}`, then `ssmbench report {records_dir}`; "
             f"{len(records)} runs started {when} on {one('device_name')} ({one('cpu_count')} cores, "
-            f"{one('device')}); ssmbench {one('ssmbench')}, torch {one('torch')}, Python {one('python')}, "
+            f"{one('device')}, {one('platform')}); ssmbench {one('ssmbench')}, torch {one('torch')}, Python {one('python')}, "
             f"git {commits[:12] if commits != '?' else '?'}._")
 
 
