@@ -26,7 +26,8 @@ def write_run(root: Path, name: str, variant: str, task: str, seed: int = 0, sta
               acc: float | None = None, loss: float = 1.0, source: str = "official", fraction: float = 1.0,
               kind: str = "classification", val: list[tuple[int, float, float]] = (), last_pt: bool = False,
               env_extra: dict | None = None, train: dict | None = None, n_eval: int = 10, split_size: int = 10,
-              tags: dict | None = None, steps: int | None = None, started: str = "2026-01-01T00:00:00") -> Path:
+              tags: dict | None = None, steps: int | None = None, started: str = "2026-01-01T00:00:00",
+              val_coverage: tuple[int, int] = (10, 10)) -> Path:
     """A run directory as the engine writes it (recipe.yaml, env.json, metrics.jsonl, results.json)."""
     d = root / name
     (d / runs.CHECKPOINTS).mkdir(parents=True)
@@ -42,7 +43,8 @@ def write_run(root: Path, name: str, variant: str, task: str, seed: int = 0, sta
         test = {"loss": loss, "n": n_eval, **({"accuracy": acc} if acc is not None else {})}
         res = {"status": status, "name": name, "task": kind, "test": test, "data_source": source,
                "evaluation": {"test": {"n": n_eval, "size": split_size, "whole_split": n_eval == split_size,
-                                       "max_batches": None}},
+                                       "max_batches": None},
+                              "val": {"n": val_coverage[0], "size": val_coverage[1]}},
                **({"steps": steps} if steps is not None else {})}
         if status == "failed":
             res["error"] = "NonFiniteError: loss is nan"
@@ -429,6 +431,17 @@ def test_efficiency_table_states_budget_and_steps_and_curves_separate_fractions(
             write_run(root, f"r{frac}-{seed}", "tdi", "smnist", seed, acc=0.5, fraction=frac, steps=steps, val=val,
                       tags={"budget": "epochs"}, train={"max_steps": None})
     eff = build_tables(read_runs([root]))[1]
+    assert all(c.mark == "" for c in eff.rows[0][1:])
+    # The validation window of a run whose validation was capped is marked, the test value is not.
+    d = root / "r0.1-1"
+    res = runs.read_json(d / runs.RESULTS)
+    res["evaluation"]["val"] = {"n": 600, "size": 900}
+    runs.atomic_write_json(d / runs.RESULTS, res)
+    windowed = build_tables(read_runs([root]), window=1)[1]
+    assert [c.mark for c in windowed.rows[0][1:]] == ["¶", ""]
+    assert windowed.notes[-1] == ("¶ validation metrics on part of the val split (train.max_eval_batches): "
+                                  "600 of 900 samples (1 run)")
+    assert all(c.mark == "" for c in build_tables(read_runs([root]))[1].rows[0][1:])
     assert eff.notes[1] == ("budget: the same number of epochs at every fraction (fewer optimizer steps on less data; "
                             "the TDI paper's protocol); optimizer steps per fraction: 0.1: 14, 1: 140")
     fig = learning_curves_figure(read_runs([root]), "smnist")
