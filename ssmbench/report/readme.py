@@ -5,11 +5,12 @@
 
 For every sweep of SWEEPS: (1) `ssmbench sweep recipes/quick/<name>.yaml --runs-dir runs/readme/<name> --jobs 2`
 (finished runs are skipped, so a second call trains nothing); (2) the finished records of the sweep's current grid
-(older runs in the folder, e.g. of an edited recipe, are left out) replace benchmarks/results/<name>/: each run's recipe.yaml, results.json, metrics.jsonl and env.json (without the TDI
-spectrum arrays, which only the figures use), no checkpoints; (3) the markdown of those records — a line naming
-the commands, date, machine and versions, then `ssmbench report`'s tables — replaces the block between
-`<!-- results:<name> begin -->` and `<!-- results:<name> end -->` in README.md, and `ssmbench report --runs-csv`'s
-tidy CSV is written to benchmarks/results/<name>.csv. tests/test_readme_results.py checks that README.md and the
+(older runs in the folder, e.g. of an edited recipe, are left out) replace benchmarks/results/<name>/: each run's
+recipe.yaml, results.json, metrics.jsonl and env.json (without the TDI spectrum arrays, which only the figures
+use), no checkpoints; (3) the markdown of those records — a line naming the commands, date, machine and versions,
+then `ssmbench report`'s tables — replaces the block between `<!-- results:<name> begin -->` and
+`<!-- results:<name> end -->` in README.md, and `ssmbench report --runs-csv`'s tidy CSV is written to
+benchmarks/results/<name>.csv. tests/test_readme_results.py checks that README.md and the
 CSVs are exactly what `render` makes of the committed records, so this script is the only writer of those blocks.
 """
 
