@@ -9,8 +9,8 @@ A cell holds the runs of one row label (tag `group_by`, e.g. the sweep's `varian
 When runs of one label differ in a configuration field within such a cell, the label is split into one row per
 combination of the differing fields, e.g. `s4d [train.max_steps=40]` and `s4d [train.max_steps=60]`; the
 fields are those that differ within any cell of the label, so every row is one configuration. A seed recorded
-twice in a cell (the same configuration trained again) is counted once: the newest run (env.json `started`, then
-run directory) is kept and the others are listed as duplicates.
+twice in a cell (the same configuration trained again) is counted once: the newest run (env.json `started`; of
+runs started at the same second, the last by run directory path) is kept and the others are listed as duplicates.
 """
 
 from __future__ import annotations
@@ -118,8 +118,8 @@ def describe_cell(title: str, cell: CellRuns, split_by: list[str], value: Callab
     """`report --explain` lines of one cell: counted runs and duplicates, differing and shared fields."""
     lines = [f"{title}: {len(cell.runs)} run(s)"]
     lines += [f"  counted   {r.run_dir} (seed {r.seed}): {value(r)}" for r in cell.runs]
-    lines += [f"  duplicate {r.run_dir} (seed {r.seed}, not counted; seed counted from the newer run): {value(r)}"
-              for r in cell.duplicates]
+    lines += [f"  duplicate {r.run_dir} (seed {r.seed}, not counted: the counted run of this seed is newer, or as new "
+              f"and later by path): {value(r)}" for r in cell.duplicates]
     configs = [configuration(r) for r in cell.runs]
     differ = ["seed"] + differing_fields(configs)
     lines.append(f"  differ in: {', '.join(differ)}")
