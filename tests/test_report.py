@@ -444,6 +444,8 @@ def test_efficiency_table_states_budget_and_steps_and_curves_separate_fractions(
     assert all(c.mark == "" for c in build_tables(read_runs([root]))[1].rows[0][1:])
     assert eff.notes[1] == ("budget: the same number of epochs at every fraction (fewer optimizer steps on less data; "
                             "the TDI paper's protocol); optimizer steps per fraction: 0.1: 14, 1: 140")
+    assert efficiency_figure(read_runs([root]), "smnist")._suptitle.get_text() == \
+        "smnist: data efficiency (median over seeds; same epochs at every fraction)"
     fig = learning_curves_figure(read_runs([root]), "smnist")
     ax = fig.axes[0]
     lines = {ln.get_label(): ln for ln in ax.lines}

@@ -111,7 +111,10 @@ def efficiency_figure(records: list[RunRecord], task: str, group_by: str = "vari
             ax.set_xlabel("fraction of the training set")
             ax.set_ylabel(f"median {what} " + ("accuracy (%)" if key == "accuracy" else "loss"))
         axes[0][0].legend(title=group_by)
-        fig.suptitle(f"{task}: data efficiency (median over seeds)")
+        budgets = {r.tags.get("budget") for r in runs_}
+        rule = {"epochs": "; same epochs at every fraction", "steps": "; same optimizer steps at every fraction"}
+        fig.suptitle(f"{task}: data efficiency (median over seeds"
+                     + (rule.get(budgets.pop(), "") if len(budgets) == 1 else "") + ")")
         fig.tight_layout()
     return fig
 
