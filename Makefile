@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.ssmbench-installed
 
-.PHONY: install demo test test-slow smoke bench clean
+.PHONY: install demo test test-slow smoke bench results clean
 
 install: $(STAMP)
 
@@ -30,6 +30,10 @@ smoke: install
 
 bench: install
 	$(BIN)/ssmbench bench
+
+# Reruns the quick sweeps (finished runs are skipped) and rewrites the README's results tables from their records.
+results: install
+	$(PY) -m ssmbench.report.readme
 
 clean:
 	rm -rf $(VENV) .pytest_cache

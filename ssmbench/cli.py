@@ -216,11 +216,13 @@ def report(
     out: Optional[Path] = typer.Option(None, "--out", help="write the tables to this file instead of printing them"),
     plots: Optional[Path] = typer.Option(None, "--plots", help="write PNG figures (learning curves, data efficiency, poles, TDI spectra) here"),
     window: int = typer.Option(0, "--window", min=0, help="data efficiency: average the last N validation evaluations instead of the test value (0 = test)"),
+    explain: bool = typer.Option(False, "--explain", help="per cell: the run directories counted, duplicate seeds, and the recipe fields the runs share and differ in"),
+    runs_csv: Optional[Path] = typer.Option(None, "--runs-csv", help="also write a tidy CSV here: one line per run and test metric (variant, task, seed, value, n_eval, source, ...)"),
 ) -> None:
     """Comparison tables and plots from run directories alone (no re-training)."""
     from ssmbench.report import report as build_report
 
-    text, written = build_report(paths or [Path("runs")], group_by, fmt, out, plots, window)
+    text, written = build_report(paths or [Path("runs")], group_by, fmt, out, plots, window, explain, runs_csv)
     if out is None:
         typer.echo(text, nl=False)
     else:

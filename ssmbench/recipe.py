@@ -254,7 +254,10 @@ class TrainConfig(Section):
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description="auto = bf16 on CUDA if supported else fp32")
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
     eval_every: Optional[int] = Field(None, ge=1, description="evaluate every k steps; null = once per epoch")
-    max_eval_batches: Optional[int] = Field(None, ge=1, description="cap evaluation batches (smoke tests)")
+    max_eval_batches: Optional[int] = Field(None, ge=1, description="cap the validation evaluations during training "
+                                            "(the final test evaluation is not affected; see max_test_batches)")
+    max_test_batches: Optional[int] = Field(None, ge=1, description="opt out of testing on the whole test split: cap "
+                                            "the final test evaluation (recorded in results.json, marked in reports)")
     checkpoint_every: Optional[int] = Field(None, ge=1, description="also write last.pt every k steps")
     threads: Optional[int] = Field(None, ge=1, le=1024, description="torch CPU threads; null = torch default")
     compile: bool = Field(False, description="torch.compile each residual block (compiles on the first steps; needs a C++ compiler on the CPU)")

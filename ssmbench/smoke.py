@@ -39,8 +39,8 @@ def recipe_files(paths: list[Path]) -> list[Path]:
 def smoke_overrides(steps: int, data_root: Path) -> list[str]:
     """Few steps, tiny batches, and a narrow one-layer model (the recipe's layer kind, init, data and options are
     kept), so the whole recipe folder runs on a CPU in minutes; TDI's spectrum fit is cut to a few iterations."""
-    return [f"train.max_steps={steps}", "train.max_eval_batches=2", "train.eval_every=null", "train.warmup_steps=0",
-            f"data.root={data_root}", "train.batch_size=4", "train.eval_batch_size=4",
+    return [f"train.max_steps={steps}", "train.max_eval_batches=2", "train.max_test_batches=2", "train.eval_every=null",
+            "train.warmup_steps=0", f"data.root={data_root}", "train.batch_size=4", "train.eval_batch_size=4",
             "model.d_model=16", "model.n_layers=1", "init.samples=64", "init.tdi.steps=5"]
 
 

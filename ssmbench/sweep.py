@@ -14,8 +14,14 @@ A sweep file is YAML with a top-level `grid` (that key is how `ssmbench smoke` t
       baseline: s4d                     # the variant the others are compared with (default: the first)
       seeds: [0, 1, 2]
       train_fractions: [0.1, 1.0]       # data.train_fraction (data-efficiency studies)
+      budget: epochs                    # with several fractions: `epochs` or `steps` (see below)
       exclude: [text/alpha-beta]        # task/variant points to leave out (optional)
     resources: {cpus: 4, gpus: 1}       # per run, for --backend ray|slurm (see ssmbench.backends)
+
+A data-efficiency sweep (several train_fractions) states its training budget: `budget: epochs` trains every
+fraction for the same train.epochs (the TDI paper's protocol: fewer optimizer steps on less data; train.max_steps
+must be null so that no fraction is cut short), `budget: steps` for the same train.max_steps (which must be set;
+train.epochs must be large enough for the smallest fraction to reach it). Each run is tagged `budget`.
 
 The grid is task x variant x train_fraction x seed. Every run is tagged {sweep, task, variant, run_key}; the run
 key is a hash of the sweep name, task, variant and the run's recipe (file + overrides), so a run whose finished record
@@ -43,7 +49,7 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
-from typing import Optional, Union
+from typing import Literal, Optional, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -77,6 +83,8 @@ class Grid(BaseModel):
     train_fractions: list[float] = Field([1.0], min_length=1, description="data.train_fraction values")
     exclude: list[str] = Field(default_factory=list, description="`task/variant` points left out of the grid")
     baseline: Optional[str] = Field(None, description="the variant the others are compared with; null = the first")
+    budget: Optional[Literal["epochs", "steps"]] = Field(None, description="training budget shared by the train "
+                                                          "fractions: same epochs or same optimizer steps")
 
     def variant_specs(self) -> dict[str, Variant]:
         if isinstance(self.variants, list):
@@ -124,7 +132,20 @@ def load_sweep(path: Path) -> SweepFile:
     if sweep.grid.baseline is not None and sweep.grid.baseline not in sweep.grid.variant_specs():
         raise RecipeError(str(path), [f"grid.baseline: {sweep.grid.baseline!r} is not a variant of the grid "
                                       f"({', '.join(sweep.grid.variant_specs())})"])
+    if len(sweep.grid.train_fractions) > 1 and sweep.grid.budget is None:
+        raise RecipeError(str(path), ["grid.budget: required with several train_fractions; `budget: epochs` (same "
+                                      "epochs for every fraction, the TDI paper's protocol) or `budget: steps` (same "
+                                      "train.max_steps)"])
     return sweep
+
+
+def check_budget(budget: Optional[str], recipe) -> None:
+    """Raise ValueError when a run's recipe breaks the sweep's budget rule (see the module docstring)."""
+    if budget == "epochs" and recipe.train.max_steps is not None:
+        raise ValueError(f"train.max_steps is {recipe.train.max_steps}, which cuts the larger fractions short under "
+                         "grid.budget: epochs; set train.max_steps=null")
+    if budget == "steps" and recipe.train.max_steps is None:
+        raise ValueError("train.max_steps is null; grid.budget: steps needs it set (the same step count for every fraction)")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -205,13 +226,16 @@ def expand(sweep_file: Union[str, Path], runs_dir: Optional[Union[str, Path]] = 
                 for seed in sweep.grid.seeds:
                     parts = [sweep.name, task, variant, f"s{seed}"] + ([f"f{frac:g}"] if frac != 1.0 else [])
                     name = _slug("-".join(p for p in parts if p))[:100]
-                    tags = {"sweep": sweep.name, "variant": variant, **({"task": task} if task else {})}
+                    tags = {"sweep": sweep.name, "variant": variant, **({"task": task} if task else {}),
+                            **({"budget": sweep.grid.budget} if sweep.grid.budget else {})}
                     draft = RunSpec(str(recipe_path), sets, tags, name, seed, frac, out_dir, key="")
                     try:
                         key = run_key(spec_raw(draft), sweep.name, task, variant)
-                        spec_recipe(draft)  # validate every run before any starts
+                        check_budget(sweep.grid.budget, spec_recipe(draft))  # validate every run before any starts
                     except RecipeError as e:
                         raise RecipeError(str(path), [f"grid run {name}: {line}" for line in str(e).splitlines()]) from None
+                    except ValueError as e:
+                        raise RecipeError(str(path), [f"grid run {name}: {e}"]) from None
                     specs.append(RunSpec(str(recipe_path), sets, {**tags, "run_key": key}, name, seed, frac, out_dir, key))
     return specs
 

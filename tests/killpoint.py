@@ -35,7 +35,8 @@ TINY = {
     "data": {"name": "smnist", "permute": False, "val_fraction": 0.02},
     "model": {"d_model": 8, "n_layers": 1, "dropout": 0.1, "ssm": {"d_state": 8}},
     "train": {"max_steps": 12, "batch_size": 8, "eval_batch_size": 16, "eval_every": 4, "checkpoint_every": 2,
-              "max_eval_batches": 2, "threads": 1, "lr": 0.01, "warmup_steps": 2, "device": "cpu"},
+              "max_eval_batches": 2, "max_test_batches": 2, "threads": 1, "lr": 0.01, "warmup_steps": 2,
+              "device": "cpu"},
 }
 TIMING = ("seconds", "train_seconds", "samples_per_second", "run_dir")  # wall clock and location, not results
 

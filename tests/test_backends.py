@@ -17,7 +17,7 @@ TINY = {
     "name": "tiny", "data": {"name": "smnist", "permute": False, "train_fraction": 0.01},
     "model": {"d_model": 4, "n_layers": 1, "ssm": {"d_state": 4}},
     "train": {"max_steps": 2, "batch_size": 4, "eval_batch_size": 4, "max_eval_batches": 1, "threads": 1,
-              "device": "cpu", "precision": "fp32"},
+              "max_test_batches": 1, "device": "cpu", "precision": "fp32"},
 }
 
 

@@ -27,8 +27,8 @@ from ssmbench.train.engine import EpochBatches, train
 # 31 training samples in global batches of 15: shards of 8 + 7, and a last batch of 1 (rank 1 gets a filler).
 TINY = ["model.d_model=8", "model.n_layers=2", "model.ssm.d_state=8", "model.norm=layer", "model.dropout=0.0",
         "train.batch_size=15", "data.val_fraction=0.02", "data.train_fraction=0.0031632653", "train.epochs=2",
-        "train.max_eval_batches=2", "train.warmup_steps=0", "train.device=cpu", "train.precision=fp32",
-        "train.checkpoint_every=1"]
+        "train.max_eval_batches=2", "train.max_test_batches=2", "train.warmup_steps=0", "train.device=cpu",
+        "train.precision=fp32", "train.checkpoint_every=1"]
 TOL = 1e-5
 REPO = Path(__file__).resolve().parents[1]
 

@@ -25,19 +25,27 @@ from ssmbench.train import checkpoint
 def write_run(root: Path, name: str, variant: str, task: str, seed: int = 0, status: str | None = "finished",
               acc: float | None = None, loss: float = 1.0, source: str = "official", fraction: float = 1.0,
               kind: str = "classification", val: list[tuple[int, float, float]] = (), last_pt: bool = False,
-              env_extra: dict | None = None) -> Path:
+              env_extra: dict | None = None, train: dict | None = None, n_eval: int = 10, split_size: int = 10,
+              tags: dict | None = None, steps: int | None = None, started: str = "2026-01-01T00:00:00",
+              val_coverage: tuple[int, int] = (10, 10)) -> Path:
     """A run directory as the engine writes it (recipe.yaml, env.json, metrics.jsonl, results.json)."""
     d = root / name
     (d / runs.CHECKPOINTS).mkdir(parents=True)
-    recipe = {"name": name, "seed": seed, "tags": {"variant": variant, "sweep": "t"},
-              "data": {"name": task, "train_fraction": fraction}, "model": {"ssm": {"real_transform": "exp"}}}
+    recipe = {"name": name, "seed": seed, "tags": {"variant": variant, "sweep": "t", **(tags or {})},
+              "data": {"name": task, "train_fraction": fraction}, "model": {"ssm": {"real_transform": "exp"}},
+              "train": {"max_steps": 100, "threads": 1, **(train or {})}}
     runs.atomic_write_text(d / runs.RECIPE, yaml.safe_dump(recipe))
-    runs.atomic_write_json(d / runs.ENV, {"data": {"source": source}, **(env_extra or {})})
+    runs.atomic_write_json(d / runs.ENV, {"data": {"source": source, "provenance": f"{task} data"}, "started": started,
+                                          **(env_extra or {})})
     for step, vloss, vacc in val:
         runs.append_jsonl(d / runs.METRICS, {"step": step, "epoch": 0, "split": "val", "loss": vloss, "accuracy": vacc})
     if status is not None:
-        test = {"loss": loss, "n": 10, **({"accuracy": acc} if acc is not None else {})}
-        res = {"status": status, "name": name, "task": kind, "test": test, "data_source": source}
+        test = {"loss": loss, "n": n_eval, **({"accuracy": acc} if acc is not None else {})}
+        res = {"status": status, "name": name, "task": kind, "test": test, "data_source": source,
+               "evaluation": {"test": {"n": n_eval, "size": split_size, "whole_split": n_eval == split_size,
+                                       "max_batches": None},
+                              "val": {"n": val_coverage[0], "size": val_coverage[1]}},
+               **({"steps": steps} if steps is not None else {})}
         if status == "failed":
             res["error"] = "NonFiniteError: loss is nan"
         runs.atomic_write_json(d / runs.RESULTS, res)
@@ -74,7 +82,7 @@ EXPECTED_MD = """\
 | zero-real | — | 70.00 (1)† | — |
 
 mean ± sample std over seeds (n runs); best per column in bold (CSV: *); Avg. over the accuracy columns  
-† trained on the embedded real subset shipped with ssmbench, not the full data set  
+† trained on the embedded real subset shipped with ssmbench, not the full data set — smnist: smnist data  
 
 ### Runs not in the tables (not finished)
 
@@ -115,7 +123,7 @@ def test_csv_latex_json_are_exact(table_runs: Path) -> None:
         "alpha-beta,40.00 (1),90.00 ± 7.07 (2)*,65.00\n"
         "zero-real,—,70.00 (1)†,—\n"
         "# mean ± sample std over seeds (n runs); best per column in bold (CSV: *); Avg. over the accuracy columns\n"
-        "# † trained on the embedded real subset shipped with ssmbench, not the full data set\n")
+        "# † trained on the embedded real subset shipped with ssmbench, not the full data set — smnist: smnist data\n")
     latex = to_latex(tables)
     assert r"s4d & \textbf{50.00 (1)} & 85.00 $\pm$ 7.07 (2) & 67.50 \\" in latex
     assert r"zero-real & -- & 70.00 (1)$^\dagger$ & -- \\" in latex
@@ -252,7 +260,7 @@ def test_plots_are_made_from_the_data(tmp_path: Path) -> None:
 
     fig = learning_curves_figure(records, "smnist")
     lines = {ln.get_label(): ln.get_xydata() for ln in fig.axes[0].lines}
-    np.testing.assert_allclose(lines["tdi"], [[s, 100 * a] for s, _, a in val])
+    np.testing.assert_allclose(lines["tdi (n=1)"], [[s, 100 * a] for s, _, a in val])
     assert fig.axes[0].get_xlabel() == "optimizer step" and fig.axes[0].get_ylabel() == "validation accuracy (%)"
 
     p_init, p_end = numpy_params(init), numpy_params(end)
@@ -290,3 +298,183 @@ def test_report_never_imports_the_engine(table_runs: Path) -> None:
     code = ("import sys; from ssmbench.report import report; report([sys.argv[1]]); "
             "assert 'ssmbench.train.engine' not in sys.modules, 'engine imported'")
     subprocess.run([sys.executable, "-c", code, str(table_runs)], check=True, timeout=120)
+
+
+# --------------------------------------------------------------------------------------------------
+# Cells pool only runs of one configuration, one run per seed (issue: tables a reader can trust)
+
+
+def test_runs_that_differ_are_split_into_rows_not_pooled(tmp_path: Path) -> None:
+    # `report runs_a runs_b` with 40- and 60-step runs of seeds 0 and 1 used to print one cell of 4 runs.
+    a, b = tmp_path / "runs_a", tmp_path / "runs_b"
+    for seed, acc in ((0, 0.80), (1, 0.70)):
+        write_run(a, f"s40-{seed}", "s4d", "smnist", seed, acc=acc, train={"max_steps": 40})
+        write_run(b, f"s60-{seed}", "s4d", "smnist", seed, acc=acc + 0.1, train={"max_steps": 60})
+    table = main_table(read_runs([a, b]))
+    assert [[c.text for c in row[:2]] for row in table.rows] == [
+        ["s4d [train.max_steps=40]", "75.00 ± 7.07 (2)"], ["s4d [train.max_steps=60]", "85.00 ± 7.07 (2)"]]
+    assert "runs of s4d differ in train.max_steps: one row per value" in table.notes
+    # Plain `report runs/`: a 20-step and a 30-step run of seed 0 used to give `(2)`.
+    c = tmp_path / "runs_c"
+    write_run(c, "x", "s4d", "smnist", 0, acc=0.5, train={"max_steps": 20})
+    write_run(c, "y", "s4d", "smnist", 0, acc=0.6, train={"max_steps": 30, "lr": 0.1})
+    table = main_table(read_runs([c]))
+    assert [[c.text for c in row[:2]] for row in table.rows] == [
+        ["s4d [train.lr=0.1, train.max_steps=30]", "60.00 (1)"], ["s4d [train.lr=unset, train.max_steps=20]", "50.00 (1)"]]
+
+
+def test_execution_fields_and_seeds_do_not_split(tmp_path: Path) -> None:
+    root = tmp_path / "runs"
+    write_run(root, "a", "s4d", "smnist", 0, acc=0.5, train={"threads": 1, "device": "cpu"})
+    write_run(root, "b", "s4d", "smnist", 1, acc=0.7, train={"threads": 4, "device": "cuda"})
+    table = main_table(read_runs([root]))
+    assert [c.text for c in table.rows[0][:2]] == ["s4d", "60.00 ± 14.14 (2)"] and len(table.rows) == 1
+
+
+def test_a_seed_recorded_twice_counts_once_the_newest(tmp_path: Path) -> None:
+    root = tmp_path / "runs"
+    write_run(root, "old", "s4d", "smnist", 0, acc=0.10, started="2026-01-01T00:00:00")
+    write_run(root, "new", "s4d", "smnist", 0, acc=0.30, started="2026-02-01T00:00:00")
+    write_run(root, "other", "s4d", "smnist", 1, acc=0.50)
+    table = main_table(read_runs([root]))
+    cell = table.rows[0][1]
+    assert cell.value["n"] == 2 and cell.value["mean"] == pytest.approx(40.0)  # (30 + 50) / 2; the old seed-0 run is out
+    assert any("1 run(s) repeat a seed" in n for n in table.notes)
+    text, _ = report([root], explain=True)
+    assert f"duplicate {root / 'old'} (seed 0, not counted" in text and f"counted   {root / 'new'} (seed 0): 30" in text
+
+
+def test_explain_shows_runs_and_shared_and_differing_fields(tmp_path: Path) -> None:
+    root = tmp_path / "runs"
+    write_run(root, "a", "s4d", "smnist", 0, acc=0.5, train={"max_steps": 40})
+    write_run(root, "b", "s4d", "smnist", 1, acc=0.6, train={"max_steps": 40})
+    write_run(root, "c", "s4d", "smnist", 0, acc=0.7, train={"max_steps": 60})
+    text, _ = report([root], explain=True)
+    block = text.split("```text\n")[1].split("```")[0].splitlines()
+    start = block.index("Test results | s4d [train.max_steps=40] | smnist: 2 run(s)")
+    assert block[start + 1:start + 7] == [
+        f"  counted   {root / 'a'} (seed 0): 50", f"  counted   {root / 'b'} (seed 1): 60",
+        "  differ in: seed", "  row split from the label's other runs by: train.max_steps",
+        "  shared: data.name=smnist, model.ssm.real_transform=exp, train.max_steps=40",
+        "Test results | s4d [train.max_steps=60] | smnist: 1 run(s)"]
+    assert "```text" not in report([root])[0]  # only on request
+    js = json.loads(report([root], fmt="json", explain=True)[0])
+    assert js[0]["explain"][0] == "Test results | s4d [train.max_steps=40] | smnist: 2 run(s)"
+
+
+def test_partial_evaluation_is_marked_with_its_sample_count(tmp_path: Path) -> None:
+    root = tmp_path / "runs"
+    write_run(root, "a", "s4d", "smnist", 0, acc=0.5, n_eval=600, split_size=2000)
+    write_run(root, "b", "s4d", "smnist", 1, acc=0.7, n_eval=600, split_size=2000)
+    write_run(root, "c", "tdi", "smnist", 0, acc=0.8, n_eval=2000, split_size=2000)
+    table = main_table(read_runs([root]))
+    assert [(row[0].text, row[1].mark) for row in table.rows] == [("s4d", "¶"), ("tdi", "")]
+    assert "¶ test metrics on part of the test split (train.max_test_batches): 600 of 2000 samples (2 runs)" in table.notes
+    assert "**80.00 (1)**" in report([root])[0] and "70.00 (2)¶" not in report([root])[0]
+    # A record that does not say how much it evaluated is marked too (it may be partial).
+    d = write_run(root, "d", "zero-real", "smnist", 0, acc=0.4)
+    res = runs.read_json(d / runs.RESULTS)
+    del res["evaluation"]
+    runs.atomic_write_json(d / runs.RESULTS, res)
+    table = main_table(read_runs([root]))
+    assert table.rows[1][0].text == "zero-real" and table.rows[1][1].mark == "¶"
+    assert "coverage not recorded (1 run)" in table.notes[-1]
+    # Records older than `evaluation`: test.n and env.json's split sizes say it.
+    env = runs.read_json(d / runs.ENV)
+    runs.atomic_write_json(d / runs.ENV, {**env, "data": {**env["data"], "sizes": {"test": 2000}}})
+    assert read_run(d).coverage("test") == (10, 2000)
+    assert "10 of 2000 samples (1 run), 600 of 2000 samples (2 runs)" in main_table(read_runs([root])).notes[-1]
+
+
+def test_source_footnote_names_the_data_of_each_task(tmp_path: Path) -> None:
+    root = tmp_path / "runs"
+    write_run(root, "m", "s4d", "synthetic-memory", 0, loss=0.01, kind="regression", source="synthetic",
+              env_extra={"data": {"source": "synthetic", "provenance": "Liu & Li's long-memory task: y = x_0 + x_(L-1)"}})
+    note = main_table(read_runs([root])).notes[-1]
+    assert note.startswith("§ synthetic data: a paper's synthetic task generated by ssmbench")
+    assert note.endswith("— synthetic-memory: Liu & Li's long-memory task: y = x_0 + x_(L-1)")
+
+
+def test_tidy_csv_has_one_line_per_run_and_metric(tmp_path: Path) -> None:
+    import csv
+    import io
+
+    root = tmp_path / "runs"
+    write_run(root, "a", "s4d", "smnist", 0, acc=0.5, loss=1.5, n_eval=600, split_size=2000, steps=150,
+              started="2026-01-01T00:00:00")
+    write_run(root, "b", "s4d", "smnist", 0, acc=0.6, loss=1.2, steps=150, started="2026-01-02T00:00:00")
+    write_run(root, "f", "tdi", "smnist", 1, acc=0.4, loss=2.0, fraction=0.1, tags={"budget": "epochs"})
+    write_run(root, "x", "tdi", "smnist", 2, status="failed")
+    out = tmp_path / "t" / "runs.csv"
+    report([root], runs_csv=out)
+    rows = list(csv.DictReader(io.StringIO(out.read_text())))
+    got = [(r["row"], r["task"], r["seed"], r["train_fraction"], r["metric"], float(r["value"]), r["n_eval"],
+            r["split_size"], r["whole_split"], r["source"], r["counted"], r["steps"], r["budget"], Path(r["run_dir"]).name)
+           for r in rows]
+    assert got == [
+        ("s4d", "smnist", "0", "1", "loss", 1.2, "10", "10", "True", "official", "yes", "150", "", "b"),
+        ("s4d", "smnist", "0", "1", "accuracy", 0.6, "10", "10", "True", "official", "yes", "150", "", "b"),
+        ("s4d", "smnist", "0", "1", "loss", 1.5, "600", "2000", "False", "official", "duplicate", "150", "", "a"),
+        ("s4d", "smnist", "0", "1", "accuracy", 0.5, "600", "2000", "False", "official", "duplicate", "150", "", "a"),
+        ("tdi", "smnist", "1", "0.1", "loss", 2.0, "10", "10", "True", "official", "yes", "", "epochs", "f"),
+        ("tdi", "smnist", "1", "0.1", "accuracy", 0.4, "10", "10", "True", "official", "yes", "", "epochs", "f"),
+    ]
+
+
+def test_efficiency_table_states_budget_and_steps_and_curves_separate_fractions(tmp_path: Path) -> None:
+    root = tmp_path / "runs"
+    curves = {}
+    for frac, steps in ((0.1, 14), (1.0, 140)):
+        for seed in (0, 1):
+            val = [(s, 2.0 - s / 100 - seed * 0.1, 0.3 + s / 1000 + seed * 0.05) for s in (steps // 2, steps)]
+            curves[(frac, seed)] = val
+            write_run(root, f"r{frac}-{seed}", "tdi", "smnist", seed, acc=0.5, fraction=frac, steps=steps, val=val,
+                      tags={"budget": "epochs"}, train={"max_steps": None})
+    eff = build_tables(read_runs([root]))[1]
+    assert all(c.mark == "" for c in eff.rows[0][1:])
+    # The validation window of a run whose validation was capped is marked, the test value is not.
+    d = root / "r0.1-1"
+    res = runs.read_json(d / runs.RESULTS)
+    res["evaluation"]["val"] = {"n": 600, "size": 900}
+    runs.atomic_write_json(d / runs.RESULTS, res)
+    windowed = build_tables(read_runs([root]), window=1)[1]
+    assert [c.mark for c in windowed.rows[0][1:]] == ["¶", ""]
+    assert windowed.notes[-1] == ("¶ validation metrics on part of the val split (train.max_eval_batches): "
+                                  "600 of 900 samples (1 run)")
+    assert all(c.mark == "" for c in build_tables(read_runs([root]))[1].rows[0][1:])
+    assert eff.notes[1] == ("budget: the same number of epochs at every fraction (fewer optimizer steps on less data; "
+                            "the TDI paper's protocol); optimizer steps per fraction: 0.1: 14, 1: 140")
+    assert efficiency_figure(read_runs([root]), "smnist")._suptitle.get_text() == \
+        "smnist: data efficiency (median over seeds; same epochs at every fraction)"
+    fig = learning_curves_figure(read_runs([root]), "smnist")
+    ax = fig.axes[0]
+    lines = {ln.get_label(): ln for ln in ax.lines}
+    assert set(lines) == {"tdi, 100% of train (n=2)", "tdi, 10% of train (n=2)"}
+    assert lines["tdi, 100% of train (n=2)"].get_linestyle() != lines["tdi, 10% of train (n=2)"].get_linestyle()
+    for frac, label in ((0.1, "tdi, 10% of train (n=2)"), (1.0, "tdi, 100% of train (n=2)")):
+        acc = np.array([[a for _, _, a in curves[(frac, seed)]] for seed in (0, 1)])
+        np.testing.assert_allclose(lines[label].get_ydata(), 100 * acc.mean(0))
+        band = [c for c in ax.collections if np.allclose(c.get_paths()[0].vertices[:, 0].min(), curves[(frac, 0)][0][0])]
+        ys = band[0].get_paths()[0].vertices[:, 1]
+        np.testing.assert_allclose([ys.min(), ys.max()], [100 * (acc.mean(0) - acc.std(0, ddof=1)).min(),
+                                                          100 * (acc.mean(0) + acc.std(0, ddof=1)).max()])
+
+
+def test_poles_axis_shows_the_stability_boundary() -> None:
+    init = {"Re(A)": np.array([-0.5, -0.5]), "Im(A)": np.array([3.0, 100.0])}
+    end = {"Re(A)": np.array([-0.4, -2.0]), "Im(A)": np.array([3.5, 90.0])}
+    lo, hi = poles_figure(init, end, "t").axes[0].get_xlim()
+    assert lo < -2.0 and 0.0 < hi < 0.5
+
+
+def test_cli_report_explain_and_runs_csv(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from ssmbench.cli import app
+
+    root = tmp_path / "runs"
+    write_run(root, "a", "s4d", "smnist", 0, acc=0.5)
+    res = CliRunner().invoke(app, ["report", str(root), "--explain", "--runs-csv", str(tmp_path / "r.csv")])
+    assert res.exit_code == 0, res.output
+    assert f"Test results | s4d | smnist: 1 run(s)\n  counted   {root / 'a'} (seed 0): 50\n" in res.output
+    assert (tmp_path / "r.csv").read_text().splitlines()[1].startswith("s4d,s4d,smnist,0,1,test,loss,1.0,10,10,True,")

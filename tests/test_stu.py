@@ -367,8 +367,8 @@ def test_recipes_train_a_few_steps(path, tmp_path, monkeypatch):
     from ssmbench.train.engine import train
 
     monkeypatch.chdir(tmp_path)  # data.root and the filter cache are relative: keep them in tmp_path
-    overrides = ["train.max_steps=2", "train.max_eval_batches=1", "train.eval_every=null", "train.batch_size=4",
-                 "model.d_model=8", "model.n_layers=1"]
+    overrides = ["train.max_steps=2", "train.max_eval_batches=1", "train.max_test_batches=1", "train.eval_every=null",
+                 "train.batch_size=4", "model.d_model=8", "model.n_layers=1"]
     if "lds" in path:
         overrides += ["data.n_train=16", "data.n_test=4", "data.seq_len=64"]
     else:

@@ -16,7 +16,8 @@ from ssmbench.sweep import expand, find_finished, format_grid, index_runs, run_s
 TINY = {
     "name": "tiny", "data": {"name": "smnist", "permute": False},
     "model": {"d_model": 4, "n_layers": 1, "ssm": {"d_state": 4}},
-    "train": {"max_steps": 2, "batch_size": 4, "eval_batch_size": 4, "max_eval_batches": 1, "threads": 1},
+    "train": {"max_steps": 2, "batch_size": 4, "eval_batch_size": 4, "max_eval_batches": 1, "max_test_batches": 1,
+              "threads": 1},
 }
 
 
@@ -31,7 +32,7 @@ def write_sweep(tmp_path: Path, grid: dict, **top) -> Path:
 
 def test_expand_lists_the_exact_grid(tmp_path: Path) -> None:
     path = write_sweep(tmp_path, {"variants": {"tiny": None, "alpha": {"recipe": "recipes/tiny.yaml", "set": ["init.alpha=2.0"]}},
-                                  "seeds": [0, 1], "train_fractions": [0.5, 1.0]}, set=["train.lr=0.02"])
+                                  "seeds": [0, 1], "train_fractions": [0.5, 1.0], "budget": "steps"}, set=["train.lr=0.02"])
     specs = expand(path)
     grid = [(s.tags["variant"], s.train_fraction, s.seed, s.overrides, s.name) for s in specs]
     assert grid == [
@@ -44,7 +45,7 @@ def test_expand_lists_the_exact_grid(tmp_path: Path) -> None:
     ]
     assert all(s.recipe == str((tmp_path / "recipes" / "tiny.yaml").resolve()) for s in specs)
     assert len({s.key for s in specs}) == 8 and [s.key for s in expand(path)] == [s.key for s in specs]
-    assert all(s.tags == {"sweep": "t", "variant": s.tags["variant"], "run_key": s.key} for s in specs)
+    assert all(s.tags == {"sweep": "t", "variant": s.tags["variant"], "budget": "steps", "run_key": s.key} for s in specs)
     assert pickle.loads(pickle.dumps(specs[0])) == specs[0]
     listing = format_grid(specs, {}).splitlines()
     assert len(listing) == 9 and listing[-1] == "8 runs: 8 new, 0 to resume, 0 finished"
@@ -162,3 +163,21 @@ def test_a_preempted_run_stops_the_sweep(tmp_path: Path, monkeypatch) -> None:
 
     monkeypatch.setattr(sweep_module, "run_spec", preempted)
     assert [r["status"] for r in run_sweep(path)] == ["preempted"] and calls == [0]
+
+
+def test_data_efficiency_sweeps_state_and_keep_a_budget_rule(tmp_path: Path) -> None:
+    grid = {"variants": ["tiny"], "train_fractions": [0.5, 1.0]}
+    with pytest.raises(RecipeError, match=r"sweep.yaml: grid.budget: required with several train_fractions; "
+                                          r"`budget: epochs` \(same epochs for every fraction, the TDI paper's protocol\)"):
+        expand(write_sweep(tmp_path, grid))
+    # Same epochs: a step cap would cut the larger fractions short.
+    with pytest.raises(RecipeError, match=r"grid run t-tiny-s0-f0.5: train.max_steps is 2, which cuts the larger "
+                                          r"fractions short under grid.budget: epochs; set train.max_steps=null"):
+        expand(write_sweep(tmp_path, {**grid, "budget": "epochs"}))
+    specs = expand(write_sweep(tmp_path, {**grid, "budget": "epochs"}, set=["train.max_steps=null"]))
+    assert {s.tags["budget"] for s in specs} == {"epochs"}
+    with pytest.raises(RecipeError, match=r"grid run t-tiny-s0-f0.5: train.max_steps is null; grid.budget: steps needs it"):
+        expand(write_sweep(tmp_path, {**grid, "budget": "steps"}, set=["train.max_steps=null"]))
+    assert len(expand(write_sweep(tmp_path, {"variants": ["tiny"]}))) == 1  # one fraction: no budget needed
+    for shipped in ("recipes/quick/tdi-data-efficiency.yaml", "recipes/sweeps/tdi-data-efficiency.yaml"):
+        assert {s.tags["budget"] for s in expand(Path(__file__).parents[1] / shipped)} == {"epochs"}

@@ -73,3 +73,19 @@ def test_epoch_batches_cover_each_item_once_and_resume_mid_epoch():
     assert sorted(i for b in full for i in b) == list(range(10))
     assert list(EpochBatches(10, 3, seed=1, epoch=2, start=2)) == full[2:]
     assert full != list(EpochBatches(10, 3, seed=1, epoch=3))
+
+
+def test_results_record_how_much_of_each_split_was_evaluated(repo_root, tmp_path):
+    """Validation capped by train.max_eval_batches; the test split whole unless train.max_test_batches opts out."""
+    r = tiny(repo_root, "train.max_steps=2", "train.eval_batch_size=200", "data.val_fraction=0.05")
+    res = train(r, runs_root=tmp_path / "whole", quiet=True, log=quiet)
+    run = next((tmp_path / "whole").iterdir())
+    sizes = json.loads((run / "env.json").read_text())["data"]["sizes"]
+    assert sizes["test"] == 2000 and sizes["val"] > 400
+    assert res["test"]["n"] == 2000
+    assert res["evaluation"] == {"test": {"n": 2000, "size": 2000, "whole_split": True, "max_batches": None},
+                                 "val": {"n": 400, "size": sizes["val"], "whole_split": False, "max_batches": 2}}
+    assert [row["n"] for row in runs.read_jsonl(run / "metrics.jsonl") if row["split"] != "train"] == [400, 2000]
+    res = train(load_recipe(run / "recipe.yaml", ["train.max_test_batches=3"]), runs_root=tmp_path / "part",
+                quiet=True, log=quiet)
+    assert res["evaluation"]["test"] == {"n": 600, "size": 2000, "whole_split": False, "max_batches": 3}

@@ -56,7 +56,8 @@ class SyntheticMemory(Adapter):
         y = x[:, 0] + x[:, -1]  # (S, 1)
         n = options.n_train
         return regression_bundle(x[:n], y[:n], x[n:], y[n:], cfg,
-                                 f"x ~ N(0, 1), L = {options.length}, y = x_0 + x_(L-1), seed {options.seed}", {})
+                                 f"Liu & Li's long-memory task: x ~ N(0, 1), L = {options.length}, "
+                                 f"y = x_0 + x_(L-1), seed {options.seed}", {})
 
 
 def planted_filter(L: int, pattern: str) -> np.ndarray:
@@ -107,6 +108,7 @@ class SyntheticFrequency(Adapter):
             return torch.from_numpy(X).float().unsqueeze(-1), torch.from_numpy(y).float().unsqueeze(-1)
 
         return regression_bundle(*tensors(Xtr, ytr), *tensors(Xte, yte), cfg,
+                                 "TDI paper's frequency task: "
                                  f"X = {'embedded MNIST subset, mean-centered' if options.inputs == 'mnist' else 'N(0, 1)'}; "
                                  f"y = X f_{options.pattern} + {options.noise} eps, seed {options.seed}",
                                  {"target_std": float(ytr.std())})

@@ -1,7 +1,8 @@
 """`ssmbench report`: comparison tables and figures from run directories alone (no re-training, no engine).
 
-records.py reads run directories into plain records; tables.py aggregates and renders them (md, csv, latex,
-json); plots.py writes the PNG figures.
+records.py reads run directories into plain records; cells.py decides which runs a cell may pool; tables.py
+aggregates and renders them (md, csv, latex, json, and the tidy one-line-per-run CSV); plots.py writes the PNG
+figures; readme.py regenerates the README's results section (`make results`).
 """
 
 from __future__ import annotations
@@ -11,28 +12,33 @@ from typing import Optional
 
 from ssmbench.errors import SSMBenchError
 from ssmbench.report.records import RunRecord, parameter_change, read_runs
-from ssmbench.report.tables import (RENDERERS, Table, efficiency_tables, main_table, parameter_change_table,
-                                    unfinished_table)
+from ssmbench.report.cells import cell_runs
+from ssmbench.report.tables import (RENDERERS, Table, efficiency_tables, finished_rows, main_table,
+                                    parameter_change_table, tidy_csv, unfinished_table)
 
 
 def build_tables(records: list[RunRecord], group_by: str = "variant", window: int = 0) -> list[Table]:
     """Main table, data-efficiency tables, parameter-change table and the list of unfinished runs (when present)."""
     changes: dict[tuple[str, str], list[dict]] = {}
-    for r in records:
-        if r.finished:
+    rows = finished_rows(records, group_by)
+    full = [r for r in records if r.finished and r.test and r.train_fraction == 1.0]
+    for key, cell in cell_runs(full, lambda r: (rows.of(r), r.task)).items():
+        for r in cell.runs:
             change = parameter_change(r)
             if change is not None:
-                changes.setdefault((r.label(group_by), r.task), []).append(change)
+                changes.setdefault(key, []).append(change)
     tables = [main_table(records, group_by), *efficiency_tables(records, group_by, window),
               parameter_change_table(changes), unfinished_table(records, group_by)]
     return [t for t in tables if t is not None]
 
 
 def report(paths: list[Path], group_by: str = "variant", fmt: str = "md", out: Optional[Path] = None,
-           plots: Optional[Path] = None, window: int = 0) -> tuple[str, list[Path]]:
+           plots: Optional[Path] = None, window: int = 0, explain: bool = False,
+           runs_csv: Optional[Path] = None) -> tuple[str, list[Path]]:
     """Render the tables of every run under `paths` in `fmt`; write them to `out` and the PNGs to `plots`.
 
-    Returns (rendered text, written figure paths).
+    `explain` adds, per cell, the run directories and the fields they share and differ in; `runs_csv` receives
+    the tidy one-line-per-run-and-metric CSV. Returns (rendered text, written figure paths).
     """
     if fmt not in RENDERERS:
         raise SSMBenchError(f"report --format: '{fmt}' is not a format; use one of {', '.join(RENDERERS)}")
@@ -40,12 +46,13 @@ def report(paths: list[Path], group_by: str = "variant", fmt: str = "md", out: O
     if not records:
         raise SSMBenchError(f"report: no run directories under {', '.join(map(str, paths))} "
                             "(a run directory holds recipe.yaml and results.json; train or sweep first)")
-    text = RENDERERS[fmt](build_tables(records, group_by, window))
-    if out is not None:
-        from ssmbench.runs import atomic_write_text
+    text = RENDERERS[fmt](build_tables(records, group_by, window), explain)
+    from ssmbench.runs import atomic_write_text
 
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(Path(out), text)
+    for path, content in ((out, text), (runs_csv, tidy_csv(records, group_by) if runs_csv is not None else None)):
+        if path is not None:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(Path(path), content)
     written = []
     if plots is not None:
         from ssmbench.report.plots import write_plots

@@ -46,6 +46,7 @@ class RunRecord:
     recipe: dict[str, Any] = field(default_factory=dict)
     env: dict[str, Any] = field(default_factory=dict)
     metrics: list[dict] = field(default_factory=list)
+    results: dict[str, Any] = field(default_factory=dict)
 
     def label(self, group_by: str = "variant") -> str:
         """The row identity of this run: tag `group_by` (e.g. the sweep's `variant`), else the recipe name."""
@@ -54,6 +55,17 @@ class RunRecord:
     @property
     def finished(self) -> bool:
         return self.status == FINISHED
+
+    def coverage(self, split: str) -> tuple[Optional[int], Optional[int]]:
+        """(samples evaluated, samples in the split) of the final `split` ("test") or of the validation evaluations
+        ("val"), from results.json `evaluation`; for test, records older than that field give results.json test.n
+        and env.json data.sizes.test. None where a run does not record it."""
+        ev = ((self.results.get("evaluation") or {}).get(split) or {}) if isinstance(self.results, dict) else {}
+        n, size = ev.get("n"), ev.get("size")
+        if not ev and split == "test":
+            n = (self.results.get("test") or {}).get("n")
+            size = ((self.env.get("data") or {}).get("sizes") or {}).get("test")
+        return (n if isinstance(n, int) else None), (size if isinstance(size, int) else None)
 
     def curve(self, split: str, key: str) -> tuple[list[int], list[float]]:
         """(steps, values) of metric `key` on `split` from metrics.jsonl, in file order."""
@@ -131,7 +143,7 @@ def read_run(run_dir: Path) -> RunRecord:
         status=status, detail=detail, source=str(source), seed=recipe.get("seed"),
         train_fraction=float(data.get("train_fraction", 1.0)),
         test={k: float(v) for k, v in test.items() if isinstance(v, (int, float))},
-        recipe=recipe, env=env, metrics=metrics,
+        recipe=recipe, env=env, metrics=metrics, results=results or {},
     )
 
 

@@ -199,6 +199,14 @@ def evaluate(model: torch.nn.Module, data: DataLoader, task: str, device: torch.
     return metrics
 
 
+def evaluated(metrics: dict | None, split: Dataset, max_batches: int | None) -> dict[str, Any]:
+    """How much of a split an evaluation saw: {n: samples evaluated, size: samples in the split, whole_split: n ==
+    size, max_batches: the recipe's cap}; n is None when the split was never evaluated (e.g. no validation split)."""
+    n = (metrics or {}).get("n")
+    return {"n": n, "size": len(split), "whole_split": n == len(split) if n is not None else None,
+            "max_batches": max_batches}
+
+
 def better(task: str, new: dict, best: dict | None) -> bool:
     if best is None:
         return True
@@ -368,7 +376,7 @@ class Trainer:
 
     def log_metrics(self, split: str, metrics: dict) -> None:
         row = {"step": self.progress.step, "epoch": self.progress.epoch, "split": split,
-               **{k: v for k, v in metrics.items() if k != "n"}, "seconds": round(self.progress.seconds, 3),
+               **metrics, "seconds": round(self.progress.seconds, 3),
                "lr": self.optimizer.param_groups[0]["lr"]}
         if self.is_writer:
             runs.append_jsonl(self.run_dir / runs.METRICS, row)
@@ -535,7 +543,7 @@ class Trainer:
         if best.exists():
             self.model.load_state_dict(checkpoint.load(best)["model"])
         test = evaluate(self.model, self.eval_loader(self.data.test), self.task, self.device, self.amp,
-                        self.recipe.train.max_eval_batches)
+                        self.recipe.train.max_test_batches)
         self.log_metrics("test", test)
         p = self.progress
         results = {
@@ -544,6 +552,8 @@ class Trainer:
             "samples": p.samples, "skipped_steps": p.skipped_steps, "train_seconds": round(p.seconds, 3),
             "samples_per_second": round(p.samples / p.seconds, 2) if p.seconds else None,
             "data_source": self.data.source, "n_params": sum(q.numel() for q in self.model.parameters()),
+            "evaluation": {"test": evaluated(test, self.data.test, self.recipe.train.max_test_batches),
+                           "val": evaluated(p.best_val, self.data.val, self.recipe.train.max_eval_batches)},
         }
         if self.is_writer:
             runs.atomic_write_json(self.run_dir / runs.RESULTS, results)
