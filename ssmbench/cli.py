@@ -32,6 +32,8 @@ def train(
     runs_dir: Path = typer.Option(Path("runs"), "--runs-dir", help="where new run directories are created"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar"),
     nproc: int = typer.Option(1, "--nproc", min=1, help="data-parallel processes on this machine (launches torchrun; one per GPU)"),
+    accept_recipe_change: bool = typer.Option(False, "--accept-recipe-change", help="with --resume: continue although "
+                                              "the run's recipe.yaml changed since its last checkpoint"),
 ) -> None:
     """Train a recipe and write its run record under runs/<name>-<timestamp>-<hash>/.
 
@@ -50,12 +52,14 @@ def train(
     r = load_recipe(recipe, set_) if recipe is not None else None
     if nproc > 1:  # re-run this command under torchrun, without --nproc
         args = ["train", *([str(recipe)] if recipe else ["--resume", str(resume)]), *(a for s in set_ for a in ("--set", s)),
-                "--runs-dir", str(runs_dir), *(["--quiet"] if quiet else [])]
+                "--runs-dir", str(runs_dir), *(["--quiet"] if quiet else []),
+                *(["--accept-recipe-change"] if accept_recipe_change else [])]
         code = distributed.launch(nproc, args)
         if code:
             raise typer.Exit(code)
         return
-    results = run_training(r, runs_root=runs_dir, resume=resume, quiet=quiet, log=console.print)
+    results = run_training(r, runs_root=runs_dir, resume=resume, quiet=quiet, log=console.print,
+                           accept_recipe_change=accept_recipe_change)
     if distributed.is_main_process():
         console.print(summary_line(results))
 

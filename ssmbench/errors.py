@@ -20,6 +20,11 @@ class DataError(SSMBenchError):
     """A dataset that is missing or malformed; the message names the file and how to get it."""
 
 
+class RecordError(SSMBenchError):
+    """A run-record file (recipe.yaml, env.json, results.json, metrics.jsonl) that is not what ssmbench writes:
+    not a regular file, too large, not UTF-8 JSON/YAML, or of the wrong shape. The message names the file."""
+
+
 class CheckpointError(SSMBenchError):
     """A checkpoint that is missing, truncated or fails its checksum."""
 

@@ -42,7 +42,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ssmbench import runs
-from ssmbench.errors import RecipeError, SSMBenchError
+from ssmbench.errors import RecipeError, RecordError, SSMBenchError
 
 # --------------------------------------------------------------------------------------------------
 # Sweep file schema
@@ -205,22 +205,22 @@ def index_runs(runs_dir: Union[str, Path]) -> dict[str, list[Path]]:
         return index
     for d in sorted(p for p in root.iterdir() if p.is_dir()):
         try:
-            raw = yaml.safe_load((d / runs.RECIPE).read_text(encoding="utf-8"))
-        except (OSError, yaml.YAMLError, UnicodeDecodeError):
+            raw = runs.load_yaml(d / runs.RECIPE)
+        except (OSError, RecordError):  # not a run directory, or a damaged one: a new run is made instead
             continue
-        key = ((raw or {}).get("tags") or {}).get("run_key") if isinstance(raw, dict) else None
-        if key:
-            index.setdefault(str(key), []).append(d)
+        key = (raw.get("tags") or {}).get("run_key") if isinstance(raw.get("tags"), dict) else None
+        if isinstance(key, str) and key:
+            index.setdefault(key, []).append(d)
     return index
 
 
 def run_state(run_dir: Path) -> str:
-    """finished | failed | resumable (results "preempted", or no results yet: the engine continues from the last
-    checkpoint, or starts over in the same directory if none was written)."""
+    """finished | failed | resumable (results "preempted", no results yet or a damaged results.json: the engine
+    continues from the last checkpoint, or starts over in the same directory if none was written)."""
     results = runs.read_json(run_dir / runs.RESULTS)
-    if results is None or results.get("status") == "preempted":
-        return "resumable"
-    return "finished" if results.get("status") == "finished" else "failed"
+    if runs.is_finished(results):
+        return "finished"
+    return "failed" if results is not None and results.get("status") == "failed" else "resumable"
 
 
 def spec_state(spec: RunSpec, index: Optional[dict[str, list[Path]]] = None) -> tuple[str, Optional[Path]]:
