@@ -138,7 +138,7 @@ def sweep(
     if failed:
         raise SSMBenchError(f"sweep: {len(failed)} of {len(results)} run(s) failed (recorded in their run "
                             f"directories): {', '.join(failed)}")
-    preempted = [r["name"] for r in results if r["status"] == "preempted"]
+    preempted = [r["name"] for r in results if r["status"] in ("preempted", "stopped")]  # stopped: not started
     if preempted:
         from ssmbench.train.engine import Preempted
 

@@ -227,14 +227,18 @@ class StopSignals:
     """Turn SIGTERM and SIGINT into a request to stop at the next step boundary (checkpoint, then Preempted).
 
     A second signal aborts at once (KeyboardInterrupt; the last checkpoint stays valid). Handlers can only be
-    installed in the main thread; elsewhere the signals keep their default behaviour.
+    installed in the main thread; elsewhere the signals keep their default behaviour. `forward` is called on
+    every signal first (a parallel sweep passes each one on to its worker processes).
     """
 
-    def __init__(self):
+    def __init__(self, forward: Callable[[], None] | None = None):
         self.received: str | None = None
         self.previous: dict = {}
+        self.forward = forward
 
     def _handle(self, signum, frame) -> None:
+        if self.forward is not None:
+            self.forward()
         if self.received is not None:
             raise KeyboardInterrupt
         self.received = signal.Signals(signum).name
