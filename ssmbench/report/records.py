@@ -21,6 +21,7 @@ are read from checkpoints/init.pt and the final weights for the parameter-change
 
 from __future__ import annotations
 
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -163,8 +164,8 @@ def is_locked(run_dir: Path) -> bool:
     """Whether a process holds the run directory's training lock (`runs.locked`) right now."""
     import fcntl
 
-    try:
-        f = open(Path(run_dir) / runs.LOCK, "r")
+    try:  # non-blocking: a FIFO named .lock must not hang the report
+        f = os.fdopen(os.open(Path(run_dir) / runs.LOCK, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC), "r")
     except OSError:
         return False
     with f:
