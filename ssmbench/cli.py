@@ -7,6 +7,7 @@ was preempted by SIGTERM/SIGINT after writing a checkpoint: continue with `ssmbe
 
 from __future__ import annotations
 
+import signal
 import sys
 import tempfile
 from pathlib import Path
@@ -15,7 +16,7 @@ from typing import List, Optional
 import typer
 from rich.console import Console
 
-from ssmbench.errors import SSMBenchError
+from ssmbench.errors import SSMBenchError, stop_on_sigterm
 
 app = typer.Typer(help="ssmbench: train and compare state space model initializations from recipe YAMLs.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
@@ -259,6 +260,7 @@ def synth_speech(
 
 
 def main() -> None:
+    previous = signal.signal(signal.SIGTERM, stop_on_sigterm)  # exit 75 until a command handles signals itself
     try:
         app()
     except SSMBenchError as e:
@@ -267,3 +269,5 @@ def main() -> None:
     except KeyboardInterrupt:
         console.print("interrupted", style="red")
         sys.exit(130)
+    finally:
+        signal.signal(signal.SIGTERM, previous)

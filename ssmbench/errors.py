@@ -29,6 +29,19 @@ class CheckpointError(SSMBenchError):
     """A checkpoint that is missing, truncated or fails its checksum."""
 
 
+class Stopped(SSMBenchError):
+    """SIGTERM before any work that a resume could continue (e.g. while the command's modules are imported)."""
+
+    exit_code = 75  # EX_TEMPFAIL, as for a preempted run: run the command again
+
+
+def stop_on_sigterm(signum, frame) -> None:
+    """Signal handler for the start of a command (imports, argument and recipe checks): raise `Stopped`."""
+    import signal
+
+    raise Stopped(f"{signal.Signals(signum).name} received before any work started; run the command again")
+
+
 class NonFiniteError(SSMBenchError):
     """Training produced a non-finite loss or gradient."""
 
