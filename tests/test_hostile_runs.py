@@ -149,10 +149,26 @@ file_contents = st.one_of(
 FUZZ_EXAMPLES = int(os.environ.get("SSMBENCH_FUZZ_EXAMPLES", "40"))
 
 
-@settings(max_examples=FUZZ_EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(files=st.fixed_dictionaries({}, optional={f: file_contents for f in (runs.RECIPE, runs.ENV, runs.RESULTS,
-                                                                              runs.METRICS)}))
+record_files = st.fixed_dictionaries({}, optional={f: file_contents for f in (runs.RECIPE, runs.ENV, runs.RESULTS,
+                                                                               runs.METRICS)})
+SHORT = settings(max_examples=FUZZ_EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+LONG = settings(SHORT, max_examples=2000)
+
+
+@SHORT
+@given(files=record_files)
 def test_fuzzed_run_records_never_raise(tmp_path_factory, files) -> None:
+    check_record_files(tmp_path_factory, files)
+
+
+@pytest.mark.slow
+@LONG
+@given(files=record_files)
+def test_fuzzed_run_records_never_raise_long(tmp_path_factory, files) -> None:
+    check_record_files(tmp_path_factory, files)
+
+
+def check_record_files(tmp_path_factory, files: dict[str, bytes]) -> None:
     root = tmp_path_factory.mktemp("fuzz")
     d = write_run(root, "r", "s4d", "smnist", 0, acc=0.5)
     for name, content in files.items():
@@ -172,11 +188,22 @@ def good_checkpoint(tmp_path_factory) -> bytes:
     return path.read_bytes()
 
 
-@settings(max_examples=FUZZ_EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@SHORT
 @given(data=st.data())
-def test_fuzzed_checkpoints_load_or_raise_checkpoint_error(tmp_path_factory, good_checkpoint, data) -> None:
-    """Truncations, flipped bytes and insertions anywhere in a checkpoint: CheckpointError, or (a change the
-    checksum cannot see, i.e. none) the original content; never another exception."""
+def test_fuzzed_checkpoints_raise_checkpoint_error(tmp_path_factory, good_checkpoint, data) -> None:
+    check_damaged_checkpoint(tmp_path_factory, good_checkpoint, data)
+
+
+@pytest.mark.slow
+@LONG
+@given(data=st.data())
+def test_fuzzed_checkpoints_raise_checkpoint_error_long(tmp_path_factory, good_checkpoint, data) -> None:
+    check_damaged_checkpoint(tmp_path_factory, good_checkpoint, data)
+
+
+def check_damaged_checkpoint(tmp_path_factory, good_checkpoint: bytes, data) -> None:
+    """Truncations, flipped bytes and insertions anywhere in a checkpoint: always CheckpointError naming the
+    file, never another exception."""
     raw = bytearray(good_checkpoint)
     edit = data.draw(st.sampled_from(["truncate", "flip", "insert"]))
     at = data.draw(st.integers(0, len(raw) - 1))
