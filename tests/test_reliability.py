@@ -188,3 +188,20 @@ def test_a_stopped_parallel_sweep_leaves_no_worker_and_resumes(tmp_path: Path, s
     out, err = again.communicate(timeout=600)
     assert again.returncode == 0, err
     assert len(run_dirs(tmp_path / "runs")) == 3
+
+
+def test_sigterm_while_the_cli_imports_exits_75(tmp_path: Path) -> None:
+    """SIGTERM while `ssmbench` still imports its command-line modules: exit 75 with one line, not 143."""
+    code = ("import builtins, os, signal, sys\n"
+            "real = builtins.__import__\n"
+            "def sigterm_at_typer(name, *args, **kwargs):\n"
+            "    if name == 'typer':\n"
+            "        os.kill(os.getpid(), signal.SIGTERM)\n"
+            "    return real(name, *args, **kwargs)\n"
+            "builtins.__import__ = sigterm_at_typer\n"
+            "sys.argv = ['ssmbench', 'components']\n"
+            "from ssmbench.__main__ import run\n"
+            "run()\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert proc.returncode == 75
+    assert proc.stderr == "error: SIGTERM received before any work started; run the command again\n"

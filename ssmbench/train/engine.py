@@ -349,7 +349,10 @@ class Trainer:
             self.saved_step = self.progress.step
             self.log(f"resuming {self.run_dir} from {path.name} at step {self.progress.step} (epoch {self.progress.epoch})")
         if self.is_writer:  # lines written after the checkpoint (and a torn last line) are produced again
-            rows = runs.read_jsonl(self.run_dir / runs.METRICS)
+            rows, torn = runs.scan_jsonl(self.run_dir / runs.METRICS)
+            if torn or len(rows) > self.progress.metrics_rows:
+                self.log(f"{self.run_dir / runs.METRICS}: dropped {max(0, len(rows) - self.progress.metrics_rows)} line(s) "
+                         f"written after the checkpoint and {torn} torn line(s); they are produced again")
             runs.rewrite_jsonl(self.run_dir / runs.METRICS, rows[:self.progress.metrics_rows])
 
     def _check_recipe(self, saved: str | None, path: Path) -> None:
