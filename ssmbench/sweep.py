@@ -51,7 +51,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Optional, Union
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ssmbench import runs
@@ -444,8 +443,8 @@ def not_started(spec: RunSpec, why: str) -> dict:
 def execute(todo: list[RunSpec], launch: Callable[[RunSpec], Future], jobs: int, stop, report: Callable[[dict], None]
             ) -> list[dict]:
     """Run `todo` through `launch` (spec -> Future of run_spec's dict), at most `jobs` at a time, reporting each
-    result (a "busy" one once). A "busy" run (claimed by another sweep) is retried after BUSY_RETRY_SECONDS until it is done here or
-    found finished. Once `stop.received` is set (a signal) or a run comes back preempted, nothing new starts: the
+    result (a "busy" one once). A "busy" run (claimed by another sweep) is retried after BUSY_RETRY_SECONDS until
+    it is done here or found finished. Once `stop.received` is set (a signal) or a run comes back preempted, nothing new starts: the
     running ones are awaited and every run not started is returned as "stopped"."""
     results: list[dict] = []
     pending: list[tuple[float, RunSpec]] = [(0.0, s) for s in todo]  # (not before, spec)
