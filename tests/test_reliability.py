@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import strategies as st
 
 from killpoint import assert_same_run, cli_run, one_thread, run_dir, write_recipe  # noqa: F401 (fixture)
 from ssmbench import runs
@@ -205,3 +207,74 @@ def test_sigterm_while_the_cli_imports_exits_75(tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert proc.returncode == 75
     assert proc.stderr == "error: SIGTERM received before any work started; run the command again\n"
+
+
+# --------------------------------------------------------------------------------------------------
+# Fuzz: a finished run directory damaged in many ways, then resumed: it finishes (exit 0) or says why (exit 2)
+
+DAMAGE = ["keep", "delete", "truncate", "flip", "garbage", "fifo"]
+RUN_FILES = [runs.RESULTS, runs.METRICS, runs.ENV, "checkpoints/last.pt", "checkpoints/prev.pt", "checkpoints/best.pt",
+             "checkpoints/init.pt"]
+
+
+def damage(path: Path, how: str, at: float) -> None:
+    if how == "keep" or not path.exists():
+        return
+    data = path.read_bytes()
+    path.unlink()
+    if how == "truncate":
+        path.write_bytes(data[:int(at * len(data))])
+    elif how == "flip":
+        i = min(int(at * len(data)), len(data) - 1)
+        path.write_bytes(data[:i] + bytes([data[i] ^ 0x5A]) + data[i + 1:]) if data else path.write_bytes(b"")
+    elif how == "garbage":
+        path.write_bytes(b"\xff\x00[" * int(1 + 50 * at))
+    elif how == "fifo":
+        os.mkfifo(path)
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("finished")
+    return train_tiny(folder)
+
+
+def check_damaged_resume(tmp_path_factory, finished_run: Path, plan: dict) -> None:
+    import shutil
+
+    import torch
+
+    rd = tmp_path_factory.mktemp("damaged") / "run"
+    shutil.copytree(finished_run, rd)
+    for name, (how, at) in plan.items():
+        damage(rd / name, how, at)
+    threads = torch.get_num_threads()
+    try:
+        code, text = cli_run("train", "--resume", str(rd), "-q")  # any exception other than SystemExit: a defect
+    finally:
+        torch.set_num_threads(threads)
+    assert code in (0, 2), text
+    if code == 0:
+        assert runs.is_finished(runs.read_json(rd / runs.RESULTS))
+    else:
+        assert "error: " in text and str(rd) in text.replace("\n", "")
+
+
+run_damage = st.fixed_dictionaries({f: st.tuples(st.sampled_from(DAMAGE), st.floats(0, 1)) for f in RUN_FILES})
+
+
+NO_SHRINK = [Phase.explicit, Phase.reuse, Phase.generate]  # each example trains: report the failure as drawn
+
+
+@settings(max_examples=int(os.environ.get("SSMBENCH_FUZZ_EXAMPLES", "6")), deadline=None, phases=NO_SHRINK,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(plan=run_damage)
+def test_fuzzed_damaged_run_resumes_or_says_why(tmp_path_factory, finished_run, plan) -> None:
+    check_damaged_resume(tmp_path_factory, finished_run, plan)
+
+
+@pytest.mark.slow
+@settings(max_examples=60, deadline=None, phases=NO_SHRINK, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(plan=run_damage)
+def test_fuzzed_damaged_run_resumes_or_says_why_long(tmp_path_factory, finished_run, plan) -> None:
+    check_damaged_resume(tmp_path_factory, finished_run, plan)
