@@ -36,6 +36,7 @@ DAMAGED = {
     "test-a-list": (runs.RESULTS, b'{"status": "finished", "test": [0.5]}'),
     "huge-number": (runs.RESULTS, f'{{"status": "finished", "test": {{"loss": {HUGE_INT}}}}}'.encode()),
     "deep-results": (runs.RESULTS, DEEP.encode()),
+    "loss-400-digits": (runs.RESULTS, f'{{"status": "finished", "test": {{"loss": {HUGE_INT[:400]}}}}}'.encode()),
     "task-unknown": (runs.RESULTS, b'{"status": "finished", "task": 7, "test": {"loss": 1.0}}'),
     "tags-a-list": (runs.RECIPE, b"name: x\ntags: [a, b]\ndata: {name: smnist}\n"),
     "data-a-string": (runs.RECIPE, b"name: x\ndata: smnist\n"),
@@ -113,11 +114,12 @@ def test_corrupt_metric_lines_and_a_truncated_init_pt_are_reported(tmp_path: Pat
 
     d = write_run(tmp_path, "r", "s4d", "smnist", 0, acc=0.5, val=[(1, 1.0, 0.5), (2, 0.9, 0.6)])
     with open(d / runs.METRICS, "ab") as f:
-        f.write(b'[1]\n"text"\n{"step": "x", "split": "val"}\n{"step": 3, "split": "val", "loss": [1]}\n\xff\n{"st')
+        f.write(b'[1]\n"text"\n{"step": "x", "split": "val"}\n{"step": 3, "split": "val", "loss": [1]}\n\xff\n'
+                b'{"step": 4, "split": "val", "loss": 1' + b"0" * 400 + b'}\n{"st')
     warnings: list[str] = []
     (record,) = read_runs([tmp_path], warn=warnings.append)
     assert [r["step"] for r in record.metrics] == [1, 2]
-    assert warnings == [f"{d / runs.METRICS}: 6 corrupt line(s) dropped (torn by a crash, or damaged); 2 kept"]
+    assert warnings == [f"{d / runs.METRICS}: 7 corrupt line(s) dropped (torn by a crash, or damaged); 2 kept"]
     checkpoint.save(d / runs.CHECKPOINTS / "init.pt", {"model": {}})
     checkpoint.save(d / runs.CHECKPOINTS / "last.pt", {"model": {}})
     data = (d / runs.CHECKPOINTS / "init.pt").read_bytes()

@@ -25,10 +25,10 @@ import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Literal, Optional, Union
+from typing import Annotated, Any, Callable, Literal, Optional, Union
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, ValidationError
 
 from ssmbench import runs
 from ssmbench.errors import RecordError
@@ -50,7 +50,14 @@ class _View(BaseModel):
     model_config = ConfigDict(extra="allow")
 
 
-Number = Union[StrictInt, StrictFloat]
+def _as_float(value: int | float) -> float:
+    try:
+        return float(value)
+    except OverflowError:  # a 400-digit integer
+        raise ValueError("number too large for a float") from None
+
+
+Number = Annotated[Union[StrictInt, StrictFloat], AfterValidator(_as_float)]  # JSON numbers (not bools) as floats
 
 
 class DataView(_View):
@@ -106,10 +113,13 @@ def _checked(view: type[BaseModel], obj: dict, path: Path) -> dict:
 
 
 def _metric_row(row: dict) -> bool:
-    """A metrics.jsonl row as the engine writes it: integer step, a split name, numeric (or null) values."""
-    return (isinstance(row.get("step"), int) and not isinstance(row["step"], bool) and isinstance(row.get("split"), str)
-            and all(v is None or (isinstance(v, (int, float)) and not isinstance(v, bool))
-                    for k, v in row.items() if k != "split"))
+    """A metrics.jsonl row as the engine writes it: integer step, a split name, numeric (or null) values (integers
+    within int64, so every value converts to a float)."""
+    def number(v: Any) -> bool:
+        return isinstance(v, float) or (isinstance(v, int) and not isinstance(v, bool) and abs(v) < 2**63)
+
+    return (isinstance(row.get("step"), int) and number(row["step"]) and isinstance(row.get("split"), str)
+            and all(v is None or number(v) for k, v in row.items() if k != "split"))
 
 
 @dataclass
