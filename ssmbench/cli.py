@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import signal
 import sys
 import tempfile
 import time
@@ -18,7 +19,7 @@ from typing import List, Optional
 import typer
 from rich.console import Console
 
-from ssmbench.errors import SSMBenchError
+from ssmbench.errors import SSMBenchError, stop_on_sigterm
 
 app = typer.Typer(help="ssmbench: train and compare state space model initializations from recipe YAMLs.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
@@ -65,6 +66,8 @@ def train(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar or progress lines"),
     nproc: int = typer.Option(1, "--nproc", min=1, help="data-parallel processes on this machine (launches torchrun; one per GPU)"),
     print_config: bool = typer.Option(False, "--print-config", help="print the resolved recipe (defaults and --set applied) as YAML and exit"),
+    accept_recipe_change: bool = typer.Option(False, "--accept-recipe-change", help="with --resume: continue although "
+                                              "the run's recipe.yaml changed since its last checkpoint"),
 ) -> None:
     """Train a recipe and write its run record under runs/<name>-<timestamp>-<hash>/.
 
@@ -91,12 +94,14 @@ def train(
         return
     if nproc > 1:  # re-run this command under torchrun, without --nproc
         args = ["train", *([str(recipe)] if recipe else ["--resume", str(resume)]), *(a for s in set_ for a in ("--set", s)),
-                "--runs-dir", str(runs_dir), *(["--quiet"] if quiet else [])]
+                "--runs-dir", str(runs_dir), *(["--quiet"] if quiet else []),
+                *(["--accept-recipe-change"] if accept_recipe_change else [])]
         code = distributed.launch(nproc, args)
         if code:
             raise typer.Exit(code)
         return
-    results = run_training(r, runs_root=runs_dir, resume=resume, quiet=quiet, log=console.print)
+    results = run_training(r, runs_root=runs_dir, resume=resume, quiet=quiet, log=console.print,
+                           accept_recipe_change=accept_recipe_change)
     if distributed.is_main_process():
         console.print(summary_line(results))
 
@@ -183,7 +188,7 @@ def sweep(
     if failed:
         raise SSMBenchError(f"sweep: {len(failed)} of {len(results)} run(s) failed (recorded in their run "
                             f"directories): {', '.join(failed)}")
-    preempted = [r["name"] for r in results if r["status"] == "preempted"]
+    preempted = [r["name"] for r in results if r["status"] in ("preempted", "stopped")]  # stopped: not started
     if preempted:
         from ssmbench.train.engine import Preempted
 
@@ -200,7 +205,8 @@ def sweep(
 def sweep_summary(results: list[dict]) -> str:
     """The sweep's last line: how many runs were trained, already done, failed (with why), stopped or submitted."""
     labels = {"finished": "trained", "skipped": "skipped (already finished)", "failed": "failed",
-              "preempted": "stopped by a signal", "submitted": "submitted (--detach)"}
+              "preempted": "stopped by a signal", "stopped": "not started (stopped by a signal)",
+              "submitted": "submitted (--detach)"}
     count = {k: sum(r["status"] == k for r in results) for k in labels}
     parts = [f"{n} {labels[k]}" for k, n in count.items() if n or k in ("finished", "skipped", "failed")]
     text = f"sweep: {len(results)} run(s): {', '.join(parts)}"
@@ -361,6 +367,7 @@ def synth_speech(
 
 
 def main() -> None:
+    previous = signal.signal(signal.SIGTERM, stop_on_sigterm)  # exit 75 until a command handles signals itself
     try:
         app()
     except SSMBenchError as e:
@@ -369,3 +376,5 @@ def main() -> None:
     except KeyboardInterrupt:
         console.print("interrupted", style="red")
         sys.exit(130)
+    finally:
+        signal.signal(signal.SIGTERM, previous)

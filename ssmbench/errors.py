@@ -20,8 +20,26 @@ class DataError(SSMBenchError):
     """A dataset that is missing or malformed; the message names the file and how to get it."""
 
 
+class RecordError(SSMBenchError):
+    """A run-record file (recipe.yaml, env.json, results.json, metrics.jsonl) that is not what ssmbench writes:
+    not a regular file, too large, not UTF-8 JSON/YAML, or of the wrong shape. The message names the file."""
+
+
 class CheckpointError(SSMBenchError):
     """A checkpoint that is missing, truncated or fails its checksum."""
+
+
+class Stopped(SSMBenchError):
+    """SIGTERM before any work that a resume could continue (e.g. while the command's modules are imported)."""
+
+    exit_code = 75  # EX_TEMPFAIL, as for a preempted run: run the command again
+
+
+def stop_on_sigterm(signum, frame) -> None:
+    """Signal handler for the start of a command (imports, argument and recipe checks): raise `Stopped`."""
+    import signal
+
+    raise Stopped(f"{signal.Signals(signum).name} received before any work started; run the command again")
 
 
 class NonFiniteError(SSMBenchError):

@@ -9,6 +9,7 @@ import json
 import os
 import platform
 import secrets
+import stat
 import subprocess
 import sys
 import time
@@ -16,10 +17,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from ssmbench.errors import SSMBenchError
+from ssmbench.errors import RecordError, SSMBenchError
 
 RECIPE, ENV, METRICS, RESULTS, CHECKPOINTS = "recipe.yaml", "env.json", "metrics.jsonl", "results.json", "checkpoints"
 LOCK, TEMP_SUFFIX = ".lock", ".tmp"
+# Size caps for reading run records: a record file is small (a metrics line is ~200 bytes, so 256 MiB holds over
+# a million lines); anything larger is not what ssmbench wrote and is refused instead of read into memory.
+MAX_RECORD_BYTES, MAX_METRICS_BYTES, MAX_LINE_BYTES = 16 * 2**20, 256 * 2**20, 2**20
 
 
 def fsync_dir(path: Path) -> None:
@@ -83,17 +87,67 @@ def append_jsonl(path: Path, obj: dict) -> None:
         os.fsync(f.fileno())
 
 
+def open_regular(path: Path, limit: int | None):
+    """Open a regular file of at most `limit` bytes for binary reading, or raise RecordError (FileNotFoundError if
+    it is missing). The open is non-blocking, so a FIFO or device under a record's name never hangs the reader."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise
+    except OSError as e:
+        raise RecordError(f"{path}: cannot open ({e.strerror})") from None
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
+        os.close(fd)
+        raise RecordError(f"{path}: not a regular file (a FIFO, device or directory); ssmbench writes plain files")
+    if limit is not None and info.st_size > limit:
+        os.close(fd)
+        raise RecordError(f"{path}: {info.st_size:,} bytes, over the {limit:,}-byte limit for this file")
+    os.set_blocking(fd, True)
+    return os.fdopen(fd, "rb")
+
+
+def read_record_bytes(path: Path, limit: int = MAX_RECORD_BYTES) -> bytes:
+    """The bytes of a record file (regular, at most `limit` bytes; see `open_regular`)."""
+    with open_regular(path, limit) as f:
+        data = f.read(limit + 1)
+    if len(data) > limit:  # grew while being read
+        raise RecordError(f"{path}: over the {limit:,}-byte limit for this file")
+    return data
+
+
+def scan_jsonl(path: Path, limit: int | None = None) -> tuple[list[dict], int]:
+    """(rows, dropped): every line of a JSON-lines file that is a JSON object, and how many non-blank lines were
+    not (a torn last line after a crash, bad bytes, a line over MAX_LINE_BYTES). Missing file: ([], 0).
+    Read line by line, so memory stays bounded by the rows kept."""
+    rows, dropped = [], 0
+    try:
+        f = open_regular(path, limit)
+    except FileNotFoundError:
+        return rows, dropped
+    with f:
+        while line := f.readline(MAX_LINE_BYTES + 1):
+            if len(line) > MAX_LINE_BYTES:  # skip the rest of an overlong line
+                dropped += 1
+                while line and not line.endswith(b"\n"):
+                    line = f.readline(MAX_LINE_BYTES + 1)
+                continue
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except (ValueError, RecursionError):  # bad JSON or UTF-8, a 5,000-digit integer, deep nesting
+                row = None
+            if isinstance(row, dict):
+                rows.append(row)
+            else:
+                dropped += 1
+    return rows, dropped
+
+
 def read_jsonl(path: Path) -> list[dict]:
-    """All complete JSON lines of a file (a torn last line from a crash is skipped)."""
-    rows = []
-    if not Path(path).exists():
-        return rows
-    for line in Path(path).read_text(encoding="utf-8").splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return rows
+    """All complete JSON-object lines of a file (a torn last line from a crash is skipped)."""
+    return scan_jsonl(path)[0]
 
 
 def rewrite_jsonl(path: Path, rows: Iterable[dict]) -> None:
@@ -172,9 +226,52 @@ def environment(device: str) -> dict[str, Any]:
     return info
 
 
-def read_json(path: Path) -> dict | None:
-    """A JSON file's content, or None if it is missing or unreadable."""
+def load_json(path: Path, limit: int = MAX_RECORD_BYTES) -> dict:
+    """A record file's JSON object. RecordError (naming the file) when it is not a regular file under `limit`
+    bytes holding one UTF-8 JSON object; FileNotFoundError when it is missing."""
+    data = read_record_bytes(path, limit)
     try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
+        obj = json.loads(data)
+    except UnicodeDecodeError:
+        raise RecordError(f"{path}: not UTF-8 text") from None
+    except RecursionError:
+        raise RecordError(f"{path}: JSON nested too deeply") from None
+    except ValueError as e:  # JSONDecodeError, or an integer beyond Python's digit limit
+        raise RecordError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(obj, dict):
+        raise RecordError(f"{path}: holds a JSON {type(obj).__name__}, not an object")
+    return obj
+
+
+def load_yaml(path: Path, limit: int = MAX_RECORD_BYTES) -> dict:
+    """A record file's YAML mapping (recipe.yaml), with the checks of `load_json`."""
+    import yaml
+
+    data = read_record_bytes(path, limit)
+    try:
+        obj = yaml.safe_load(data.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise RecordError(f"{path}: not UTF-8 text") from None
+    except RecursionError:
+        raise RecordError(f"{path}: YAML nested too deeply") from None
+    except (yaml.YAMLError, ValueError) as e:  # bad YAML, or an integer beyond Python's digit limit
+        raise RecordError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(obj, dict):
+        raise RecordError(f"{path}: holds a YAML {type(obj).__name__}, not a mapping")
+    return obj
+
+
+def is_finished(results: dict | None) -> bool:
+    """Whether a results.json object records a finished run: status "finished" and a `test` object with a numeric
+    loss (a damaged record is not finished: resuming the run evaluates it again and rewrites results.json)."""
+    test = (results or {}).get("test")
+    return (results or {}).get("status") == "finished" and isinstance(test, dict) and \
+        isinstance(test.get("loss"), (int, float)) and not isinstance(test.get("loss"), bool)
+
+
+def read_json(path: Path) -> dict | None:
+    """A JSON file's object, or None if it is missing, unreadable or not a JSON object (see `load_json`)."""
+    try:
+        return load_json(path)
+    except (OSError, RecordError):
         return None

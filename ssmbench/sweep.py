@@ -25,8 +25,17 @@ train.epochs must be large enough for the smallest fraction to reach it). Each r
 
 The grid is task x variant x train_fraction x seed. Every run is tagged {sweep, task, variant, run_key}; the run
 key is a hash of the sweep name, task, variant and the run's recipe (file + overrides), so a run whose finished record
-exists is skipped, a preempted or interrupted one (checkpoints but no finished results) is resumed, and editing
-a recipe gives new runs.
+exists is skipped, a preempted or interrupted one (checkpoints but no finished results, or a damaged results.json)
+is resumed, and editing a recipe gives new runs.
+
+Concurrent sweeps on one runs_dir share the work: a process trains a run only while it holds the run's claim
+(`flock` on RUNS_DIR/.claims/<run key>.lock, released by the OS even on SIGKILL) and decides new/resume/skip
+after taking it, so no run is trained twice; a run claimed elsewhere is retried until it is done.
+
+Signals (`run_sweep`): the first SIGTERM/SIGINT starts no further run, and the running ones checkpoint at their
+next step and record "preempted" (with --jobs N the sweep passes the signal on to its workers, which sit in their
+own process group and get SIGTERM if the sweep process dies, even by SIGKILL); the sweep then exits 75 like a
+preempted `train`. A second signal aborts at once (exit 130; the last checkpoints stay valid).
 
 A comparison changes only what it names: a variant states the fields it changes (the keys of its `set`, and, when it
 has a recipe file of its own, the fields listed under `changes`; a listed section such as `model.stu` covers every
@@ -42,20 +51,23 @@ from __future__ import annotations
 
 import hashlib
 import json
+import multiprocessing
 import os
 import re
+import signal
+import sys
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from multiprocessing import get_context
 from pathlib import Path
-from typing import Literal, Optional, Union
+from typing import Callable, Iterator, Literal, Optional, Union
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ssmbench import runs
-from ssmbench.errors import RecipeError, SSMBenchError
+from ssmbench.errors import RecipeError, RecordError, SSMBenchError
 
 # --------------------------------------------------------------------------------------------------
 # Sweep file schema
@@ -252,22 +264,22 @@ def index_runs(runs_dir: Union[str, Path]) -> dict[str, list[Path]]:
         return index
     for d in sorted(p for p in root.iterdir() if p.is_dir()):
         try:
-            raw = yaml.safe_load((d / runs.RECIPE).read_text(encoding="utf-8"))
-        except (OSError, yaml.YAMLError, UnicodeDecodeError):
+            raw = runs.load_yaml(d / runs.RECIPE)
+        except (OSError, RecordError):  # not a run directory, or a damaged one: a new run is made instead
             continue
-        key = ((raw or {}).get("tags") or {}).get("run_key") if isinstance(raw, dict) else None
-        if key:
-            index.setdefault(str(key), []).append(d)
+        key = (raw.get("tags") or {}).get("run_key") if isinstance(raw.get("tags"), dict) else None
+        if isinstance(key, str) and key:
+            index.setdefault(key, []).append(d)
     return index
 
 
 def run_state(run_dir: Path) -> str:
-    """finished | failed | resumable (results "preempted", or no results yet: the engine continues from the last
-    checkpoint, or starts over in the same directory if none was written)."""
+    """finished | failed | resumable (results "preempted", no results yet or a damaged results.json: the engine
+    continues from the last checkpoint, or starts over in the same directory if none was written)."""
     results = runs.read_json(run_dir / runs.RESULTS)
-    if results is None or results.get("status") == "preempted":
-        return "resumable"
-    return "finished" if results.get("status") == "finished" else "failed"
+    if runs.is_finished(results):
+        return "finished"
+    return "failed" if results is not None and results.get("status") == "failed" else "resumable"
 
 
 def spec_state(spec: RunSpec, index: Optional[dict[str, list[Path]]] = None) -> tuple[str, Optional[Path]]:
@@ -285,6 +297,26 @@ def find_finished(spec: RunSpec, index: Optional[dict[str, list[Path]]] = None) 
     """The run directory holding the finished record of `spec`, if any."""
     state, run_dir = spec_state(spec, index)
     return run_dir if state == "finished" else None
+
+
+CLAIMS = ".claims"
+
+
+@contextmanager
+def claim(spec: RunSpec) -> Iterator[bool]:
+    """Hold the claim on `spec` (an exclusive `flock` on RUNS_DIR/.claims/<key>.lock) for the block; yields False,
+    holding nothing, if another process holds it."""
+    import fcntl
+
+    folder = Path(spec.runs_dir) / CLAIMS
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / f"{spec.key}.lock", "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        yield True
 
 
 # --------------------------------------------------------------------------------------------------
@@ -309,9 +341,19 @@ def _record_failure(spec: RunSpec, recipe, before: set[Path], error: BaseExcepti
 def run_spec(spec: RunSpec, threads: Optional[int] = None) -> dict:
     """Train one spec in this process (resuming a preempted/interrupted run) and return a status dict.
 
-    {key, name, status: skipped|finished|failed, action: skip|new|resume, run_dir, test, error, seconds}.
-    Errors are recorded in the run's results.json (status failed) and returned, never raised.
+    {key, name, status: skipped|finished|failed|preempted|busy, action: skip|new|resume|busy, run_dir, test,
+    error, seconds}. Errors are recorded in the run's results.json (status failed) and returned, never raised.
+    "busy": another process holds the run's claim (`claim`); nothing was done.
     """
+    with claim(spec) as mine:
+        if not mine:
+            return {"key": spec.key, "name": spec.name, "tags": spec.tags, "status": "busy", "action": "busy",
+                    "run_dir": "", "test": None, "error": None, "seconds": 0.0}
+        return _run_claimed(spec, threads)
+
+
+def _run_claimed(spec: RunSpec, threads: Optional[int]) -> dict:
+    """`run_spec` once the claim is held: the state is read now, after any other process let go of the run."""
     import torch
 
     from ssmbench.train.engine import train
@@ -438,6 +480,10 @@ def format_differences(diffs: list[VariantDifference]) -> str:
 
 
 def result_line(r: dict) -> str:
+    if r["status"] == "busy":
+        return f"wait {r['name']}: another ssmbench process is training it; retried every {BUSY_RETRY_SECONDS:g} s"
+    if r["status"] == "stopped":
+        return f"[yellow]not started[/] {r['name']}: {r['error']}"
     if r["status"] == "failed":
         return f"[red]FAIL[/] {r['name']}: {r['error']} ({r['run_dir']})"
     if r["status"] not in ("finished", "skipped"):  # e.g. preempted: the next sweep resumes it
@@ -474,27 +520,129 @@ def run_sweep(sweep_file: Path, runs_dir: Optional[Path] = None, jobs: int = 1, 
             todo.append(s)
     console.print(f"sweep {Path(sweep_file).name}: {len(specs)} runs, {len(specs) - len(todo)} already finished, "
                   f"{len(todo)} to run" + (f" in {jobs} processes" if jobs > 1 and todo else ""))
+    from ssmbench.train.engine import StopSignals
+
     bar = Progress(TextColumn("[bold]sweep"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console)
-    with bar:
+    with bar, StopSignals(forward=signal_workers if jobs > 1 else None) as stop:
         task = bar.add_task("sweep", total=len(specs), completed=len(specs) - len(todo))
-        if jobs == 1:
-            for s in todo:
-                results.append(run_spec(s))
-                bar.console.print(result_line(results[-1]))
+
+        def report(r: dict) -> None:
+            bar.console.print(result_line(r))
+            if r["status"] != "busy":
                 bar.advance(task)
-                if results[-1]["status"] == "preempted":  # a stop signal: start no further run
-                    break
+
+        if jobs == 1:
+            results += execute(todo, lambda s: done_future(run_spec(s)), 1, stop, report)
         else:
             threads = max(1, (os.cpu_count() or 1) // jobs)
-            with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
-                futures = [pool.submit(run_spec, s, threads) for s in todo]
-                for f in as_completed(futures):
-                    if f.cancelled():
-                        continue
-                    results.append(f.result())
-                    bar.console.print(result_line(results[-1]))
-                    bar.advance(task)
-                    if results[-1]["status"] == "preempted":  # runs not yet started are cancelled
-                        pool.shutdown(wait=False, cancel_futures=True)
+            with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
+                                     initializer=worker_init, initargs=(os.getpid(),)) as pool:
+                results += execute(todo, lambda s: pool.submit(worker_run_spec, s, threads), jobs, stop, report)
     order = {s.key: i for i, s in enumerate(specs)}
     return sorted(results, key=lambda r: order[r["key"]])
+
+
+# --------------------------------------------------------------------------------------------------
+# Local execution: scheduling, signals, worker processes
+
+BUSY_RETRY_SECONDS = 2.0
+
+
+def done_future(result: dict) -> Future:
+    f: Future = Future()
+    f.set_result(result)
+    return f
+
+
+def not_started(spec: RunSpec, why: str) -> dict:
+    return {"key": spec.key, "name": spec.name, "tags": spec.tags, "status": "stopped", "action": "new",
+            "run_dir": "", "test": None, "error": why, "seconds": 0.0}
+
+
+def execute(todo: list[RunSpec], launch: Callable[[RunSpec], Future], jobs: int, stop, report: Callable[[dict], None]
+            ) -> list[dict]:
+    """Run `todo` through `launch` (spec -> Future of run_spec's dict), at most `jobs` at a time, reporting each
+    result (a "busy" one once). A "busy" run (claimed by another sweep) is retried after BUSY_RETRY_SECONDS until
+    it is done here or found finished. Once `stop.received` is set (a signal) or a run comes back preempted, nothing new starts: the
+    running ones are awaited and every run not started is returned as "stopped"."""
+    results: list[dict] = []
+    pending: list[tuple[float, RunSpec]] = [(0.0, s) for s in todo]  # (not before, spec)
+    running: dict[Future, RunSpec] = {}
+    waiting: set[str] = set()
+    while pending or running:
+        if stop.received:
+            results += [not_started(s, f"the sweep was stopped ({stop.received}) before it started") for _, s in pending]
+            pending = []
+        now = time.monotonic()
+        while len(running) < jobs and pending and min(t for t, _ in pending) <= now:
+            item = min(pending, key=lambda p: p[0])
+            pending.remove(item)
+            running[launch(item[1])] = item[1]
+        if not running:
+            if pending:
+                time.sleep(max(0.05, min(t for t, _ in pending) - now))
+            continue
+        finished, _ = wait(list(running), timeout=0.5, return_when=FIRST_COMPLETED)
+        for f in finished:
+            spec = running.pop(f)
+            try:
+                r = f.result()
+            except BrokenProcessPool as e:  # the worker process died (killed, out of memory)
+                r = {**not_started(spec, f"worker process died ({e}); the next sweep resumes the run"), "status": "failed"}
+            if r["status"] == "busy":
+                if spec.key not in waiting:
+                    waiting.add(spec.key)
+                    report(r)
+                pending.append((time.monotonic() + BUSY_RETRY_SECONDS, spec))
+                continue
+            results.append(r)
+            report(r)
+            if r["status"] == "preempted" and not stop.received:
+                stop.received = "a run was preempted"
+    return results
+
+
+def signal_workers() -> None:
+    """Send SIGTERM to every worker process of this sweep (they checkpoint at their next step; a second aborts)."""
+    for child in multiprocessing.active_children():
+        try:
+            os.kill(child.pid, signal.SIGTERM)
+        except (ProcessLookupError, TypeError):
+            pass
+
+
+_WORKER = {"parent": 0, "signal": None}
+
+
+def worker_init(parent: int) -> None:
+    """Set up a worker process of `sweep --jobs N`: its own process group (a Ctrl-C at the terminal reaches only
+    the sweep, which passes it on once), SIGTERM when the sweep process dies (Linux PR_SET_PDEATHSIG, so no worker
+    outlives a killed sweep), and a handler that turns a signal between two runs into "start nothing more"."""
+    _WORKER["parent"] = parent
+    os.setpgrp()
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+    for s in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(s, _worker_signal)
+    if os.getppid() != parent:  # the sweep died before the parent-death signal was armed
+        os._exit(75)
+
+
+def _worker_signal(signum, frame) -> None:
+    _WORKER["signal"] = signal.Signals(signum).name
+    if os.getppid() != _WORKER["parent"]:  # idle, and the sweep is gone: nobody will send more work
+        os._exit(75)
+
+
+def worker_run_spec(spec: RunSpec, threads: int) -> dict:
+    """`run_spec` in a worker, unless a signal arrived since the last run (then the run is not started)."""
+    if _WORKER["signal"]:
+        return not_started(spec, f"{_WORKER['signal']} received before it started")
+    result = run_spec(spec, threads)
+    if result["status"] == "preempted":
+        _WORKER["signal"] = _WORKER["signal"] or "SIGTERM"
+    if os.getppid() != _WORKER["parent"]:  # the sweep died while this run checkpointed: nobody to report to
+        os._exit(75)
+    return result

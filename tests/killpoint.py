@@ -11,6 +11,8 @@ POINT is `none` or KIND:N (KIND:FILE:N for `torn`), the N-th occurrence (1-based
     rotated       SIGKILL after the N-th rename last.pt -> prev.pt, before the new last.pt takes its place
     append        SIGKILL while appending the N-th metrics line: half the line reaches metrics.jsonl
     term          send SIGTERM to itself inside the N-th training step (preemption) and carry on
+    data          SIGKILL inside the N-th data preparation (`build_data`), before env.json and any checkpoint
+    init          SIGKILL inside the N-th initializer (`apply_init`, e.g. the TDI fit), before init.pt
 
 The engine has no test hooks; this wrapper monkeypatches the functions it calls (by module attribute).
 The helpers below (`TINY`, `run`, `assert_same_run`) are shared by the tests that kill or preempt training.
@@ -166,6 +168,17 @@ def install(point: str) -> None:
             return norm(*args, **kwargs)
 
         torch.nn.utils.get_total_norm = norm_then_signal
+    elif kind in ("data", "init"):
+        name = {"data": "build_data", "init": "apply_init"}[kind]
+        real = getattr(engine, name)
+
+        def then_die(*args, **kwargs):
+            out = real(*args, **kwargs)
+            if hit():
+                die()
+            return out
+
+        setattr(engine, name, then_die)
     elif kind == "eval":
         evaluate = engine.evaluate
 

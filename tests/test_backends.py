@@ -34,7 +34,7 @@ def write_sweep(tmp_path: Path, seeds=(0, 1), resources: dict | None = None) -> 
 def records(runs_dir: Path) -> dict[str, dict]:
     """run name -> (metrics without timings, test metrics) of every finished run under runs_dir."""
     out = {}
-    for d in sorted(runs_dir.iterdir()):
+    for d in sorted(d for d in runs_dir.iterdir() if d.name != ".claims"):  # the sweep's run claims
         res = runs.read_json(d / runs.RESULTS)
         assert res and res["status"] == "finished", (d, res)
         rows = [{k: v for k, v in r.items() if k != "seconds"} for r in runs.read_jsonl(d / runs.METRICS)]

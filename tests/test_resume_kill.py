@@ -48,16 +48,18 @@ def train_with_kills(folder, points: list[str]):
     return rd, text
 
 
-def test_three_kills_in_a_row_resume_bit_identical(reference, tmp_path):
-    """Kill mid-step (step 5), then the resumed process between last.pt -> prev.pt and the new last.pt (step 6),
-    then the next one mid-evaluation (step 8, after its train metrics line): the finished run equals the
-    reference."""
-    rd, log = train_with_kills(tmp_path, ["step:5", "rotated:1", "eval:1"])
+def test_four_kills_in_a_row_resume_bit_identical(reference, tmp_path):
+    """Kill during data preparation (only recipe.yaml is written), then the resumed process mid-step (step 5),
+    the next one between last.pt -> prev.pt and the new last.pt (step 6), then the next one mid-evaluation
+    (step 8, after its train metrics line): the finished run equals the reference."""
+    rd, log = train_with_kills(tmp_path, ["data:1", "step:5", "rotated:1", "eval:1"])
     assert_same_run(reference, rd)
     assert not list((rd / "checkpoints").glob(".*.tmp"))  # the temp file of the killed write was removed
 
 
 SLOW_POINTS = [
+    "data:1",               # data prepared, nothing but recipe.yaml written
+    "init:1",               # inside the initializer (the TDI fit of a tdi recipe): no env.json, no init.pt
     "step:1",               # before any checkpoint after init.pt: the resume starts over
     "step:7",               # between two checkpoints
     "torn:init.pt:1",       # while writing the run record: no checkpoint at all

@@ -21,6 +21,11 @@ TINY = {
 }
 
 
+def run_dirs(root: Path) -> list[Path]:
+    """The run directories under `root` (not the sweep's .claims folder)."""
+    return [d for d in root.iterdir() if not d.name.startswith(".")]
+
+
 def write_sweep(tmp_path: Path, grid: dict, **top) -> Path:
     (tmp_path / "recipes").mkdir(exist_ok=True)
     (tmp_path / "recipes" / "tiny.yaml").write_text(yaml.safe_dump(TINY))
@@ -103,9 +108,9 @@ def test_interrupted_sweep_runs_only_what_is_missing(tmp_path: Path) -> None:
     assert [(r["action"], r["status"]) for r in results] == [("skip", "skipped"), ("skip", "skipped"),
                                                            ("resume", "finished"), ("new", "finished")]
     assert Path(results[2]["run_dir"]) == interrupted  # resumed in place, not retrained elsewhere
-    assert len(list((tmp_path / "runs").iterdir())) == 4
+    assert len(run_dirs(tmp_path / "runs")) == 4
     rerun = run_sweep(path)  # rerunning a finished sweep is free
-    assert {r["action"] for r in rerun} == {"skip"} and len(list((tmp_path / "runs").iterdir())) == 4
+    assert {r["action"] for r in rerun} == {"skip"} and len(run_dirs(tmp_path / "runs")) == 4
     recipe = yaml.safe_load((Path(results[3]["run_dir"]) / runs.RECIPE).read_text())
     assert recipe["tags"] == {"sweep": "t", "variant": "alpha", "run_key": specs[3].key} and recipe["seed"] == 1
     assert recipe["init"]["alpha"] == 2.0
@@ -162,7 +167,7 @@ def test_a_preempted_run_stops_the_sweep(tmp_path: Path, monkeypatch) -> None:
                 "run_dir": "", "test": None, "error": "Preempted: SIGTERM received", "seconds": 0.0}
 
     monkeypatch.setattr(sweep_module, "run_spec", preempted)
-    assert [r["status"] for r in run_sweep(path)] == ["preempted"] and calls == [0]
+    assert [r["status"] for r in run_sweep(path)] == ["preempted", "stopped", "stopped"] and calls == [0]
 
 
 def test_data_efficiency_sweeps_state_and_keep_a_budget_rule(tmp_path: Path) -> None:

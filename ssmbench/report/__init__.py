@@ -44,8 +44,9 @@ def report(paths: list[Path], group_by: str = "variant", fmt: str = "md", out: O
         raise SSMBenchError(f"report --format: '{fmt}' is not a format; use one of {', '.join(RENDERERS)}")
     records = read_runs(paths)
     if not records:
-        raise SSMBenchError(f"report: no run directories under {', '.join(map(str, paths))} "
-                            "(a run directory holds recipe.yaml and results.json; train or sweep first)")
+        raise SSMBenchError(f"report: no usable run directories under {', '.join(map(str, paths))} (a run directory "
+                            "holds recipe.yaml and results.json; damaged ones are skipped with a warning; train or "
+                            "sweep first)")
     text = RENDERERS[fmt](build_tables(records, group_by, window), explain)
     from ssmbench.runs import atomic_write_text
 

@@ -10,22 +10,116 @@ Its status is read from results.json:
     interrupted no results.json, checkpoints/last.pt exists     -> listed separately (a sweep resumes it)
     incomplete no results.json, no last.pt                       -> listed separately
 
-Only finished runs are ever averaged. The SSM parameters of a run (SPEC.md §A: A = -f(A_re) + i A_im, B, C, D)
+Only finished runs are ever averaged. A runs folder may hold anything, so every file is read as untrusted: only
+regular files under a size cap (runs.open_regular), parsed and then checked against the schema below (`RecipeView`,
+`EnvView`, `ResultsView`, metric rows); a run directory whose recipe.yaml, env.json, results.json or metrics.jsonl
+fails is skipped with a one-line warning naming the file, and dropped metric lines are counted in a warning.
+
+The SSM parameters of a run (SPEC.md §A: A = -f(A_re) + i A_im, B, C, D)
 are read from checkpoints/init.pt and the final weights for the parameter-change table and the pole plot.
 """
 
 from __future__ import annotations
 
+import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Annotated, Any, Callable, Literal, Optional, Union
 
 import numpy as np
-import yaml
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, ValidationError
 
 from ssmbench import runs
+from ssmbench.errors import RecordError
 
 FINISHED = "finished"
+REAL_TRANSFORMS = ("exp", "relu", "none")  # the keys of ssmbench.models.s4d.REAL_TRANSFORMS (checked by a test)
+Warn = Callable[[str], None]
+
+
+def warn_stderr(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr)
+
+
+# --------------------------------------------------------------------------------------------------
+# The fields the report reads, as a schema (other fields are kept but not checked)
+
+
+class _View(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+def _as_float(value: int | float) -> float:
+    try:
+        return float(value)
+    except OverflowError:  # a 400-digit integer
+        raise ValueError("number too large for a float") from None
+
+
+Number = Annotated[Union[StrictInt, StrictFloat], AfterValidator(_as_float)]  # JSON numbers (not bools) as floats
+
+
+class DataView(_View):
+    name: StrictStr = "?"
+    train_fraction: Number = Field(1.0, gt=0, le=1)
+
+
+class SSMView(_View):
+    real_transform: Literal[REAL_TRANSFORMS] = "exp"
+
+
+class ModelView(_View):
+    ssm: SSMView = Field(default_factory=SSMView)
+
+
+class RecipeView(_View):
+    name: Optional[StrictStr] = None
+    seed: Optional[StrictInt] = None
+    tags: dict[StrictStr, Union[StrictStr, StrictBool, StrictInt, StrictFloat]] = Field(default_factory=dict)
+    data: DataView = Field(default_factory=DataView)
+    model: ModelView = Field(default_factory=ModelView)
+
+
+class InitView(_View):
+    tdi: Optional[dict[StrictStr, list[Number]]] = None
+
+
+class EnvView(_View):
+    data: dict[StrictStr, Any] = Field(default_factory=dict)
+    init: InitView = Field(default_factory=InitView)
+
+
+class ResultsView(_View):
+    status: StrictStr
+    name: Optional[StrictStr] = None
+    task: Literal["classification", "regression"] = "classification"
+    test: Optional[dict[StrictStr, Number]] = None
+    error: Optional[StrictStr] = None
+    data_source: Optional[StrictStr] = None
+
+
+def _checked(view: type[BaseModel], obj: dict, path: Path) -> dict:
+    """`obj` if it satisfies `view`, else RecordError naming the file and the first bad field."""
+    try:
+        view.model_validate(obj)
+    except ValidationError as e:
+        err = e.errors()[0]
+        where = ".".join(map(str, err["loc"])) or "(top level)"
+        raise RecordError(f"{path}: field {where}: {err['msg']}") from None
+    except RecursionError:
+        raise RecordError(f"{path}: nested too deeply") from None
+    return obj
+
+
+def _metric_row(row: dict) -> bool:
+    """A metrics.jsonl row as the engine writes it: integer step, a split name, numeric (or null) values (integers
+    within int64, so every value converts to a float)."""
+    def number(v: Any) -> bool:
+        return isinstance(v, float) or (isinstance(v, int) and not isinstance(v, bool) and abs(v) < 2**63)
+
+    return (isinstance(row.get("step"), int) and number(row["step"]) and isinstance(row.get("split"), str)
+            and all(v is None or number(v) for k, v in row.items() if k != "split"))
 
 
 @dataclass
@@ -81,27 +175,19 @@ def find_run_dirs(paths: list[Path]) -> list[Path]:
             from ssmbench.errors import SSMBenchError
 
             raise SSMBenchError(f"{p}: no such runs folder; pass the folder that holds run directories (e.g. runs/)")
-        for marker in (runs.RECIPE, runs.RESULTS):
+        for marker in (runs.RECIPE, runs.RESULTS):  # any kind of file: a FIFO named results.json is reported
             found.update(f.parent for f in p.rglob(marker) if runs.CHECKPOINTS not in f.parent.parts)
-            if (p / marker).is_file():
+            if (p / marker).exists() or (p / marker).is_symlink():
                 found.add(p)
     return sorted(found)
-
-
-def _yaml(path: Path) -> dict:
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError, UnicodeDecodeError):
-        return {}
-    return raw if isinstance(raw, dict) else {}
 
 
 def is_locked(run_dir: Path) -> bool:
     """Whether a process holds the run directory's training lock (`runs.locked`) right now."""
     import fcntl
 
-    try:
-        f = open(Path(run_dir) / runs.LOCK, "r")
+    try:  # non-blocking: a FIFO named .lock must not hang the report
+        f = os.fdopen(os.open(Path(run_dir) / runs.LOCK, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC), "r")
     except OSError:
         return False
     with f:
@@ -125,14 +211,35 @@ def _status(run_dir: Path, results: dict | None, metrics: list[dict]) -> tuple[s
     return "incomplete", "no results.json and no checkpoint"
 
 
-def read_run(run_dir: Path) -> RunRecord:
-    """Read one run directory into a RunRecord; missing or torn files give a record with what is known."""
+def _optional(load: Callable[[Path], Any], path: Path, default: Any) -> Any:
+    """`load(path)`, or `default` if the file does not exist."""
+    try:
+        return load(path)
+    except FileNotFoundError:
+        return default
+
+
+def read_run(run_dir: Path, warn: Warn = warn_stderr) -> RunRecord:
+    """Read one run directory into a RunRecord; missing files give a record with what is known.
+
+    RecordError (naming the file) if a file is present but not a valid record; dropped metric lines (a torn last
+    line after a crash, or damage) are reported through `warn`.
+    """
     run_dir = Path(run_dir)
-    recipe = _yaml(run_dir / runs.RECIPE)
-    env = runs.read_json(run_dir / runs.ENV) or {}
-    results = runs.read_json(run_dir / runs.RESULTS)
-    metrics = runs.read_jsonl(run_dir / runs.METRICS)
-    status, detail = _status(run_dir, results, metrics)
+    recipe = _checked(RecipeView, _optional(runs.load_yaml, run_dir / runs.RECIPE, {}), run_dir / runs.RECIPE)
+    env = _checked(EnvView, _optional(runs.load_json, run_dir / runs.ENV, {}), run_dir / runs.ENV)
+    results = _optional(runs.load_json, run_dir / runs.RESULTS, None)
+    if results is not None:
+        _checked(ResultsView, results, run_dir / runs.RESULTS)
+        if results["status"] == FINISHED and not runs.is_finished(results):
+            raise RecordError(f"{run_dir / runs.RESULTS}: status finished but no `test` object with a loss")
+    metrics, dropped = runs.scan_jsonl(run_dir / runs.METRICS, runs.MAX_METRICS_BYTES)
+    kept = [r for r in metrics if _metric_row(r)]
+    dropped += len(metrics) - len(kept)
+    if dropped:
+        warn(f"{run_dir / runs.METRICS}: {dropped} corrupt line(s) dropped (torn by a crash, or damaged); "
+             f"{len(kept)} kept")
+    status, detail = _status(run_dir, results, kept)
     data = recipe.get("data") or {}
     source = (results or {}).get("data_source") or (env.get("data") or {}).get("source") or "unknown"
     test = (results or {}).get("test") or {} if status == FINISHED else {}
@@ -143,12 +250,19 @@ def read_run(run_dir: Path) -> RunRecord:
         status=status, detail=detail, source=str(source), seed=recipe.get("seed"),
         train_fraction=float(data.get("train_fraction", 1.0)),
         test={k: float(v) for k, v in test.items() if isinstance(v, (int, float))},
-        recipe=recipe, env=env, metrics=metrics, results=results or {},
+        recipe=recipe, env=env, metrics=kept, results=results or {},
     )
 
 
-def read_runs(paths: list[Path]) -> list[RunRecord]:
-    return [read_run(d) for d in find_run_dirs(paths)]
+def read_runs(paths: list[Path], warn: Warn = warn_stderr) -> list[RunRecord]:
+    """The records of every run directory under `paths`; a damaged one is skipped with a warning naming the file."""
+    records = []
+    for d in find_run_dirs(paths):
+        try:
+            records.append(read_run(d, warn))
+        except RecordError as e:
+            warn(f"{e}; run skipped")
+    return records
 
 
 # --------------------------------------------------------------------------------------------------
@@ -200,26 +314,32 @@ def relative_change(before: np.ndarray, after: np.ndarray) -> float:
     return float(np.linalg.norm(after - before)) / denom if denom > 0 else float("nan")
 
 
-def parameters_at_init_and_end(run: RunRecord) -> Optional[tuple[dict, dict]]:
-    """(init, end) SSM parameters of a finished run from checkpoints/init.pt and its final checkpoint."""
+def parameters_at_init_and_end(run: RunRecord, warn: Warn = warn_stderr) -> Optional[tuple[dict, dict]]:
+    """(init, end) SSM parameters of a finished run from checkpoints/init.pt and its final checkpoint; a checkpoint
+    that is present but unreadable (truncated, corrupt, not a state dict) is reported through `warn` and the run
+    left out."""
     from ssmbench.errors import CheckpointError
     from ssmbench.train import checkpoint
 
     init_path, end_path = run.run_dir / runs.CHECKPOINTS / "init.pt", final_checkpoint(run.run_dir)
     if not init_path.exists() or end_path is None:
         return None
-    try:
-        init_state, end_state = checkpoint.load(init_path)["model"], checkpoint.load(end_path)["model"]
-    except (CheckpointError, KeyError):
-        return None
     transform = ((run.recipe.get("model") or {}).get("ssm") or {}).get("real_transform", "exp")
-    init, end = ssm_parameters(init_state, transform), ssm_parameters(end_state, transform)
+    try:
+        init, end = (ssm_parameters(checkpoint.load(p)["model"], transform) for p in (init_path, end_path))
+    except CheckpointError as e:
+        warn(f"{e}; run left out of the parameter-change table and pole plot")
+        return None
+    except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as e:
+        warn(f"{init_path} / {end_path}: not S4D model weights ({type(e).__name__}: {e}); run left out of the "
+             f"parameter-change table and pole plot")
+        return None
     return None if init is None or end is None else (init, end)
 
 
-def parameter_change(run: RunRecord) -> Optional[dict[str, float]]:
+def parameter_change(run: RunRecord, warn: Warn = warn_stderr) -> Optional[dict[str, float]]:
     """Relative change of Re(A), Im(A), B*C and D between init and end of training (Yu et al., Table 1)."""
-    pair = parameters_at_init_and_end(run)
+    pair = parameters_at_init_and_end(run, warn)
     if pair is None:
         return None
     init, end = pair

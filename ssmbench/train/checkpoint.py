@@ -20,7 +20,7 @@ from typing import Any, Callable
 import torch
 
 from ssmbench import runs
-from ssmbench.errors import CheckpointError
+from ssmbench.errors import CheckpointError, RecordError
 
 MAGIC = b"SSMBENCH-CHECKPOINT v1 sha256="
 LAST, PREV = "last.pt", "prev.pt"
@@ -63,9 +63,12 @@ def save(path: Path, state: dict[str, Any], keep_previous: bool = False) -> None
 def load(path: Path) -> dict[str, Any]:
     path = Path(path)
     try:
-        data = path.read_bytes()
+        with runs.open_regular(path, None) as f:  # a FIFO or device named like a checkpoint is refused, not read
+            data = f.read()
     except OSError as e:
         raise CheckpointError(f"{path}: cannot read checkpoint ({e.strerror})") from None
+    except RecordError as e:
+        raise CheckpointError(str(e)) from None
     return from_bytes(data, str(path))
 
 

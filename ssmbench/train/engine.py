@@ -12,7 +12,11 @@ Reliability. Every file is written atomically and checkpoints carry a checksum w
 (checkpoint.py), so a run killed at any instant, even by SIGKILL, resumes from last.pt or prev.pt (from
 scratch if none was written); the metric lines written after that checkpoint are dropped (by count,
 `Progress.metrics_rows`, which also removes a torn last line) and produced again. SIGTERM/SIGINT stop at the
-next step boundary with a checkpoint, results.json status "preempted" and exit status 75 (`Preempted`). A
+next step boundary with a checkpoint, results.json status "preempted" and exit status 75 (`Preempted`). The
+resolved recipe.yaml is the first file of a new run, so a kill during data preparation or an initializer's fit
+leaves a resumable directory. Checkpoints carry the sha256 of recipe.yaml: a resume whose recipe.yaml changed
+since (edited, truncated) is refused unless `accept_recipe_change`. A best.pt that no longer loads does not stop
+the run: the test uses the final weights and results.json says so (`best_checkpoint_error`). A
 non-finite loss or gradient stops the run (NonFiniteError, exit 3) or, with `train.on_nonfinite: skip`, drops
 that update. A run directory is locked while a process trains in it (`runs.locked`).
 
@@ -28,6 +32,7 @@ when the output is not a terminal, to plain progress lines instead of the progre
 
 from __future__ import annotations
 
+import hashlib
 import math
 import random
 import signal
@@ -45,7 +50,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ssmbench import runs
 from ssmbench.data import DataBundle, build_data
-from ssmbench.errors import NonFiniteError, SSMBenchError
+from ssmbench.errors import CheckpointError, NonFiniteError, SSMBenchError
 from ssmbench.init import apply_init
 from ssmbench.models.backbone import SequenceModel
 from ssmbench.recipe import Recipe, load_recipe
@@ -258,14 +263,18 @@ class StopSignals:
     """Turn SIGTERM and SIGINT into a request to stop at the next step boundary (checkpoint, then Preempted).
 
     A second signal aborts at once (KeyboardInterrupt; the last checkpoint stays valid). Handlers can only be
-    installed in the main thread; elsewhere the signals keep their default behaviour.
+    installed in the main thread; elsewhere the signals keep their default behaviour. `forward` is called on
+    every signal first (a parallel sweep passes each one on to its worker processes).
     """
 
-    def __init__(self):
+    def __init__(self, forward: Callable[[], None] | None = None):
         self.received: str | None = None
         self.previous: dict = {}
+        self.forward = forward
 
     def _handle(self, signum, frame) -> None:
+        if self.forward is not None:
+            self.forward()
         if self.received is not None:
             raise KeyboardInterrupt
         self.received = signal.Signals(signum).name
@@ -284,10 +293,17 @@ def build_model(recipe: Recipe, bundle: DataBundle) -> torch.nn.Module:
     return SequenceModel(recipe.model, recipe.init.name, bundle.io)
 
 
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
 class Trainer:
     def __init__(self, recipe: Recipe, run_dir: Path, resume: bool = False, quiet: bool = False,
-                 log: Callable[[str], None] = print, is_writer: bool = True, lines: bool = False):
+                 log: Callable[[str], None] = print, is_writer: bool = True, lines: bool = False,
+                 accept_recipe_change: bool = False):
         self.recipe, self.run_dir, self.quiet, self.log, self.is_writer = recipe, Path(run_dir), quiet, log, is_writer
+        self.accept_recipe_change = accept_recipe_change
+        self.recipe_sha256 = sha256_hex(recipe.to_yaml().encode("utf-8"))  # of recipe.yaml (the file on resume)
         t = recipe.train
         if t.threads:
             torch.set_num_threads(t.threads)
@@ -342,7 +358,7 @@ class Trainer:
     def _state(self) -> dict[str, Any]:
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
-                "rng": rng_state(), "progress": asdict(self.progress)}
+                "rng": rng_state(), "progress": asdict(self.progress), "recipe_sha256": self.recipe_sha256}
 
     def save_last(self) -> None:
         self.collect()  # a non-finite step since the last read stops the run before its state is saved
@@ -351,8 +367,13 @@ class Trainer:
         self.saved_step = self.progress.step
 
     def _restore(self) -> None:
-        """Continue from the newest good checkpoint (last.pt, else prev.pt); with none written yet, start over."""
+        """Continue from the newest good checkpoint (last.pt, else prev.pt); with none written yet, start over.
+        A checkpoint written under another recipe.yaml (its sha256 differs) is refused unless accept_recipe_change."""
+        self.recipe_sha256 = sha256_hex(runs.read_record_bytes(self.run_dir / runs.RECIPE))
         if self.is_writer:
+            if not self.ckpt_dir.is_dir():
+                self.ckpt_dir.mkdir()
+                self.log(f"recreated the missing {self.ckpt_dir}")
             for f in runs.remove_temp_files(self.ckpt_dir) + runs.remove_temp_files(self.run_dir):
                 self.log(f"removed {f}, a partial file left by the interrupted process")
         found = checkpoint.load_latest(self.ckpt_dir, warn=self.log)
@@ -362,6 +383,7 @@ class Trainer:
                 self._start_record()
         else:
             state, path = found
+            self._check_recipe(state.get("recipe_sha256"), path)
             self.model.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
             self.scheduler.load_state_dict(state["scheduler"])
@@ -371,8 +393,21 @@ class Trainer:
             self.saved_step = self.progress.step
             self.log(f"resuming {self.run_dir} from {path.name} at step {self.progress.step} (epoch {self.progress.epoch})")
         if self.is_writer:  # lines written after the checkpoint (and a torn last line) are produced again
-            rows = runs.read_jsonl(self.run_dir / runs.METRICS)
+            rows, torn = runs.scan_jsonl(self.run_dir / runs.METRICS)
+            if torn or len(rows) > self.progress.metrics_rows:
+                self.log(f"{self.run_dir / runs.METRICS}: dropped {max(0, len(rows) - self.progress.metrics_rows)} line(s) "
+                         f"written after the checkpoint and {torn} torn line(s); they are produced again")
             runs.rewrite_jsonl(self.run_dir / runs.METRICS, rows[:self.progress.metrics_rows])
+
+    def _check_recipe(self, saved: str | None, path: Path) -> None:
+        if saved is None or saved == self.recipe_sha256:  # None: a checkpoint from before hashes were stored
+            return
+        what = (f"{self.run_dir / runs.RECIPE} changed since {path} was written (sha256 {self.recipe_sha256[:12]}... "
+                f"!= {saved[:12]}... recorded in the checkpoint)")
+        if not self.accept_recipe_change:
+            raise SSMBenchError(f"{what}; restore the original recipe.yaml, or resume with --accept-recipe-change to "
+                                f"continue under the edited recipe")
+        self.log(f"warning: {what}; continuing under the edited recipe (--accept-recipe-change)")
 
     def log_metrics(self, split: str, metrics: dict) -> None:
         row = {"step": self.progress.step, "epoch": self.progress.epoch, "split": split,
@@ -538,10 +573,14 @@ class Trainer:
 
     def test(self) -> dict[str, Any]:
         """Evaluate the best checkpoint (by validation) on the test split; return and write results.json."""
-        best = self.ckpt_dir / "best.pt"
+        best, best_error = self.ckpt_dir / "best.pt", None
         distributed.barrier()  # rank 0 has finished writing best.pt
         if best.exists():
-            self.model.load_state_dict(checkpoint.load(best)["model"])
+            try:
+                self.model.load_state_dict(checkpoint.load(best)["model"])
+            except CheckpointError as e:  # damaged after it was written: test the final weights, and say so
+                best_error = f"{e}; tested the final weights instead"
+                self.log(f"warning: {best_error}")
         test = evaluate(self.model, self.eval_loader(self.data.test), self.task, self.device, self.amp,
                         self.recipe.train.max_test_batches)
         self.log_metrics("test", test)
@@ -554,6 +593,7 @@ class Trainer:
             "data_source": self.data.source, "n_params": sum(q.numel() for q in self.model.parameters()),
             "evaluation": {"test": evaluated(test, self.data.test, self.recipe.train.max_test_batches),
                            "val": evaluated(p.best_val, self.data.val, self.recipe.train.max_eval_batches)},
+            **({"best_checkpoint_error": best_error} if best_error else {}),
         }
         if self.is_writer:
             runs.atomic_write_json(self.run_dir / runs.RESULTS, results)
@@ -577,6 +617,13 @@ def record_failure(run_dir: Path, recipe: Recipe, error: BaseException, trainer:
         pass
 
 
+def new_run_dir(runs_root: str | Path, recipe: Recipe) -> Path:
+    """A new run directory holding the resolved recipe.yaml (its first file, so it is resumable from the start)."""
+    run_dir = runs.create_run_dir(Path(runs_root), recipe.name)
+    runs.atomic_write_text(run_dir / runs.RECIPE, recipe.to_yaml())
+    return run_dir
+
+
 def train(recipe: Recipe | None = None, runs_root: str | Path = "runs", resume: str | Path | None = None,
           quiet: bool = False, log: Callable[[str], None] = print, on_step=None) -> dict[str, Any]:
     """Train a recipe into a new run directory under `runs_root`, or continue `resume`; return results.json.
@@ -585,6 +632,10 @@ def train(recipe: Recipe | None = None, runs_root: str | Path = "runs", resume: 
     `train.log_every` steps and after every evaluation."""
     from rich.console import Console
 
+          quiet: bool = False, log: Callable[[str], None] = print, on_step=None,
+          accept_recipe_change: bool = False) -> dict[str, Any]:
+    """Train a recipe into a new run directory under `runs_root`, or continue `resume`; return results.json.
+    `accept_recipe_change`: resume even though recipe.yaml differs from the one the checkpoint was written under."""
     from ssmbench.progress import TrainingProgress
 
     terminal = Console().is_terminal  # else (nohup, Slurm) plain lines replace the progress bar
@@ -597,19 +648,19 @@ def train(recipe: Recipe | None = None, runs_root: str | Path = "runs", resume: 
         if not (run_dir / runs.RECIPE).is_file():
             raise SSMBenchError(f"{run_dir}: not a run directory (no {runs.RECIPE}); pass the folder under runs/ to resume")
         done = runs.read_json(run_dir / runs.RESULTS)
-        if done and done.get("status") == "finished":
+        if runs.is_finished(done):
             log(f"{run_dir} has already finished; nothing to resume")
             return done
         recipe = load_recipe(run_dir / runs.RECIPE)
     started = distributed.setup(recipe.train.device)  # joins torchrun's process group, if any
     try:
         if resume is None:  # rank 0 creates the run directory and tells the other ranks its path
-            run_dir = distributed.broadcast_object(runs.create_run_dir(Path(runs_root), recipe.name) if writer else None)
+            run_dir = distributed.broadcast_object(new_run_dir(runs_root, recipe) if writer else None)
         with runs.locked(run_dir) if writer else nullcontext(), StopSignals() as stop:
             trainer = None
             try:
                 trainer = Trainer(recipe, run_dir, resume=resume is not None, quiet=quiet, log=log, is_writer=writer,
-                                  lines=not quiet and not terminal)
+                                  lines=not quiet and not terminal, accept_recipe_change=accept_recipe_change)
                 with TrainingProgress(trainer, disable=quiet or not terminal) as bar:
                     trainer.fit(on_step=lambda tr: (bar.update(tr), on_step and on_step(tr)), stop=stop)
                 results = trainer.test()
