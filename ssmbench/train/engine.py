@@ -625,17 +625,15 @@ def new_run_dir(runs_root: str | Path, recipe: Recipe) -> Path:
 
 
 def train(recipe: Recipe | None = None, runs_root: str | Path = "runs", resume: str | Path | None = None,
-          quiet: bool = False, log: Callable[[str], None] = print, on_step=None) -> dict[str, Any]:
-    """Train a recipe into a new run directory under `runs_root`, or continue `resume`; return results.json.
-
-    Unless `quiet`: a progress bar on a terminal, else (output to a file) plain `log` lines every
-    `train.log_every` steps and after every evaluation."""
-    from rich.console import Console
-
           quiet: bool = False, log: Callable[[str], None] = print, on_step=None,
           accept_recipe_change: bool = False) -> dict[str, Any]:
     """Train a recipe into a new run directory under `runs_root`, or continue `resume`; return results.json.
-    `accept_recipe_change`: resume even though recipe.yaml differs from the one the checkpoint was written under."""
+
+    Unless `quiet`: a progress bar on a terminal, else (output to a file) plain `log` lines every
+    `train.log_every` steps and after every evaluation. `accept_recipe_change`: resume even though recipe.yaml
+    differs from the one the checkpoint was written under."""
+    from rich.console import Console
+
     from ssmbench.progress import TrainingProgress
 
     terminal = Console().is_terminal  # else (nohup, Slurm) plain lines replace the progress bar
