@@ -99,7 +99,7 @@ def cli_run(*args: str) -> tuple[int | str, str]:
 
 
 def run_dir(runs_root: Path) -> Path:
-    (only,) = [p for p in Path(runs_root).iterdir() if p.is_dir()]
+    (only,) = [p for p in Path(runs_root).iterdir() if p.is_dir() and not p.name.startswith(".")]  # not .claims
     return only
 
 
