@@ -204,7 +204,7 @@ def test_bench_warms_up_every_case_before_timing(monkeypatch):
 
     calls = []
     real = bench.step
-    monkeypatch.setattr(bench, "step", lambda m, x, g: (calls.append(x.shape[1]), real(m, x, g))[1])
+    monkeypatch.setattr(bench, "step", lambda m, x, g, *rest: (calls.append(x.shape[1]), real(m, x, g, *rest))[1])
     cases = [bench.Case("s4d", p, L=16, batch=1, d_model=2, d_state=4) for p in ("fast", "direct")]
     bench.time_cases(cases, reps=2)
     assert len(calls) == 2 * (bench.WARMUP + 2)
