@@ -7,7 +7,6 @@ Every error line names the file, the dotted field path and what is allowed.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, Union
 
@@ -15,6 +14,7 @@ import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ssmbench.errors import RecipeError
+from ssmbench.paths import escape
 from ssmbench.registry import DATASETS, INITIALIZERS, LAYERS, UnknownNameError
 
 
@@ -38,35 +38,15 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
-DATA_ROOT_ENV = "SSMBENCH_DATA_ROOT"
-REPO_DATA = Path(__file__).resolve().parents[1] / "data"
-
-
-def allowed_data_roots() -> list[Path]:
-    """Folders that may hold absolute data paths: the repository's data/ and those listed in $SSMBENCH_DATA_ROOT."""
-    listed = [Path(p).expanduser() for p in os.environ.get(DATA_ROOT_ENV, "").split(os.pathsep) if p.strip()]
-    return [p.resolve() for p in [REPO_DATA, *listed]]
-
-
 def check_data_path(value: str) -> str:
-    """The containment rule for every data path in a recipe (`data.root`, and adapters' file options via DataPath).
-
-    A relative path is read from the working directory and may not contain `..`; an absolute path must lie,
-    after resolving symlinks, inside the repository's data/ folder or a folder listed in $SSMBENCH_DATA_ROOT
-    (separated by os.pathsep). So a shared recipe cannot make ssmbench read, or download into, arbitrary places.
+    """Every path a recipe names (`data.root`, adapters' file options, `init.artifact`, `model.stu.cache_dir`) obeys
+    the containment rule of ssmbench/paths.py: resolved, symlinks followed, it lies inside the working directory,
+    the repository's data/ or a folder listed in $SSMBENCH_DATA_ROOT. So a shared recipe cannot make ssmbench read,
+    download or write in arbitrary places.
     """
-    if not value.strip() or "\0" in value:
-        raise ValueError("must be a non-empty path without NUL characters")
-    path = Path(value)
-    if not path.is_absolute():
-        if ".." in path.parts:
-            raise ValueError(f"'{value}' leaves the working directory through '..'; use a path below it, or an "
-                             f"absolute path inside a folder listed in ${DATA_ROOT_ENV}")
-        return value
-    roots = allowed_data_roots()
-    if not any(path.resolve().is_relative_to(r) for r in roots):
-        raise ValueError(f"'{value}' is outside the allowed data roots ({', '.join(map(str, roots))}); use a relative "
-                         f"path, or add its folder to ${DATA_ROOT_ENV}")
+    problem = escape(value)
+    if problem:
+        raise ValueError(problem)
     return value
 
 
@@ -79,8 +59,8 @@ class DataConfig(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     name: str = Field(description="registered dataset adapter")
-    root: DataPath = Field("data", description="folder that holds the datasets: relative to the working directory "
-                           "without '..', or absolute inside the repository's data/ or a folder in $SSMBENCH_DATA_ROOT")
+    root: DataPath = Field("data", description="folder that holds the datasets: after resolving symlinks, inside the "
+                           "working directory, the repository's data/ or a folder in $SSMBENCH_DATA_ROOT")
     val_fraction: float = Field(0.1, ge=0.0, lt=1.0, description="share of train held out for validation where the data has no official validation split")
     train_fraction: float = Field(1.0, gt=0.0, le=1.0, description="share of the training split used (data-efficiency studies)")
     split_seed: int = Field(0, description="seed of validation carving and train subsampling (fixed across runs)")
@@ -166,7 +146,9 @@ class InitConfig(Section):
     dt0: Optional[Union[Literal["auto"], float]] = Field(None, description="step size of the zero-real channels: a number, auto = 1/sqrt(L lambda_max(E[x x^T])), null = model.ssm.dt_min")
     samples: int = Field(20000, ge=2, le=10_000_000, description="most training sequences read by data-dependent inits (dt0: auto, tdi)")
     base: str = Field("s4d-lin", description="tdi: initializer of the layers after the first (a complex-pair init)")
-    artifact: Optional[str] = Field(None, description="tdi: file written by `ssmbench init-tdi`; computed and saved there if missing; null = cache under <data.root>/cache/tdi/")
+    artifact: Optional[DataPath] = Field(None, description="tdi: .pt file written by `ssmbench init-tdi`; computed and "
+                                         "saved there if missing (never over a file ssmbench did not write; same "
+                                         "containment rule as data.root); null = cache under <data.root>/cache/tdi/")
     tdi: TDIConfig = Field(default_factory=TDIConfig)
 
     @field_validator("name")
@@ -179,6 +161,13 @@ class InitConfig(Section):
     def _positive(cls, v):
         if isinstance(v, float) and not 0.0 < v < float("inf"):
             raise ValueError(f"must be a positive finite number, 'auto' or null (got {v})")
+        return v
+
+    @field_validator("artifact")
+    @classmethod
+    def _pt_file(cls, v):
+        if v is not None and not v.endswith(".pt"):
+            raise ValueError(f"'{v}' must name a .pt file (its .json and .png are written beside it)")
         return v
 
     @field_validator("base")

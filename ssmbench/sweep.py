@@ -39,10 +39,11 @@ from pathlib import Path
 from typing import Optional, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from ssmbench import runs
 from ssmbench.errors import RecipeError, SSMBenchError
+from ssmbench.paths import escape
 
 # --------------------------------------------------------------------------------------------------
 # Sweep file schema
@@ -76,10 +77,19 @@ class SweepFile(BaseModel):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", max_length=60, description="sweep name (tag `sweep`)")
     recipe: Optional[str] = Field(None, description="recipe path template relative to the sweep file")
     set: list[str] = Field(default_factory=list, description="--set overrides for every run")
-    runs_dir: str = Field("runs", description="where the runs go (relative to the working directory)")
+    runs_dir: str = Field("runs", description="where the runs go (relative to the working directory; the "
+                          "containment rule of ssmbench/paths.py applies, `--runs-dir` does not restrict)")
     resources: dict = Field(default_factory=dict, description="per-run resources of the ray/slurm backends "
                             "(validated by ssmbench.backends)")
     grid: Grid
+
+    @field_validator("runs_dir")
+    @classmethod
+    def _contained(cls, v: str) -> str:
+        problem = escape(v)
+        if problem:
+            raise ValueError(problem)
+        return v
 
 
 def load_sweep(path: Path) -> SweepFile:

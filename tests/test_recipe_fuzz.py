@@ -18,7 +18,8 @@ from hypothesis import strategies as st
 
 from killpoint import cli_run
 from ssmbench.errors import DataError, RecipeError
-from ssmbench.recipe import DATA_ROOT_ENV, load_recipe, validate_recipe
+from ssmbench.paths import DATA_ROOT_ENV
+from ssmbench.recipe import load_recipe, validate_recipe
 from ssmbench.train import engine
 
 VALID = {

@@ -1,0 +1,46 @@
+"""The containment rule: where a path written in a recipe, a sweep file or a data file may point.
+
+A shared recipe (or a downloaded dataset) must not make ssmbench read or write arbitrary places. One rule covers
+`data.root`, the adapters' file options, `init.artifact`, `model.stu.cache_dir`, a sweep file's `runs_dir`, the
+adapters' `source` folders and the image paths listed in Pathfinder metadata:
+
+    the path, resolved against the working directory with every symlink followed (`Path.resolve`), must lie
+    inside an allowed root: the working directory, the repository's data/ folder, or a folder listed in
+    $SSMBENCH_DATA_ROOT (separated by os.pathsep).
+
+Resolving first means a relative symlink, a `..` component or an absolute path are judged by where they really
+lead. Paths the user types on the command line (`--runs-dir`, `--out`, `--root`) are the user's own choice and
+are not restricted.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+DATA_ROOT_ENV = "SSMBENCH_DATA_ROOT"
+REPO_DATA = Path(__file__).resolve().parents[1] / "data"
+
+
+def allowed_roots() -> list[Path]:
+    """The working directory, the repository's data/ and the folders listed in $SSMBENCH_DATA_ROOT, resolved."""
+    listed = [Path(p).expanduser() for p in os.environ.get(DATA_ROOT_ENV, "").split(os.pathsep) if p.strip()]
+    return [p.resolve() for p in [Path.cwd(), REPO_DATA, *listed]]
+
+
+def escape(path: str | Path, roots: list[Path] | None = None) -> str | None:
+    """None if `path` (resolved, symlinks followed) lies inside one of `roots` (default `allowed_roots()`, and then
+    the reason says how to allow a folder), else a one-line reason naming the path and where it leads."""
+    text = str(path)
+    if not text.strip() or "\0" in text:
+        return "must be a non-empty path without NUL characters"
+    try:
+        real = Path(path).expanduser().resolve()
+    except (OSError, RuntimeError) as e:  # a symlink loop, a name too long
+        return f"'{text}' cannot be resolved ({type(e).__name__}: {e})"
+    fix = "" if roots is not None else f"; use a path inside one of them, or add its folder to ${DATA_ROOT_ENV}"
+    roots = allowed_roots() if roots is None else roots
+    if any(real.is_relative_to(r) for r in roots):
+        return None
+    leads = "" if str(real) == text else f" (it leads to {real})"
+    return f"'{text}' is outside the allowed roots{leads}: {', '.join(map(str, roots))}{fix}"
