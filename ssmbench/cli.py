@@ -258,7 +258,7 @@ def main() -> None:
     try:
         app()
     except SSMBenchError as e:
-        console.print(f"error: {e}", style="red", highlight=False, markup=False)
+        console.print(f"error: {e}", style="red", highlight=False, markup=False, soft_wrap=True)
         sys.exit(e.exit_code)
     except KeyboardInterrupt:
         console.print("interrupted", style="red")

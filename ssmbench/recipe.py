@@ -7,6 +7,7 @@ Every error line names the file, the dotted field path and what is allowed.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, Union
 
@@ -35,7 +36,9 @@ def _registered(registry, name: str) -> str:
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    """A recipe section: unknown keys are errors, and so is inf or NaN in any float field."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 def check_data_path(value: str) -> str:
@@ -56,15 +59,15 @@ DataPath = Annotated[str, AfterValidator(check_data_path)]
 class DataConfig(BaseModel):
     """Common data options; any other key is an option of the named adapter (see `ssmbench data list`)."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
 
     name: str = Field(description="registered dataset adapter")
     root: DataPath = Field("data", description="folder that holds the datasets: after resolving symlinks, inside the "
                            "working directory, the repository's data/ or a folder in $SSMBENCH_DATA_ROOT")
     val_fraction: float = Field(0.1, ge=0.0, lt=1.0, description="share of train held out for validation where the data has no official validation split")
     train_fraction: float = Field(1.0, gt=0.0, le=1.0, description="share of the training split used (data-efficiency studies)")
-    split_seed: int = Field(0, description="seed of validation carving and train subsampling (fixed across runs)")
-    num_workers: int = Field(0, ge=0, description="DataLoader worker processes")
+    split_seed: int = Field(0, ge=0, lt=2**32, description="seed of validation carving and train subsampling (fixed across runs)")
+    num_workers: int = Field(0, ge=0, le=128, description="DataLoader worker processes")
 
     @field_validator("name")
     @classmethod
@@ -85,11 +88,24 @@ class SSMConfig(Section):
     dt_max: float = Field(1e-1, gt=0.0)
     discretization: Literal["zoh", "bilinear"] = "zoh"
     real_transform: Literal["exp", "relu", "none"] = Field("exp", description="parameterization of -Re(A)")
-    lr: float = Field(1e-3, ge=0.0, description="learning rate of dt, A and B (weight decay 0)")
+    lr: float = Field(1e-3, ge=0.0, le=10.0, description="learning rate of dt, A and B (weight decay 0)")
     beta: Optional[float] = Field(None, description="initial Sobolev filter exponent; null turns the filter off")
-    beta_lr: float = Field(0.01, ge=0.0, description="learning rate of beta (weight decay 0)")
+    beta_lr: float = Field(0.01, ge=0.0, le=10.0, description="learning rate of beta (weight decay 0)")
     kappa: Union[Literal["nfft"], float] = Field("nfft", description="frequency scale of the Sobolev filter (1 + k/kappa)^beta")
     path: Literal["fast", "direct"] = Field("fast", description="kernel and FFT path: fast (blocked Vandermonde, FFT-friendly sizes) or direct (materialized Vandermonde, FFT of size 2L); same results")
+
+    @field_validator("kappa")
+    @classmethod
+    def _positive_kappa(cls, v):
+        if isinstance(v, float) and not v > 0.0:
+            raise ValueError(f"must be 'nfft' or a positive number (got {v})")
+        return v
+
+    @model_validator(mode="after")
+    def _dt_order(self) -> "SSMConfig":
+        if self.dt_min > self.dt_max:
+            raise ValueError(f"dt_min ({self.dt_min}) is larger than dt_max ({self.dt_max}); swap them")
+        return self
 
 
 class STUConfig(Section):
@@ -193,20 +209,36 @@ class TrainConfig(Section):
     eval_every: Optional[int] = Field(None, ge=1, description="evaluate every k steps; null = once per epoch")
     max_eval_batches: Optional[int] = Field(None, ge=1, description="cap evaluation batches (smoke tests)")
     checkpoint_every: Optional[int] = Field(None, ge=1, description="also write last.pt every k steps")
-    threads: Optional[int] = Field(None, ge=1, le=1024, description="torch CPU threads; null = torch default")
+    threads: Optional[int] = Field(None, ge=1, description="torch CPU threads, at most the CPUs of this machine; null = torch default")
     compile: bool = Field(False, description="torch.compile each residual block (compiles on the first steps; needs a C++ compiler on the CPU)")
     on_nonfinite: Literal["stop", "skip"] = Field("stop", description="a non-finite loss or gradient: stop the run "
                                                   "(exit 3) or skip that update (counted in results.json skipped_steps)")
 
+    @field_validator("threads")
+    @classmethod
+    def _cpus(cls, v):
+        cpus = os.cpu_count() or 1
+        if v is not None and v > cpus:
+            raise ValueError(f"{v} threads, but this machine has {cpus} CPUs; use at most {cpus} (or null)")
+        return v
+
 
 class Recipe(Section):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", max_length=100)
-    seed: int = Field(0, ge=0, lt=2**63)
+    seed: int = Field(0, ge=0, lt=2**32)
     tags: dict[str, str] = Field(default_factory=dict, description="free labels; sweeps use them to group runs")
     data: DataConfig
     model: ModelConfig = Field(default_factory=ModelConfig)
     init: InitConfig = Field(default_factory=InitConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+
+    @model_validator(mode="after")
+    def _pairs(self) -> "Recipe":
+        """Complex-pair initializations (all but s4d-real) store d_state / 2 conjugate pairs."""
+        if self.model.kind == "s4d" and self.init.name != "s4d-real" and self.model.ssm.d_state % 2:
+            raise ValueError(f"model.ssm.d_state: {self.init.name} stores complex-conjugate pairs, so d_state must be "
+                             f"even (got {self.model.ssm.d_state}); use {self.model.ssm.d_state + 1}, or init.name: s4d-real")
+        return self
 
     @model_validator(mode="after")
     def _stu_cache(self) -> "Recipe":
@@ -254,7 +286,8 @@ def _format_errors(err: ValidationError, root: type[BaseModel], prefix: tuple = 
             msg = msg[len("Value error, "):]
         elif e["type"] not in ("literal_error",) and "input" in e and not isinstance(e["input"], (dict, list)):
             msg = f"{msg} (got {e['input']!r:.60})"
-        lines.append(f"{path}: {msg}")
+        named = not loc and msg.split(":")[0].replace(".", "").replace("_", "").isalnum()  # "model.x: ..." from a recipe check
+        lines.append(msg if named else f"{path}: {msg}")
     return lines
 
 

@@ -11,7 +11,8 @@ split across ranks, metrics are reduced over ranks and only rank 0 writes files 
 Reliability. Every file is written atomically and checkpoints carry a checksum with the previous one kept
 (checkpoint.py), so a run killed at any instant, even by SIGKILL, resumes from last.pt or prev.pt (from
 scratch if none was written); the metric lines written after that checkpoint are dropped (by count,
-`Progress.metrics_rows`, which also removes a torn last line) and produced again. SIGTERM/SIGINT stop at the
+`Progress.metrics_rows`, which also removes a torn last line) and produced again. An input error found while
+the run is set up (data, `budget.check`, init) removes the new run directory, so no empty record is left. SIGTERM/SIGINT stop at the
 next step boundary with a checkpoint, results.json status "preempted" and exit status 75 (`Preempted`). A
 non-finite loss or gradient stops the run (NonFiniteError, exit 3) or, with `train.on_nonfinite: skip`, drops
 that update. A run directory is locked while a process trains in it (`runs.locked`).
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import math
 import random
+import shutil
 import signal
 import threading
 import time
@@ -40,7 +42,7 @@ from ssmbench.errors import NonFiniteError, SSMBenchError
 from ssmbench.init import apply_init
 from ssmbench.models.backbone import SequenceModel
 from ssmbench.recipe import Recipe, load_recipe
-from ssmbench.train import checkpoint, distributed
+from ssmbench.train import budget, checkpoint, distributed
 from ssmbench.train.optim import build_optimizer, cosine_with_warmup
 
 
@@ -264,6 +266,7 @@ class Trainer:
         seed_everything(recipe.seed)
         self.data = build_data(recipe.data)
         self.task = self.data.task
+        budget.check(recipe, self.data, self.device, self.amp, self.world)
         self.model = distributed.prepare(build_model(recipe, self.data), self.device).to(self.device)
         self.init_facts = apply_init(self.model, recipe.init, {"data": self.data, "recipe": recipe, "log": log})
         if t.compile:  # nn.Module.compile works in place: same parameters, same state-dict keys
@@ -497,6 +500,11 @@ def record_failure(run_dir: Path, recipe: Recipe, error: BaseException, trainer:
         pass
 
 
+def is_input_error(error: BaseException) -> bool:
+    """A user-input error (bad data, recipe or checkpoint; exit 2), not an interruption or a failure of training."""
+    return isinstance(error, SSMBenchError) and error.exit_code == SSMBenchError.exit_code
+
+
 def train(recipe: Recipe | None = None, runs_root: str | Path = "runs", resume: str | Path | None = None,
           quiet: bool = False, log: Callable[[str], None] = print, on_step=None) -> dict[str, Any]:
     """Train a recipe into a new run directory under `runs_root`, or continue `resume`; return results.json."""
@@ -526,7 +534,9 @@ def train(recipe: Recipe | None = None, runs_root: str | Path = "runs", resume: 
                     trainer.fit(on_step=lambda tr: (bar.update(tr), on_step and on_step(tr)), stop=stop)
                 results = trainer.test()
             except (Exception, KeyboardInterrupt) as e:
-                if writer:
+                if writer and trainer is None and resume is None and is_input_error(e):
+                    shutil.rmtree(run_dir, ignore_errors=True)  # nothing ran: leave no run directory
+                elif writer:
                     record_failure(run_dir, recipe, e, trainer)
                 raise
         return results
