@@ -94,12 +94,12 @@ class SSMConfig(Section):
     kappa: Union[Literal["nfft"], float] = Field("nfft", description="frequency scale of the Sobolev filter (1 + k/kappa)^beta")
     path: Literal["fast", "direct"] = Field("fast", description="kernel and FFT path: fast (blocked Vandermonde, FFT-friendly sizes) or direct (materialized Vandermonde, FFT of size 2L); same results")
 
-    @field_validator("kappa")
+    @field_validator("kappa", mode="before")
     @classmethod
     def _positive_kappa(cls, v):
-        if isinstance(v, float) and not v > 0.0:
-            raise ValueError(f"must be 'nfft' or a positive number (got {v})")
-        return v
+        if v == "nfft" or (isinstance(v, (int, float)) and not isinstance(v, bool) and 0.0 < v < float("inf")):
+            return v
+        raise ValueError(f"must be 'nfft' or a positive finite number (got {v!r:.40})")
 
     @model_validator(mode="after")
     def _dt_order(self) -> "SSMConfig":
