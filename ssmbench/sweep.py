@@ -39,11 +39,11 @@ from pathlib import Path
 from typing import Optional, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ssmbench import runs
 from ssmbench.errors import RecipeError, SSMBenchError
-from ssmbench.paths import escape
+from ssmbench.paths import DATA_ROOT_ENV, allowed_roots, escape
 
 # --------------------------------------------------------------------------------------------------
 # Sweep file schema
@@ -77,19 +77,12 @@ class SweepFile(BaseModel):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", max_length=60, description="sweep name (tag `sweep`)")
     recipe: Optional[str] = Field(None, description="recipe path template relative to the sweep file")
     set: list[str] = Field(default_factory=list, description="--set overrides for every run")
-    runs_dir: str = Field("runs", description="where the runs go (relative to the working directory; the "
-                          "containment rule of ssmbench/paths.py applies, `--runs-dir` does not restrict)")
+    runs_dir: str = Field("runs", description="where the runs go (relative to the working directory); must resolve "
+                          "inside it, the sweep file's folder or a folder in $SSMBENCH_DATA_ROOT (`--runs-dir` may "
+                          "point anywhere)")
     resources: dict = Field(default_factory=dict, description="per-run resources of the ray/slurm backends "
                             "(validated by ssmbench.backends)")
     grid: Grid
-
-    @field_validator("runs_dir")
-    @classmethod
-    def _contained(cls, v: str) -> str:
-        problem = escape(v)
-        if problem:
-            raise ValueError(problem)
-        return v
 
 
 def load_sweep(path: Path) -> SweepFile:
@@ -100,6 +93,10 @@ def load_sweep(path: Path) -> SweepFile:
         sweep = SweepFile.model_validate(raw)
     except ValidationError as e:
         raise RecipeError(str(path), _format_errors(e, SweepFile)) from None
+    problem = escape(sweep.runs_dir, allowed_roots() + [Path(path).parent.resolve()])  # ssmbench/paths.py
+    if problem:
+        raise RecipeError(str(path), [f"runs_dir: {problem}; use a folder inside one of them, or add it to "
+                                      f"${DATA_ROOT_ENV}"])
     for v, spec in sweep.grid.variant_specs().items():
         if spec.recipe is None and sweep.recipe is None:
             raise RecipeError(str(path), [f"grid.variants.{v}: no recipe; give `recipe:` for the variant or a top-level `recipe:` template"])

@@ -256,7 +256,7 @@ def test_data_root_inside_allowed_roots_is_accepted(tmp_path, monkeypatch, repo_
     assert validate_recipe(recipe_with_root(str(tmp_path / "d"))).data.root == str(tmp_path / "d")
     link = tmp_path / "escape"
     link.symlink_to("/etc")
-    with pytest.raises(RecipeError, match="outside the allowed data roots"):  # symlinks are resolved
+    with pytest.raises(RecipeError, match="outside the allowed roots"):  # symlinks are resolved
         validate_recipe(recipe_with_root(str(link)))
 
 

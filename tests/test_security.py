@@ -136,10 +136,11 @@ def test_sweep_runs_dir_must_stay_inside(tmp_path, monkeypatch):
     from ssmbench.sweep import load_sweep
 
     monkeypatch.delenv(DATA_ROOT_ENV, raising=False)
-    monkeypatch.chdir(tmp_path)
+    (tmp_path / "work").mkdir()
+    monkeypatch.chdir(tmp_path / "work")
     sweep = {"name": "s", "recipe": "r.yaml", "grid": {"variants": ["a"]}}
     path = tmp_path / "s.yaml"
-    for ok in ["runs", "sub/runs", str(tmp_path / "x")]:
+    for ok in ["runs", "sub/runs", str(tmp_path / "x"), "../beside-the-sweep-file"]:
         path.write_text(yaml.safe_dump({**sweep, "runs_dir": ok}))
         assert load_sweep(path).runs_dir == ok
     for bad in ["../../../../tmp/x", "/tmp/elsewhere"]:
