@@ -44,8 +44,10 @@ def train(
     from ssmbench.train import distributed
     from ssmbench.train.engine import train as run_training
 
-    if (recipe is None) == (resume is None):
-        raise SSMBenchError("train: give either a RECIPE file or --resume RUN_DIR (not both)")
+    if recipe is None and resume is None:
+        raise SSMBenchError("train: no recipe given; give a RECIPE file to train, or --resume RUN_DIR to continue a run")
+    if recipe is not None and resume is not None:
+        raise SSMBenchError("train: give a RECIPE file or --resume RUN_DIR, not both")
     if resume is not None and set_:
         raise SSMBenchError("train: --set cannot change a run being resumed; start a new run instead")
     if resume is None:

@@ -376,5 +376,7 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     """Load, override and validate a recipe file."""
     path = Path(path)
     raw = read_yaml_mapping(path)
+    if "grid" in raw and "data" not in raw:
+        raise RecipeError(str(path), ["this is a sweep file (it has `grid`, no `data`); run it with `ssmbench sweep`"])
     raw = apply_overrides(raw, list(overrides or []))
     return validate_recipe(raw, str(path))

@@ -89,6 +89,8 @@ def load_sweep(path: Path) -> SweepFile:
     from ssmbench.recipe import _format_errors, read_yaml_mapping
 
     raw = read_yaml_mapping(Path(path))
+    if "data" in raw and "grid" not in raw:
+        raise RecipeError(str(path), ["this is a recipe (it has `data`, no `grid`); train it with `ssmbench train`"])
     try:
         sweep = SweepFile.model_validate(raw)
     except ValidationError as e:

@@ -110,3 +110,18 @@ def test_recipe_check_messages_name_the_field_not_top_level():
     with pytest.raises(RecipeError) as e:
         validate_recipe({"name": "x", "data": {"name": "smnist"}, "model": {"ssm": {"d_state": 5}}}, "r.yaml")
     assert str(e.value).startswith("r.yaml: model.ssm.d_state: s4d-lin stores complex-conjugate pairs")
+
+
+@pytest.mark.parametrize("args, words", [
+    (["train"], "train: no recipe given; give a RECIPE file to train, or --resume RUN_DIR to continue a run"),
+    (["train", "{recipe}", "--resume", "{tmp}"], "train: give a RECIPE file or --resume RUN_DIR, not both"),
+    (["init-tdi"], "init-tdi: no data given; give --dataset NAME (see `ssmbench data list`) or --recipe FILE"),
+    (["init-tdi", "--dataset", "smnist", "--recipe", "{recipe}"], "init-tdi: give --dataset NAME or --recipe FILE, not both"),
+    (["train", "{sweep}"], "{sweep}: this is a sweep file (it has `grid`, no `data`); run it with `ssmbench sweep`"),
+    (["sweep", "{recipe}", "--dry-run"], "{recipe}: this is a recipe (it has `data`, no `grid`); train it with `ssmbench train`"),
+])
+def test_wrong_or_missing_arguments_say_what_to_give(tmp_path, repo_root, args, words):
+    fill = {"recipe": repo_root / "recipes" / "quickstart.yaml", "tmp": tmp_path,
+            "sweep": repo_root / "recipes" / "sweeps" / "smnist-table.yaml"}
+    code, text = cli_run(*[a.format(**fill) for a in args])
+    assert code == 2 and text == f"error: {words.format(**fill)}\n", text

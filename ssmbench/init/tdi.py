@@ -391,8 +391,10 @@ def init_tdi(dataset: str | None, recipe_path: Path | None, overrides: list[str]
     from ssmbench.recipe import apply_overrides, read_yaml_mapping, validate_recipe
     from ssmbench.train.engine import build_model, seed_everything
 
-    if (dataset is None) == (recipe_path is None):
-        raise SSMBenchError("init-tdi: give either --dataset NAME or --recipe FILE (not both)")
+    if dataset is None and recipe_path is None:
+        raise SSMBenchError("init-tdi: no data given; give --dataset NAME (see `ssmbench data list`) or --recipe FILE")
+    if dataset is not None and recipe_path is not None:
+        raise SSMBenchError("init-tdi: give --dataset NAME or --recipe FILE, not both")
     raw = read_yaml_mapping(recipe_path) if recipe_path else {"name": "init-tdi", "data": {"name": dataset}}
     flags = {"init.name": "tdi", "init.samples": samples, "init.tdi.steps": steps, "model.d_model": d_model,
              "model.ssm.d_state": d_state, "model.kind": "s4d"}
