@@ -10,11 +10,10 @@ import shutil
 import signal
 from pathlib import Path
 
-import numpy as np
 import pytest
 from hypothesis import strategies as st
 
-from test_recipe_fuzz import COUNTS, EXAMPLES, fuzz, write_idx
+from test_recipe_fuzz import COUNTS, fuzz, write_mnist_idx
 from ssmbench.data import build_data
 from ssmbench.data.fixtures import data_config, write_all
 from ssmbench.errors import DataError
@@ -41,12 +40,7 @@ def pristine(tmp_path_factory) -> Path:
     """A data root with every adapter's fixture files (plus small MNIST IDX files)."""
     root = tmp_path_factory.mktemp("pristine")
     write_all(root)
-    raw = root / "MNIST" / "raw"
-    raw.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    for name, n in [("train", 20), ("t10k", 10)]:
-        write_idx(raw / f"{name}-images-idx3-ubyte", rng.integers(0, 256, (n, 28, 28)))
-        write_idx(raw / f"{name}-labels-idx1-ubyte", rng.integers(0, 10, (n,)))
+    write_mnist_idx(root)
     return root
 
 

@@ -271,16 +271,22 @@ def write_idx(path: Path, array: np.ndarray) -> None:
     path.write_bytes(header + array.astype(np.uint8).tobytes())
 
 
-@pytest.mark.parametrize("broken", ["train-images-idx3-ubyte", "t10k-labels-idx1-ubyte"])
-def test_truncated_mnist_idx_names_the_file(tmp_path, monkeypatch, broken):
-    from ssmbench.data import build_data
-
-    raw = tmp_path / "MNIST" / "raw"
+def write_mnist_idx(root: Path) -> Path:
+    """Random MNIST IDX files (20 train, 10 test) in `<root>/MNIST/raw/`; return that folder."""
+    raw = root / "MNIST" / "raw"
     raw.mkdir(parents=True)
     rng = np.random.default_rng(0)
     for name, n in [("train", 20), ("t10k", 10)]:
         write_idx(raw / f"{name}-images-idx3-ubyte", rng.integers(0, 256, (n, 28, 28)))
         write_idx(raw / f"{name}-labels-idx1-ubyte", rng.integers(0, 10, (n,)))
+    return raw
+
+
+@pytest.mark.parametrize("broken", ["train-images-idx3-ubyte", "t10k-labels-idx1-ubyte"])
+def test_truncated_mnist_idx_names_the_file(tmp_path, monkeypatch, broken):
+    from ssmbench.data import build_data
+
+    raw = write_mnist_idx(tmp_path)
     data = (raw / broken).read_bytes()
     (raw / broken).write_bytes(data[:len(data) - 7])
     monkeypatch.setenv(DATA_ROOT_ENV, str(tmp_path))
