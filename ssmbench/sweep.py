@@ -36,7 +36,7 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
-from typing import Optional, Union
+from typing import Annotated, Optional, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -61,7 +61,7 @@ class Grid(BaseModel):
 
     tasks: list[str] = Field(default_factory=list, description="values of {task} in the recipe template (optional)")
     variants: Union[list[str], dict[str, Optional[Variant]]] = Field(description="variant names, or name -> {recipe, set}")
-    seeds: list[int] = Field([0], min_length=1, description="recipe seeds")
+    seeds: list[Annotated[int, Field(ge=0, lt=2**32)]] = Field([0], min_length=1, description="recipe seeds, each in [0, 2^32)")
     train_fractions: list[float] = Field([1.0], min_length=1, description="data.train_fraction values")
     exclude: list[str] = Field(default_factory=list, description="`task/variant` points left out of the grid")
 

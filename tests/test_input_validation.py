@@ -125,3 +125,12 @@ def test_wrong_or_missing_arguments_say_what_to_give(tmp_path, repo_root, args, 
             "sweep": repo_root / "recipes" / "sweeps" / "smnist-table.yaml"}
     code, text = cli_run(*[a.format(**fill) for a in args])
     assert code == 2 and text == f"error: {words.format(**fill)}\n", text
+
+
+def test_sweep_seeds_are_bounded_like_recipe_seeds(tmp_path):
+    from ssmbench.sweep import load_sweep
+
+    path = tmp_path / "s.yaml"
+    path.write_text("name: s\nrecipe: r.yaml\ngrid: {variants: [a], seeds: [0, 4294967296]}\n")
+    with pytest.raises(RecipeError, match=f"{path}: grid.seeds.1: Input should be less than 4294967296"):
+        load_sweep(path)

@@ -178,5 +178,5 @@ def test_init_tdi_command_writes_the_artifact(tmp_path):
     assert meta["samples"] == 30 and meta["H"] == 2 and meta["M"] == 2 and meta["steps"] == 3
     assert path.is_file() and path.with_suffix(".png").is_file()
     assert f"loss {meta['loss_before']:.4g} -> {meta['loss_after']:.4g}" in out.getvalue()
-    with pytest.raises(SSMBenchError, match="either --dataset"):
+    with pytest.raises(SSMBenchError, match="no data given; give --dataset NAME"):
         tdi.init_tdi(None, None, [], None, None, None, None, None, Console(file=out))
