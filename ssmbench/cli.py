@@ -1,9 +1,9 @@
 """The `ssmbench` command line. Thin: parse arguments, call one function per command, and turn known errors
 into a one-paragraph message, never a traceback.
 
-Exit status: 0 done; 2 bad input (recipe, data, checkpoint, an output path that cannot be written); 3 non-finite training; 75 (EX_TEMPFAIL) training
-was preempted by SIGTERM/SIGINT after writing a checkpoint: continue with `ssmbench train --resume RUN_DIR`;
-130 aborted by a second interrupt."""
+Exit status: 0 done; 2 bad input (recipe, data, checkpoint, an output path that cannot be written, a read or
+write the machine refused); 3 non-finite training; 75 (EX_TEMPFAIL) training was preempted by SIGTERM/SIGINT
+after writing a checkpoint: continue with `ssmbench train --resume RUN_DIR`; 130 aborted by a second interrupt."""
 
 from __future__ import annotations
 

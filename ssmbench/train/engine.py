@@ -11,11 +11,13 @@ split across ranks, metrics are reduced over ranks and only rank 0 writes files 
 Reliability. Every file is written atomically and checkpoints carry a checksum with the previous one kept
 (checkpoint.py), so a run killed at any instant, even by SIGKILL, resumes from last.pt or prev.pt (from
 scratch if none was written); the metric lines written after that checkpoint are dropped (by count,
-`Progress.metrics_rows`, which also removes a torn last line) and produced again. An input error found while
-the run is set up (data, `budget.check`, init) removes the new run directory, so no empty record is left. SIGTERM/SIGINT stop at the
+`Progress.metrics_rows`, which also removes a torn last line) and produced again. SIGTERM/SIGINT stop at the
 next step boundary with a checkpoint, results.json status "preempted" and exit status 75 (`Preempted`). A
 non-finite loss or gradient stops the run (NonFiniteError, exit 3) or, with `train.on_nonfinite: skip`, drops
 that update. A run directory is locked while a process trains in it (`runs.locked`).
+
+An input error found while a new run is set up (data, `budget.check`, init) removes its run directory, so a
+run that never started leaves no record.
 """
 
 from __future__ import annotations
