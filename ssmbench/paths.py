@@ -38,7 +38,7 @@ def escape(path: str | Path, roots: list[Path] | None = None) -> str | None:
     if not text.strip() or "\0" in text:
         return "must be a non-empty path without NUL characters"
     try:
-        real = Path(path).expanduser().resolve()
+        real = Path(path).resolve()
     except (OSError, RuntimeError) as e:  # a symlink loop, a name too long
         return f"'{text}' cannot be resolved ({type(e).__name__}: {e})"
     fix = "" if roots is not None else f"; use a path inside one of them, or add its folder to ${DATA_ROOT_ENV}"
