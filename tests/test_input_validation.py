@@ -134,3 +134,10 @@ def test_sweep_seeds_are_bounded_like_recipe_seeds(tmp_path):
     path.write_text("name: s\nrecipe: r.yaml\ngrid: {variants: [a], seeds: [0, 4294967296]}\n")
     with pytest.raises(RecipeError, match=f"{path}: grid.seeds.1: Input should be less than 4294967296"):
         load_sweep(path)
+
+
+def test_init_tdi_refuses_a_model_whose_weights_do_not_fit(tmp_path):
+    code, text = cli_run("init-tdi", "--dataset", "smnist", "--set", "data.permute=false", "--d-model", "65536",
+                         "--out", str(tmp_path / "a.pt"))
+    assert code == 2 and text.startswith("error: model: the weights alone need") and text.count("\n") == 1, text
+    assert not list(tmp_path.iterdir())

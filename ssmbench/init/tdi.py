@@ -389,6 +389,7 @@ def init_tdi(dataset: str | None, recipe_path: Path | None, overrides: list[str]
 
     from ssmbench.data import build_data
     from ssmbench.recipe import apply_overrides, read_yaml_mapping, validate_recipe
+    from ssmbench.train import budget
     from ssmbench.train.engine import build_model, seed_everything
 
     if dataset is None and recipe_path is None:
@@ -411,6 +412,7 @@ def init_tdi(dataset: str | None, recipe_path: Path | None, overrides: list[str]
     prepare_target(path)
     seed_everything(recipe.seed)
     data = build_data(recipe.data)
+    budget.check_weights(recipe, data.io, torch.device("cpu"))
     model = build_model(recipe, data)  # the same encoder a training run of this recipe starts from
     from ssmbench.init import ssm_layers
 

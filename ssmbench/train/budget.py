@@ -2,6 +2,8 @@
 is built: an impossible run stops with a one-line error (and leaves no run directory) instead of failing at
 step 1 or after minutes of allocation.
 
+`init-tdi`, which builds the model but does not train it, checks only its weights (`check_weights`).
+
 Data fit: `model.pool: none` only for data with a target at every step; STU's K spectral filters and AR-STU's
 k_y output lags need sequences of at least K and k_y steps.
 
@@ -68,6 +70,17 @@ def available_memory(device: torch.device) -> int | None:
 
 def gib(n: int) -> str:
     return f"{n / 2**30:.3g} GiB"
+
+
+def check_weights(recipe, io, device: torch.device) -> int:
+    """For commands that build the model without training it (`init-tdi`): refuse when its fp32 weights alone
+    (4 bytes per parameter) exceed the memory available on `device`; return the parameter count."""
+    P = parameter_count(recipe, io)
+    free = available_memory(device)
+    if free is not None and 4 * P > free:
+        raise SSMBenchError(f"model: the weights alone need {gib(4 * P)} ({P:,} parameters) but {device} has "
+                            f"{gib(free)} available; lower model.d_model or model.n_layers")
+    return P
 
 
 def check(recipe, data, device: torch.device, amp: torch.dtype | None, world: int = 1) -> dict[str, int]:
