@@ -34,6 +34,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import re
 import resource
 import statistics
 import subprocess
@@ -406,6 +407,11 @@ def bench(lengths: str, batch: int, d_model: int, d_state: int, blocks: str, rep
     Ls = parse_list(lengths, "--lengths", int)
     if min(Ls) < 1:
         raise SSMBenchError("bench --lengths: every length must be >= 1")
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", device):
+        raise SSMBenchError(f"bench --device: '{device}' is not a device; use auto, cpu or cuda[:i]")
+    if d_state % 2:
+        raise SSMBenchError(f"bench --d-state: S4D-Lin stores complex-conjugate pairs, so the state size must be even "
+                            f"(got {d_state}); use {d_state + 1}")
     names = parse_list(blocks, "--blocks")
     unknown = [b for b in names if b not in PATHS]
     if unknown:

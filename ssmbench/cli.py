@@ -1,9 +1,9 @@
 """The `ssmbench` command line. Thin: parse arguments, call one function per command, and turn known errors
 into a one-paragraph message, never a traceback.
 
-Exit status: 0 done; 2 bad input (recipe, data, checkpoint); 3 non-finite training; 75 (EX_TEMPFAIL) training
-was preempted by SIGTERM/SIGINT after writing a checkpoint: continue with `ssmbench train --resume RUN_DIR`;
-130 aborted by a second interrupt."""
+Exit status: 0 done; 2 bad input (recipe, data, checkpoint, an output path that cannot be written, a read or
+write the machine refused); 3 non-finite training; 75 (EX_TEMPFAIL) training was preempted by SIGTERM/SIGINT
+after writing a checkpoint: continue with `ssmbench train --resume RUN_DIR`; 130 aborted by a second interrupt."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ import typer
 from rich.console import Console
 
 from ssmbench.errors import SSMBenchError, stop_on_sigterm
+from ssmbench.paths import output_file, output_folder
 
 app = typer.Typer(help="ssmbench: train and compare state space model initializations from recipe YAMLs.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
@@ -86,6 +87,8 @@ def train(
         raise SSMBenchError("train: give a RECIPE or --resume RUN_DIR, not both (a resumed run keeps its own recipe)")
     if resume is not None and set_:
         raise SSMBenchError("train: --set cannot change a run being resumed; start a new run instead")
+    if resume is None:
+        output_folder(runs_dir, "--runs-dir")
     r = load_recipe(recipe, set_) if recipe is not None else None
     if print_config:
         from ssmbench.runs import RECIPE
@@ -163,6 +166,7 @@ def bench(
     """Time forward+backward of the S4D, STU and AR-STU blocks, fast vs straightforward path, with peak memory."""
     from ssmbench.bench import bench as run
 
+    output_file(out, "--out")
     run(lengths, batch, d_model, d_state, blocks, reps, device, threads, memory, stu_d_model, out, console,
         reference=reference, precision=precision)
 
@@ -181,6 +185,8 @@ def sweep(
     """Train every run of a sweep grid that has no finished record yet (interrupted runs are resumed)."""
     from ssmbench.backends import run_sweep
 
+    if runs_dir is not None and not dry_run:
+        output_folder(runs_dir, "--runs-dir")
     results = run_sweep(sweep_file, backend, runs_dir, jobs, dry_run, tuple(set_), console, wait=not detach)
     if results:
         console.print(sweep_summary(results))
@@ -228,6 +234,10 @@ def report(
     """Comparison tables and plots from run directories alone (no re-training)."""
     from ssmbench.report import report as build_report
 
+    if out is not None:
+        output_file(out, "--out")
+    if plots is not None:
+        output_folder(plots, "--plots")
     text, written = build_report(paths or [Path("runs")], group_by, fmt, out, plots, window, explain, runs_csv)
     if out is None:
         typer.echo(text, nl=False)
@@ -251,6 +261,8 @@ def init_tdi(
     """TDI: match an SSM layer's power spectrum to a dataset's and save the parameters (docs/methods.md §C)."""
     from ssmbench.init.tdi import init_tdi as run_init_tdi
 
+    if out is not None:
+        output_file(out, "--out")
     run_init_tdi(dataset, recipe, set_, samples, d_state, d_model, steps, out, console)
 
 
@@ -319,6 +331,7 @@ def generate_listops(
     """ListOps expressions (docs/methods.md §G procedure) in the release's TSV format."""
     from ssmbench.data.generators.listops import write_release
 
+    output_folder(out, "--out")
     tick = time.perf_counter()
     with generator_bar("listops") as bar:
         r = write_release(out, n, eval_n, seed, progress=bar.progress)
@@ -338,6 +351,7 @@ def generate_pathfinder(
     """Pathfinder images (docs/methods.md §G procedure) with metadata in the release layout."""
     from ssmbench.data.generators.pathfinder import write_release
 
+    output_folder(out, "--out")
     try:
         with generator_bar(f"pathfinder{resolution}") as bar:
             r = write_release(out, resolution, contour_length, n, seed, progress=bar.progress)
@@ -360,6 +374,7 @@ def synth_speech(
 
     if words not in (10, 35):
         raise SSMBenchError("data synth-speech: --words must be 10 or 35")
+    output_folder(out, "--out")
     with generator_bar("synth-speech") as bar:
         r = write_release(out, WORDS10 if words == 10 else WORDS35, speakers, seed, progress=bar.progress)
     console.print(f"synth-speech: wrote {r['clips']:,} clips of {words} words ({r['validation']} validation, "
@@ -371,8 +386,12 @@ def main() -> None:
     try:
         app()
     except SSMBenchError as e:
-        console.print(f"error: {e}", style="red", highlight=False, markup=False)
+        console.print(f"error: {e}", style="red", highlight=False, markup=False, soft_wrap=True)
         sys.exit(e.exit_code)
+    except OSError as e:  # the machine refused a read or write (a full disk, a vanished folder): say which file
+        where = f"{e.filename}: " if e.filename else ""
+        console.print(f"error: {where}{e.strerror or e}", style="red", highlight=False, markup=False, soft_wrap=True)
+        sys.exit(SSMBenchError.exit_code)
     except KeyboardInterrupt:
         console.print("interrupted", style="red")
         sys.exit(130)

@@ -16,6 +16,7 @@ import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ssmbench.errors import RecipeError
+from ssmbench.paths import escape
 from ssmbench.registry import DATASETS, INITIALIZERS, LAYERS, UnknownNameError, load_plugins
 
 
@@ -38,38 +39,20 @@ def _registered(registry, name: str) -> str:
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    """A recipe section: unknown keys are errors, and so is inf or NaN in any float field."""
 
-
-DATA_ROOT_ENV = "SSMBENCH_DATA_ROOT"
-REPO_DATA = Path(__file__).resolve().parents[1] / "data"
-
-
-def allowed_data_roots() -> list[Path]:
-    """Folders that may hold absolute data paths: the repository's data/ and those listed in $SSMBENCH_DATA_ROOT."""
-    listed = [Path(p).expanduser() for p in os.environ.get(DATA_ROOT_ENV, "").split(os.pathsep) if p.strip()]
-    return [p.resolve() for p in [REPO_DATA, *listed]]
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 def check_data_path(value: str) -> str:
-    """The containment rule for every data path in a recipe (`data.root`, and adapters' file options via DataPath).
-
-    A relative path is read from the working directory and may not contain `..`; an absolute path must lie,
-    after resolving symlinks, inside the repository's data/ folder or a folder listed in $SSMBENCH_DATA_ROOT
-    (separated by os.pathsep). So a shared recipe cannot make ssmbench read, or download into, arbitrary places.
+    """Every path a recipe names (`data.root`, adapters' file options, `init.artifact`, `model.stu.cache_dir`) obeys
+    the containment rule of ssmbench/paths.py: resolved, symlinks followed, it lies inside the working directory,
+    the repository's data/ or a folder listed in $SSMBENCH_DATA_ROOT. So a shared recipe cannot make ssmbench read,
+    download or write in arbitrary places.
     """
-    if not value.strip() or "\0" in value:
-        raise ValueError("must be a non-empty path without NUL characters")
-    path = Path(value)
-    if not path.is_absolute():
-        if ".." in path.parts:
-            raise ValueError(f"'{value}' leaves the working directory through '..'; use a path below it, or an "
-                             f"absolute path inside a folder listed in ${DATA_ROOT_ENV}")
-        return value
-    roots = allowed_data_roots()
-    if not any(path.resolve().is_relative_to(r) for r in roots):
-        raise ValueError(f"'{value}' is outside the allowed data roots ({', '.join(map(str, roots))}); use a relative "
-                         f"path, or add its folder to ${DATA_ROOT_ENV}")
+    problem = escape(value)
+    if problem:
+        raise ValueError(problem)
     return value
 
 
@@ -79,15 +62,15 @@ DataPath = Annotated[str, AfterValidator(check_data_path)]
 class DataConfig(BaseModel):
     """Common data options; any other key is an option of the named adapter (see `ssmbench data show NAME`)."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
 
     name: str = Field(description="registered dataset adapter")
-    root: DataPath = Field("data", description="folder that holds the datasets: relative to the working directory "
-                           "without '..', or absolute inside the repository's data/ or a folder in $SSMBENCH_DATA_ROOT")
+    root: DataPath = Field("data", description="folder that holds the datasets: after resolving symlinks, inside the "
+                           "working directory, the repository's data/ or a folder in $SSMBENCH_DATA_ROOT")
     val_fraction: float = Field(0.1, ge=0.0, lt=1.0, description="share of train held out for validation where the data has no official validation split")
     train_fraction: float = Field(1.0, gt=0.0, le=1.0, description="share of the training split used (data-efficiency studies)")
-    split_seed: int = Field(0, description="seed of validation carving and train subsampling (fixed across runs)")
-    num_workers: int = Field(0, ge=0, description="DataLoader worker processes")
+    split_seed: int = Field(0, ge=0, lt=2**32, description="seed of validation carving and train subsampling (fixed across runs)")
+    num_workers: int = Field(0, ge=0, le=128, description="DataLoader worker processes")
 
     @field_validator("name")
     @classmethod
@@ -147,9 +130,22 @@ class SSMConfig(Section):
     weight_decay: SSMWeightDecays = Field(default_factory=SSMWeightDecays, description="weight decay per "
                                          "parameter group {dt, A, B, C}; null = train.weight_decay")
     beta: Optional[float] = Field(None, description="initial Sobolev filter exponent; null turns the filter off")
-    beta_lr: float = Field(0.01, ge=0.0, description="learning rate of beta (weight decay 0)")
+    beta_lr: float = Field(0.01, ge=0.0, le=10.0, description="learning rate of beta (weight decay 0)")
     kappa: Union[Literal["nfft"], float] = Field("nfft", description="frequency scale of the Sobolev filter (1 + k/kappa)^beta")
     path: Literal["fast", "direct"] = Field("fast", description="kernel and FFT path: fast (blocked Vandermonde, FFT-friendly sizes) or direct (materialized Vandermonde, FFT of size 2L); same results")
+
+    @field_validator("kappa", mode="before")
+    @classmethod
+    def _positive_kappa(cls, v):
+        if v == "nfft" or (isinstance(v, (int, float)) and not isinstance(v, bool) and 0.0 < v < float("inf")):
+            return v
+        raise ValueError(f"must be 'nfft' or a positive finite number (got {v!r:.40})")
+
+    @model_validator(mode="after")
+    def _dt_order(self) -> "SSMConfig":
+        if self.dt_min > self.dt_max:
+            raise ValueError(f"dt_min ({self.dt_min}) is larger than dt_max ({self.dt_max}); swap them")
+        return self
 
 
 class STUConfig(Section):
@@ -215,7 +211,9 @@ class InitConfig(Section):
     dt0: Optional[Union[Literal["auto"], float]] = Field(None, description="step size of the zero-real channels: a number, auto = 1/sqrt(L lambda_max(E[x x^T])), null = model.ssm.dt_min")
     samples: int = Field(20000, ge=2, le=10_000_000, description="most training sequences read by data-dependent inits (dt0: auto, tdi)")
     base: str = Field("s4d-lin", description="tdi: initializer of the layers after the first (a complex-pair init)")
-    artifact: Optional[str] = Field(None, description="tdi: file written by `ssmbench init-tdi`; computed and saved there if missing; null = cache under <data.root>/cache/tdi/")
+    artifact: Optional[DataPath] = Field(None, description="tdi: .pt file written by `ssmbench init-tdi`; computed and "
+                                         "saved there if missing (never over a file ssmbench did not write; same "
+                                         "containment rule as data.root); null = cache under <data.root>/cache/tdi/")
     tdi: TDIConfig = Field(default_factory=TDIConfig)
 
     @field_validator("name")
@@ -228,6 +226,13 @@ class InitConfig(Section):
     def _positive(cls, v):
         if isinstance(v, float) and not 0.0 < v < float("inf"):
             raise ValueError(f"must be a positive finite number, 'auto' or null (got {v})")
+        return v
+
+    @field_validator("artifact")
+    @classmethod
+    def _pt_file(cls, v):
+        if v is not None and not v.endswith(".pt"):
+            raise ValueError(f"'{v}' must name a .pt file (its .json and .png are written beside it)")
         return v
 
     @field_validator("base")
@@ -259,7 +264,7 @@ class TrainConfig(Section):
     max_test_batches: Optional[int] = Field(None, ge=1, description="opt out of testing on the whole test split: cap "
                                             "the final test evaluation (recorded in results.json, marked in reports)")
     checkpoint_every: Optional[int] = Field(None, ge=1, description="also write last.pt every k steps")
-    threads: Optional[int] = Field(None, ge=1, le=1024, description="torch CPU threads; null = torch default")
+    threads: Optional[int] = Field(None, ge=1, description="torch CPU threads, at most the CPUs of this machine; null = torch default")
     compile: bool = Field(False, description="torch.compile each residual block (compiles on the first steps; needs a C++ compiler on the CPU)")
     on_nonfinite: Literal["stop", "skip"] = Field("stop", description="a non-finite loss or gradient: stop the run "
                                                   "(exit 3) or skip that update (counted in results.json skipped_steps)")
@@ -278,15 +283,31 @@ class TrainConfig(Section):
                 raise ValueError(f"logger '{name}' needs the {name} package: `pip install {name}`, or remove it")
         return v
 
+    @field_validator("threads")
+    @classmethod
+    def _cpus(cls, v):
+        cpus = os.cpu_count() or 1
+        if v is not None and v > cpus:
+            raise ValueError(f"{v} threads, but this machine has {cpus} CPUs; use at most {cpus} (or null)")
+        return v
+
 
 class Recipe(Section):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", max_length=100)
-    seed: int = Field(0, ge=0, lt=2**63)
+    seed: int = Field(0, ge=0, lt=2**32)
     tags: dict[str, str] = Field(default_factory=dict, description="free labels; sweeps use them to group runs")
     data: DataConfig
     model: ModelConfig = Field(default_factory=ModelConfig)
     init: InitConfig = Field(default_factory=InitConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+
+    @model_validator(mode="after")
+    def _pairs(self) -> "Recipe":
+        """Complex-pair initializations (all but s4d-real) store d_state / 2 conjugate pairs."""
+        if self.model.kind == "s4d" and self.init.name != "s4d-real" and self.model.ssm.d_state % 2:
+            raise ValueError(f"model.ssm.d_state: {self.init.name} stores complex-conjugate pairs, so d_state must be "
+                             f"even (got {self.model.ssm.d_state}); use {self.model.ssm.d_state + 1}, or init.name: s4d-real")
+        return self
 
     @model_validator(mode="after")
     def _stu_cache(self) -> "Recipe":
@@ -344,7 +365,8 @@ def _format_errors(err: ValidationError, root: type[BaseModel], prefix: tuple = 
             msg = msg[len("Value error, "):]
         elif e["type"] not in ("literal_error",) and "input" in e and not isinstance(e["input"], (dict, list)):
             msg = f"{msg} (got {e['input']!r:.60})"
-        lines.append(f"{path}: {msg}")
+        named = not loc and msg.split(":")[0].replace(".", "").replace("_", "").isalnum()  # "model.x: ..." from a recipe check
+        lines.append(msg if named else f"{path}: {msg}")
     return lines
 
 

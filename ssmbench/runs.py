@@ -57,8 +57,10 @@ def atomic_write_bytes(path: Path, data: bytes, previous: Path | None = None) ->
         if previous is not None and path.exists():
             os.replace(path, previous)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         tmp.unlink(missing_ok=True)
+        if isinstance(e, OSError):  # name the file being written, not the temp file (or none, for a full disk)
+            raise OSError(e.errno, e.strerror or str(e), str(path)) from e
         raise
     fsync_dir(path.parent)
 

@@ -47,7 +47,7 @@ def smoke_overrides(steps: int, data_root: Path) -> list[str]:
 def fixture_root(runs_dir: Path) -> Path:
     """A data root under runs_dir with every adapter's fixture data, allowed via $SSMBENCH_DATA_ROOT."""
     from ssmbench.data.fixtures import write_all
-    from ssmbench.recipe import DATA_ROOT_ENV
+    from ssmbench.paths import DATA_ROOT_ENV
 
     root = (runs_dir / "smoke-data").resolve()
     write_all(root)

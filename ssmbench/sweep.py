@@ -62,12 +62,13 @@ from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Literal, Optional, Union
+from typing import Annotated, Callable, Iterator, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ssmbench import runs
 from ssmbench.errors import RecipeError, RecordError, SSMBenchError
+from ssmbench.paths import DATA_ROOT_ENV, allowed_roots, escape
 
 # --------------------------------------------------------------------------------------------------
 # Sweep file schema
@@ -91,7 +92,7 @@ class Grid(BaseModel):
 
     tasks: list[str] = Field(default_factory=list, description="values of {task} in the recipe template (optional)")
     variants: Union[list[str], dict[str, Optional[Variant]]] = Field(description="variant names, or name -> {recipe, set, changes}")
-    seeds: list[int] = Field([0], min_length=1, description="recipe seeds")
+    seeds: list[Annotated[int, Field(ge=0, lt=2**32)]] = Field([0], min_length=1, description="recipe seeds, each in [0, 2^32)")
     train_fractions: list[float] = Field([1.0], min_length=1, description="data.train_fraction values")
     exclude: list[str] = Field(default_factory=list, description="`task/variant` points left out of the grid")
     baseline: Optional[str] = Field(None, description="the variant the others are compared with; null = the first")
@@ -113,7 +114,9 @@ class SweepFile(BaseModel):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", max_length=60, description="sweep name (tag `sweep`)")
     recipe: Optional[str] = Field(None, description="recipe path template relative to the sweep file")
     set: list[str] = Field(default_factory=list, description="--set overrides for every run")
-    runs_dir: str = Field("runs", description="where the runs go (relative to the working directory)")
+    runs_dir: str = Field("runs", description="where the runs go (relative to the working directory); must resolve "
+                          "inside it, the sweep file's folder or a folder in $SSMBENCH_DATA_ROOT (`--runs-dir` may "
+                          "point anywhere)")
     resources: dict = Field(default_factory=dict, description="per-run resources of the ray/slurm backends "
                             "(validated by ssmbench.backends)")
     grid: Grid
@@ -130,6 +133,10 @@ def load_sweep(path: Path) -> SweepFile:
         sweep = SweepFile.model_validate(raw)
     except ValidationError as e:
         raise RecipeError(str(path), _format_errors(e, SweepFile)) from None
+    problem = escape(sweep.runs_dir, allowed_roots() + [Path(path).parent.resolve()])  # ssmbench/paths.py
+    if problem:
+        raise RecipeError(str(path), [f"runs_dir: {problem}; use a folder inside one of them, or add it to "
+                                      f"${DATA_ROOT_ENV}"])
     for v, spec in sweep.grid.variant_specs().items():
         if spec.recipe is None and sweep.recipe is None:
             raise RecipeError(str(path), [f"grid.variants.{v}: no recipe; give `recipe:` for the variant or a top-level `recipe:` template"])

@@ -2,7 +2,9 @@
 values, huge numbers, deep nesting), writes broken YAML, empty files and binary junk, and feeds `--set`
 overrides, all through the real CLI entry point (`ssmbench.cli.main`) in this process. Every case must end in
 a clear `error: ...` message and exit status 2, or validate (then training, patched out, is where it stops).
-Also: corrupt MNIST IDX files and data paths outside the allowed data roots."""
+Command lines of every command get junk positional values and options the same way (the expensive step of each
+command patched out). Also: corrupt MNIST IDX files and data paths outside the allowed data roots. The data
+files of every adapter are fuzzed in test_data_fuzz.py."""
 
 from __future__ import annotations
 
@@ -18,7 +20,8 @@ from hypothesis import strategies as st
 
 from killpoint import cli_run
 from ssmbench.errors import DataError, RecipeError
-from ssmbench.recipe import DATA_ROOT_ENV, load_recipe, validate_recipe
+from ssmbench.paths import DATA_ROOT_ENV
+from ssmbench.recipe import load_recipe, validate_recipe
 from ssmbench.train import engine
 
 VALID = {
@@ -255,7 +258,7 @@ def test_data_root_inside_allowed_roots_is_accepted(tmp_path, monkeypatch, repo_
     assert validate_recipe(recipe_with_root(str(tmp_path / "d"))).data.root == str(tmp_path / "d")
     link = tmp_path / "escape"
     link.symlink_to("/etc")
-    with pytest.raises(RecipeError, match="outside the allowed data roots"):  # symlinks are resolved
+    with pytest.raises(RecipeError, match="outside the allowed roots"):  # symlinks are resolved
         validate_recipe(recipe_with_root(str(link)))
 
 
@@ -268,16 +271,22 @@ def write_idx(path: Path, array: np.ndarray) -> None:
     path.write_bytes(header + array.astype(np.uint8).tobytes())
 
 
-@pytest.mark.parametrize("broken", ["train-images-idx3-ubyte", "t10k-labels-idx1-ubyte"])
-def test_truncated_mnist_idx_names_the_file(tmp_path, monkeypatch, broken):
-    from ssmbench.data import build_data
-
-    raw = tmp_path / "MNIST" / "raw"
+def write_mnist_idx(root: Path) -> Path:
+    """Random MNIST IDX files (20 train, 10 test) in `<root>/MNIST/raw/`; return that folder."""
+    raw = root / "MNIST" / "raw"
     raw.mkdir(parents=True)
     rng = np.random.default_rng(0)
     for name, n in [("train", 20), ("t10k", 10)]:
         write_idx(raw / f"{name}-images-idx3-ubyte", rng.integers(0, 256, (n, 28, 28)))
         write_idx(raw / f"{name}-labels-idx1-ubyte", rng.integers(0, 10, (n,)))
+    return raw
+
+
+@pytest.mark.parametrize("broken", ["train-images-idx3-ubyte", "t10k-labels-idx1-ubyte"])
+def test_truncated_mnist_idx_names_the_file(tmp_path, monkeypatch, broken):
+    from ssmbench.data import build_data
+
+    raw = write_mnist_idx(tmp_path)
     data = (raw / broken).read_bytes()
     (raw / broken).write_bytes(data[:len(data) - 7])
     monkeypatch.setenv(DATA_ROOT_ENV, str(tmp_path))
@@ -286,3 +295,74 @@ def test_truncated_mnist_idx_names_the_file(tmp_path, monkeypatch, broken):
     with pytest.raises(DataError) as e:
         build_data(validate_recipe(raw_recipe).data)
     assert str(raw / broken) in str(e.value)
+
+
+# ---- command-line arguments ------------------------------------------------------------------------------
+
+SAFE_ABSOLUTE = ["/dev/null/x", "/dev/null/x.pt", "/etc/passwd", "/proc/self/status", "/"]
+arg_values = st.one_of(
+    st.sampled_from(["-1", "0", "1", "2", "3", "64", "9" * 30, "1e999", "nan", "banana", "", "..", "cuda:9", "auto",
+                     "cpu", "s4d,stu", ",", "md", "latex", "smnist", "listops", "x.pt", "a/b", "FILE", "DIR"]),
+    st.sampled_from(["RECIPE", "SWEEP"]),  # replaced by a real recipe / sweep file, so later checks are reached
+    st.sampled_from(SAFE_ABSOLUTE),
+    st.text(max_size=12).map(lambda s: s.lstrip("/~")),  # relative: stays inside the test's working directory
+)
+COMMANDS = {  # command -> options (None: a flag without a value)
+    ("train",): ["--set", "--resume", "--runs-dir", "--nproc", "--quiet"],
+    ("report",): ["--group-by", "--format", "--out", "--plots", "--window"],
+    ("bench",): ["--lengths", "--batch", "--d-model", "--d-state", "--blocks", "--reps", "--device", "--threads",
+                 "--out", "--no-memory"],
+    ("init-tdi",): ["--dataset", "--recipe", "--set", "--samples", "--d-state", "--d-model", "--steps", "--out"],
+    ("sweep",): ["--jobs", "--runs-dir", "--set", "--backend"],
+    ("data", "list"): ["--root"],
+    ("data", "prepare"): ["--source", "--root"],
+    ("data", "generate", "listops"): ["--out", "--n", "--eval-n", "--seed"],
+    ("data", "generate", "pathfinder"): ["--out", "--resolution", "--contour-length", "--n", "--seed"],
+    ("data", "synth-speech"): ["--out", "--words", "--speakers", "--seed"],
+    ("components",): [],
+    ("no-such-command",): [],
+}
+FLAGS = {"--quiet", "--no-memory"}
+
+
+@st.composite
+def command_lines(draw) -> list[str]:
+    """A command, 0-2 positional values and 0-4 of its options with junk values (sweeps always --dry-run)."""
+    command = draw(st.sampled_from(sorted(COMMANDS)))
+    first = {("train",): "RECIPE", ("sweep",): "SWEEP"}.get(command)
+    args = list(command) + ([first] if first and draw(st.booleans()) else []) + draw(st.lists(arg_values, max_size=2))
+    for option in draw(st.lists(st.sampled_from(COMMANDS[command] or ["--help"]), max_size=4)):
+        args += [option] if option in FLAGS or option == "--help" else [option, draw(arg_values)]
+    return args + (["--dry-run"] if command == ("sweep",) else [])
+
+
+@pytest.fixture
+def no_work(monkeypatch, tmp_path):
+    """Arguments are parsed and checked for real; the expensive step of each command stops the case instead."""
+    import ssmbench.bench
+    import ssmbench.data
+    import ssmbench.data.catalog
+    from ssmbench.data.generators import listops, pathfinder, speech_synth
+
+    def refuse(*args, **kwargs):
+        raise ReachedTraining("valid")
+
+    for module, name in [(engine, "train"), (ssmbench.bench, "run_bench"), (ssmbench.data, "build_data"),
+                         (ssmbench.data.catalog, "prepare"), (listops, "write_release"),
+                         (pathfinder, "write_release"), (speech_synth, "write_release")]:
+        monkeypatch.setattr(module, name, refuse)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "FILE").write_text("x")
+    (tmp_path / "DIR").mkdir()
+
+
+@pytest.mark.parametrize("examples", EXAMPLES)
+def test_fuzz_command_lines(examples, no_work, repo_root):
+    recipe, sweep = repo_root / "recipes" / "quickstart.yaml", repo_root / "recipes" / "sweeps" / "smnist-table.yaml"
+
+    def body(args: list) -> None:
+        args = [{"RECIPE": str(recipe), "SWEEP": str(sweep)}.get(a, a) for a in args]
+        code, text = cli_run(*args)
+        check("command lines", "valid" if code == 0 else code, text)
+
+    fuzz(examples, command_lines(), body)

@@ -12,6 +12,7 @@ from ssmbench.errors import CheckpointError, SSMBenchError
 from ssmbench.init import apply_init, ssm_layers, tdi
 from ssmbench.models.backbone import SequenceModel
 from ssmbench.models.kernels import discretize, vandermonde_kernel
+from ssmbench.paths import DATA_ROOT_ENV
 from ssmbench.recipe import validate_recipe
 
 
@@ -120,8 +121,9 @@ def build(recipe, data):
     return SequenceModel(recipe.model, recipe.init.name, data.io)
 
 
-def test_recipe_with_artifact_changes_only_the_first_layer(matched, tmp_path):
+def test_recipe_with_artifact_changes_only_the_first_layer(matched, tmp_path, monkeypatch):
     result, meta = matched
+    monkeypatch.setenv(DATA_ROOT_ENV, str(tmp_path))  # init.artifact obeys the containment rule
     path = tmp_path / "m.pt"
     tdi.save_artifact(path, result, meta)
     recipe = validate_recipe({"name": "r", "data": {"name": "synthetic-memory", "length": 32, "n_train": 20, "n_test": 5},
@@ -144,7 +146,8 @@ def test_recipe_with_artifact_changes_only_the_first_layer(matched, tmp_path):
         apply_init(build(wrong, data), wrong.init, {"data": data, "recipe": wrong, "log": lambda *_: None})
 
 
-def test_missing_artifact_is_computed_and_cached(tmp_path):
+def test_missing_artifact_is_computed_and_cached(tmp_path, monkeypatch):
+    monkeypatch.setenv(DATA_ROOT_ENV, str(tmp_path))
     path = tmp_path / "cache" / "t.pt"
     recipe = validate_recipe({"name": "r", "data": {"name": "synthetic-memory", "length": 32, "n_train": 50, "n_test": 5},
                               "model": {"d_model": 2, "n_layers": 2, "ssm": {"d_state": 8}},

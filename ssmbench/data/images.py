@@ -2,6 +2,8 @@
 
 Source: the CIFAR-10 python pickle batches `cifar-10-batches-py/data_batch_1..5`, `test_batch`; each is a dict
 with `b'data'` uint8 (10000, 3072), channel-major (1024 R, 1024 G, 1024 B, rows in raster order) and `b'labels'`.
+The batches are unpickled by `BatchUnpickler`, which admits only numpy's array reconstruction, so a tampered file
+cannot run code.
 Gray = round(0.2989 R + 0.5870 G + 0.1140 B) (tf.image.rgb_to_grayscale weights), integers 0-255 (SPEC.md §G).
 A sequence is the 1024 pixels in raster order, each pixel standardized with the training split's per-channel
 mean and std; validation is `data.val_fraction` of train (LRA: 10%) chosen with `data.split_seed`.
@@ -30,13 +32,37 @@ GRAY_WEIGHTS = np.array([0.2989, 0.5870, 0.1140])
 PUBLIC = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz (extract to data/cifar-10-batches-py)"
 
 
+# Every global a CIFAR-10 batch may reference: numpy's array reconstruction (the official Python 2 files, and
+# numpy 1/2 pickles of protocols 2-5) and `_codecs.encode` (bytes in protocol-2 pickles written by Python 3).
+# Nothing else can be called while unpickling, so a batch file cannot run code.
+ALLOWED_GLOBALS = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+                   ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
+                   ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}
+
+
+class BatchUnpickler(pickle.Unpickler):
+    """An unpickler that resolves only ALLOWED_GLOBALS; any other global raises pickle.UnpicklingError."""
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in ALLOWED_GLOBALS:
+            raise pickle.UnpicklingError(f"the file references {module}.{name}, which a CIFAR-10 batch never holds "
+                                         f"(refused: unpickling it could run code)")
+        return super().find_class(module, name)
+
+
 def read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """(images (S, 32, 32, 3) uint8 HWC, labels (S,)) from one CIFAR-10 pickle batch."""
+    """(images (S, 32, 32, 3) uint8 HWC, labels (S,)) from one CIFAR-10 pickle batch, read with BatchUnpickler.
+
+    The batch must be a dict with `b'data'` a uint8 (S, 3072) array and `b'labels'` S integers 0-9."""
     try:
         with open(path, "rb") as f:
-            d = pickle.load(f, encoding="bytes")
-        data = np.asarray(d[b"data"], dtype=np.uint8)
-        labels = np.asarray(d[b"labels"], dtype=np.int64)
+            d = BatchUnpickler(f, encoding="bytes").load()
+        data, labels = d[b"data"], np.asarray(d[b"labels"])
+        if not (isinstance(data, np.ndarray) and data.dtype == np.uint8 and data.ndim == 2 and data.shape[1] == 3072):
+            raise ValueError("b'data' is not a uint8 (S, 3072) array")
+        if labels.ndim != 1 or labels.dtype.kind not in "iu" or (labels.size and not 0 <= labels.min() <= labels.max() <= 9):
+            raise ValueError("b'labels' is not a list of integers 0-9")
+        labels = labels.astype(np.int64)
         images = data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
     except Exception as e:
         raise DataError(f"{path}: not a readable CIFAR-10 python batch ({type(e).__name__}: {e}); "

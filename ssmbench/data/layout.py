@@ -12,17 +12,22 @@ import json
 from pathlib import Path
 
 from ssmbench.errors import DataError
+from ssmbench.paths import escape
 
 MARKER = "GENERATED.json"
 
 
 def resolve_source(root: str | Path, source: str, task: str) -> Path:
-    """`<root>/<source>`, refusing absolute paths and paths that escape the data root (e.g. `../x`)."""
+    """`<root>/<source>`, refusing absolute paths and `..`, and (the containment rule of ssmbench/paths.py) a folder
+    that, with symlinks followed, leads outside the allowed roots."""
     root = Path(root)
     rel = Path(source)
     if rel.is_absolute() or ".." in rel.parts:
         raise DataError(f"{task}: data option `source: {source}` must be a folder inside the data root {root} "
                         f"(no absolute path, no '..'); move the data under {root}/ or set `data.root` instead.")
+    problem = escape(root / rel)
+    if problem:
+        raise DataError(f"{task}: data option `source: {source}`: {problem}")
     return root / rel
 
 

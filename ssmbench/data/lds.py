@@ -33,7 +33,7 @@ class LDSOptions(BaseModel):
     d_in: int = Field(3, ge=1, le=1024, description="input (and output) dimension")
     d_state: int = Field(4, ge=1, le=4096, description="hidden state dimension")
     rho: float = Field(0.9999, gt=0.0, le=1.0, description="|eigenvalue| of the diagonal A (each with a random sign)")
-    system_seed: int = Field(0, ge=0, description="seed of the system matrices and of the input sequences")
+    system_seed: int = Field(0, ge=0, lt=2**32, description="seed of the system matrices and of the input sequences")
     standardize: bool = Field(True, description="divide the targets by the RMS of the training targets")
 
 

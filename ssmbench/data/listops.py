@@ -7,7 +7,6 @@ Rows are padded with <pad> to `max_length` (2000; s4 uses 2048 with `append_eos`
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ssmbench.data.base import Adapter, DataBundle
 from ssmbench.data.cache import cache_key, prepared_splits
 from ssmbench.data.layout import data_origin, missing_data, resolve_source
+from ssmbench.data.textfile import numbered_lines
 from ssmbench.errors import DataError
 from ssmbench.models.backbone import ModelIO
 from ssmbench.registry import DATASETS
@@ -43,24 +43,25 @@ def encode(source: str, max_length: int, append_eos: bool) -> tuple[np.ndarray, 
 
 
 def read_tsv(path: Path) -> list[tuple[str, int]]:
-    """(source, label) rows of a ListOps TSV; a malformed file raises a DataError naming file and line."""
+    """(source, label) rows of a ListOps TSV (tab-separated, no quoting); a malformed file raises a DataError
+    naming file and line. Expressions of any length are read (rows are truncated to `max_length` later)."""
     rows = []
-    with open(path, newline="", encoding="utf-8") as f:
-        reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
-        header = next(reader, None)
-        if header is None or [h.strip() for h in header[:2]] != ["Source", "Target"]:
-            raise DataError(f"{path}: line 1 must be the header 'Source<TAB>Target' (got {header!r:.60}); "
-                            f"is this a ListOps TSV from the LRA release?")
-        for i, r in enumerate(reader, start=2):
-            try:
-                source, target = r
-                label = int(target)
-                if not 0 <= label <= 9:
-                    raise ValueError
-            except ValueError:
-                raise DataError(f"{path}: line {i} is malformed (expected 'expression<TAB>label 0-9', got "
-                                f"{'<TAB>'.join(r)!r:.80}); the file is truncated or corrupt — get it again.") from None
-            rows.append((source, label))
+    lines = numbered_lines(path)
+    header = next(lines, (1, None))[1]
+    if header is None or [h.strip() for h in header.split("\t")[:2]] != ["Source", "Target"]:
+        raise DataError(f"{path}: line 1 must be the header 'Source<TAB>Target' (got {header!r:.60}); "
+                        f"is this a ListOps TSV from the LRA release?")
+    for i, line in lines:
+        r = line.split("\t")
+        try:
+            source, target = r
+            label = int(target)
+            if not 0 <= label <= 9:
+                raise ValueError
+        except ValueError:
+            raise DataError(f"{path}: line {i} is malformed (expected 'expression<TAB>label 0-9', got "
+                            f"{line!r:.80}); the file is truncated or corrupt — get it again.") from None
+        rows.append((source, label))
     if not rows:
         raise DataError(f"{path}: no samples after the header; the file is truncated — get it again.")
     return rows

@@ -31,7 +31,7 @@ IDX_FILES = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-
 class MNISTOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
     permute: bool = Field(description="pMNIST: apply a fixed random permutation to the pixel order (required: no hidden default)")
-    permutation_seed: int = Field(0, ge=0, description="seed of the pixel permutation when permute is true")
+    permutation_seed: int = Field(0, ge=0, lt=2**32, description="seed of the pixel permutation when permute is true")
     source: Literal["auto", "idx", "embedded"] = Field("auto", description="auto: IDX files if present, else the embedded subset")
     download: bool = Field(False, description="download the IDX files with torchvision when missing (needs internet)")
 

@@ -20,6 +20,7 @@ from ssmbench.data.base import Adapter, DataBundle
 from ssmbench.data.cache import cache_key, prepared_splits
 from ssmbench.data.layout import data_origin, missing_data, resolve_source
 from ssmbench.errors import DataError
+from ssmbench.paths import escape
 from ssmbench.models.backbone import ModelIO
 from ssmbench.registry import DATASETS
 
@@ -28,8 +29,8 @@ FRACTIONS = (0.8, 0.1, 0.1)
 PUBLIC = "the LRA release (lra_release.gz from github.com/google-research/long-range-arena), folders pathfinder32/, pathfinder128/"
 
 
-def read_metadata(path: Path) -> list[tuple[str, str, int]]:
-    """(subdir, file, label) per line of a Pathfinder metadata file (text despite `.npy`)."""
+def read_metadata(path: Path) -> list[tuple[str, str, int, str]]:
+    """(subdir, file, label, "<path>: line <i>") per line of a Pathfinder metadata file (text despite `.npy`)."""
     rows = []
     try:
         text = path.read_text(encoding="utf-8")
@@ -48,7 +49,7 @@ def read_metadata(path: Path) -> list[tuple[str, str, int]]:
         except ValueError:
             raise DataError(f"{path}: line {i} is malformed (expected 'subdir file index label ...' with label "
                             f"0/1, got {line!r:.80}); the file is truncated or corrupt.") from None
-        rows.append((fields[0], fields[1], label))
+        rows.append((fields[0], fields[1], label, f"{path}: line {i}"))
     return rows
 
 
@@ -57,10 +58,17 @@ def metadata_files(folder: Path) -> list[Path]:
     return sorted(files, key=lambda f: (0, int(f.stem)) if f.stem.isdigit() else (1, f.stem))
 
 
-def read_image(path: Path, resolution: int) -> np.ndarray | None:
-    """uint8 (R*R,) pixels, or None for an empty file; a bad PNG raises a DataError naming it."""
+def read_image(path: Path, resolution: int, folder: Path, where: str) -> np.ndarray | None:
+    """uint8 (R*R,) pixels, or None for an empty file. The image must lie, with symlinks followed, inside the
+    difficulty `folder` (the containment rule of ssmbench/paths.py with that folder as the only root) and exist;
+    otherwise a DataError names the metadata line (`where`). A bad PNG raises a DataError naming it."""
     from PIL import Image
 
+    problem = escape(path, [folder.resolve()])
+    if problem:
+        raise DataError(f"{where}: the image {problem}; metadata may only name images inside the release folder.")
+    if not path.is_file():
+        raise DataError(f"{where}: names {path}, which does not exist; the release folder is incomplete.")
     if path.stat().st_size == 0:
         return None
     try:
@@ -120,8 +128,8 @@ class Pathfinder(Adapter):
 
         def prepare():
             images, labels = [], []
-            for subdir, name, label in rows:
-                a = read_image(folder / subdir / name, options.resolution)
+            for subdir, name, label, where in rows:
+                a = read_image(folder / subdir / name, options.resolution, folder, where)
                 if a is None:
                     continue
                 images.append(a)

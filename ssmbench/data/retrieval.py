@@ -8,8 +8,6 @@ and blocks and classifies [x1, x2, x1*x2, x1-x2] (`ModelIO.pair`).
 
 from __future__ import annotations
 
-import csv
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ssmbench.data.base import Adapter, DataBundle
 from ssmbench.data.cache import cache_key, prepared_splits
 from ssmbench.data.layout import data_origin, missing_data, resolve_source
+from ssmbench.data.textfile import numbered_lines
 from ssmbench.data.text import BYTE_VOCAB, encode_bytes, tokens_transform
 from ssmbench.errors import DataError
 from ssmbench.models.backbone import ModelIO
@@ -29,21 +28,20 @@ PUBLIC = "the LRA release (lra_release.gz from github.com/google-research/long-r
 
 def read_pairs(path: Path, max_length: int) -> tuple[np.ndarray, np.ndarray]:
     """(x (S, 2, max_length) uint16, y (S,)) from an AAN pairs TSV; a bad line raises a DataError naming it."""
-    csv.field_size_limit(sys.maxsize)
     xs, ys = [], []
-    with open(path, newline="", encoding="utf-8") as f:
-        for i, r in enumerate(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE), start=1):
-            try:
-                label, _id1, _id2, text1, text2 = r
-                y = int(float(label))
-                if y not in (0, 1):
-                    raise ValueError
-            except ValueError:
-                raise DataError(f"{path}: line {i} is malformed (expected 5 tab-separated fields "
-                                f"'label(0.0/1.0) id1 id2 text1 text2', got {len(r)} fields); the file is truncated "
-                                f"or corrupt — get it again.") from None
-            xs.append(np.stack([encode_bytes(text1, max_length), encode_bytes(text2, max_length)]))
-            ys.append(y)
+    for i, line in numbered_lines(path):
+        r = line.split("\t")
+        try:
+            label, _id1, _id2, text1, text2 = r
+            y = int(float(label))
+            if y not in (0, 1) or float(label) != y:
+                raise ValueError
+        except (ValueError, OverflowError):  # OverflowError: a label of inf
+            raise DataError(f"{path}: line {i} is malformed (expected 5 tab-separated fields "
+                            f"'label(0.0/1.0) id1 id2 text1 text2', got {len(r)} fields, label {r[0]!r:.20}); the file "
+                            f"is truncated or corrupt — get it again.") from None
+        xs.append(np.stack([encode_bytes(text1, max_length), encode_bytes(text2, max_length)]))
+        ys.append(y)
     if not xs:
         raise DataError(f"{path}: the file is empty; get it again from {PUBLIC}.")
     return np.stack(xs), np.array(ys, dtype=np.int64)

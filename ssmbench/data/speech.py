@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ssmbench.data.base import Adapter, DataBundle
 from ssmbench.data.cache import cache_key, prepared_splits
 from ssmbench.data.layout import data_origin, missing_data, resolve_source
+from ssmbench.data.textfile import numbered_lines
 from ssmbench.errors import DataError
 from ssmbench.models.backbone import ModelIO
 from ssmbench.registry import DATASETS
@@ -65,7 +66,8 @@ def read_wav(path: Path) -> np.ndarray:
 
 
 def read_list(path: Path) -> set[str]:
-    return {line.strip() for line in path.read_text().splitlines() if line.strip()}
+    """The clips (`word/file.wav`) named by a validation or testing list, one per line."""
+    return {line.strip() for _, line in numbered_lines(path) if line.strip()}
 
 
 def stratified_split(labels: np.ndarray, seed: int, fractions=(0.7, 0.15, 0.15)) -> dict[str, np.ndarray]:

@@ -42,7 +42,7 @@ class MemoryOptions(BaseModel):
     length: int = Field(128, ge=2, le=1_000_000, description="sequence length L")
     n_train: int = Field(1000, ge=2, le=10_000_000, description="training sequences (validation is carved from these)")
     n_test: int = Field(1000, ge=1, le=10_000_000, description="test sequences")
-    seed: int = Field(0, ge=0, description="seed of the generator")
+    seed: int = Field(0, ge=0, lt=2**32, description="seed of the generator")
 
 
 @DATASETS.register("synthetic-memory")
@@ -76,7 +76,7 @@ class FrequencyOptions(BaseModel):
     length: int = Field(784, ge=8, le=1_000_000, description="L for white inputs (MNIST is always 784)")
     n_train: Optional[int] = Field(None, ge=2, le=1_000_000, description="training sequences (null = 10,000, all the embedded MNIST)")
     n_test: int = Field(2000, ge=1, le=1_000_000, description="test sequences of white inputs (MNIST: the 2,000 embedded test images)")
-    seed: int = Field(0, ge=0, description="seed of the target noise and of white inputs")
+    seed: int = Field(0, ge=0, lt=2**32, description="seed of the target noise and of white inputs")
 
 
 @DATASETS.register("synthetic-frequency")

@@ -249,16 +249,45 @@ def default_path(recipe) -> Path:
     return Path(recipe.data.root) / "cache" / "tdi" / f"{recipe.data.name}-{digest}.pt"
 
 
-def save_artifact(path: Path, result: TDIResult, meta: dict) -> list[Path]:
-    """Write <path>.pt, .json and .png atomically; return the three paths."""
+def artifact_files(path: Path) -> list[Path]:
+    """The three files of an artifact: <stem>.pt, .json and .png."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    return [path, path.with_suffix(".json"), path.with_suffix(".png")]
+
+
+def prepare_target(path: Path) -> None:
+    """Make sure an artifact can be written at `path` before any work is spent on it: its folder exists (or is
+    created) and none of its three files exists unless ssmbench wrote it (i.e. its .json holds TDI metadata), so
+    an artifact never replaces a file of the user's. Failures raise SSMBenchError naming the file."""
+    files = artifact_files(path)
+    existing = [f for f in files if f.exists() or f.is_symlink()]
+    if existing:
+        try:
+            ours = {"task_spectrum", "loss_after", "M"} <= set(json.loads(files[1].read_text(encoding="utf-8")))
+        except (OSError, ValueError, TypeError):
+            ours = False
+        if not ours:
+            raise SSMBenchError(f"{existing[0]}: exists and is not part of a TDI artifact written by ssmbench (no TDI "
+                                f"metadata in {files[1]}); move it away or choose another artifact path")
+    try:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise SSMBenchError(f"{path}: cannot create its folder ({e.strerror or e}); choose a writable artifact path") from None
+
+
+def save_artifact(path: Path, result: TDIResult, meta: dict) -> list[Path]:
+    """Write <path>.pt, .json and .png atomically (after `prepare_target`); return the three paths."""
+    path = Path(path)
+    prepare_target(path)
     buf = io.BytesIO()
     torch.save({"A": torch.view_as_real(result.A), "C": torch.view_as_real(result.C), "log_dt": result.log_dt}, buf)
-    runs.atomic_write_bytes(path, buf.getvalue())
-    runs.atomic_write_json(path.with_suffix(".json"), meta)
-    plot_spectra(meta, path.with_suffix(".png"))
-    return [path, path.with_suffix(".json"), path.with_suffix(".png")]
+    try:
+        runs.atomic_write_bytes(path, buf.getvalue())
+        runs.atomic_write_json(path.with_suffix(".json"), meta)
+        plot_spectra(meta, path.with_suffix(".png"))
+    except OSError as e:
+        raise SSMBenchError(f"{path}: cannot write the TDI artifact ({e.strerror or e})") from None
+    return artifact_files(path)
 
 
 def load_artifact(path: Path) -> tuple[dict, dict]:
@@ -337,6 +366,7 @@ def apply_tdi(model: torch.nn.Module, layers: list[torch.nn.Module], cfg, contex
             log(f"note: TDI artifact {path} was computed on '{meta.get('dataset')}', not '{recipe.data.name}'")
         log(f"TDI: loaded {path} (loss {meta['loss_before']:.4g} -> {meta['loss_after']:.4g})")
     else:
+        prepare_target(path)
         log(f"TDI: {path} not found; matching the spectrum of {recipe.data.name} ({cfg.tdi.steps} steps)")
         result, meta = compute(recipe, data, model.encoder, H, M)
         save_artifact(path, result, meta)
@@ -359,6 +389,7 @@ def init_tdi(dataset: str | None, recipe_path: Path | None, overrides: list[str]
 
     from ssmbench.data import build_data
     from ssmbench.recipe import apply_overrides, read_recipe_mapping, validate_recipe
+    from ssmbench.train import budget
     from ssmbench.train.engine import build_model, seed_everything
 
     if dataset is None and recipe_path is None:
@@ -378,13 +409,15 @@ def init_tdi(dataset: str | None, recipe_path: Path | None, overrides: list[str]
         raise RecipeError(e.source, e.problems + ([hint] if options else [])) from None
     if recipe.train.threads:
         torch.set_num_threads(recipe.train.threads)
+    path = (Path(out) if Path(out).suffix == ".pt" else Path(out).with_name(Path(out).name + ".pt")) if out else default_path(recipe)
+    prepare_target(path)
     seed_everything(recipe.seed)
     data = build_data(recipe.data)
+    budget.check_weights(recipe, data.io, torch.device("cpu"))
     model = build_model(recipe, data)  # the same encoder a training run of this recipe starts from
     from ssmbench.init import ssm_layers
 
     H, M = ssm_layers(model)[0].A_im.shape
-    path = (out if out.suffix == ".pt" else out.with_name(out.name + ".pt")) if out else default_path(recipe)
     steps_total = recipe.init.tdi.steps
     with Progress(TextColumn("[bold]TDI"), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]}"),
                   TimeElapsedColumn(), console=console, transient=False) as bar:

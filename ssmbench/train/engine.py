@@ -28,6 +28,9 @@ bad step itself; on CUDA it stops at the next log point, having written no check
 
 Metrics go to metrics.jsonl and to the loggers of `train.loggers` (TensorBoard, W&B; `train/loggers.py`), and,
 when the output is not a terminal, to plain progress lines instead of the progress bar.
+
+An input error found while a new run is set up (data, `budget.check`, init) removes its run directory, so a
+run that never started leaves no record.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from __future__ import annotations
 import hashlib
 import math
 import random
+import shutil
 import signal
 import threading
 import time
@@ -54,7 +58,7 @@ from ssmbench.errors import CheckpointError, NonFiniteError, SSMBenchError
 from ssmbench.init import apply_init
 from ssmbench.models.backbone import SequenceModel
 from ssmbench.recipe import Recipe, load_recipe
-from ssmbench.train import checkpoint, distributed
+from ssmbench.train import budget, checkpoint, distributed
 from ssmbench.train.loggers import TextLines, build_loggers, close_all
 from ssmbench.train.optim import build_optimizer, cosine_with_warmup
 from ssmbench.train.tally import DeviceTally, Tally
@@ -317,6 +321,7 @@ class Trainer:
         seed_everything(recipe.seed)
         self.data = build_data(recipe.data)
         self.task = self.data.task
+        budget.check(recipe, self.data, self.device, self.amp, self.world)
         self.model = distributed.prepare(build_model(recipe, self.data), self.device).to(self.device)
         self.init_facts = apply_init(self.model, recipe.init, {"data": self.data, "recipe": recipe, "log": log})
         if t.compile:  # nn.Module.compile works in place: same parameters, same state-dict keys
@@ -624,6 +629,11 @@ def new_run_dir(runs_root: str | Path, recipe: Recipe) -> Path:
     return run_dir
 
 
+def is_input_error(error: BaseException) -> bool:
+    """A user-input error (bad data, recipe or checkpoint; exit 2), not an interruption or a failure of training."""
+    return isinstance(error, SSMBenchError) and error.exit_code == SSMBenchError.exit_code
+
+
 def train(recipe: Recipe | None = None, runs_root: str | Path = "runs", resume: str | Path | None = None,
           quiet: bool = False, log: Callable[[str], None] = print, on_step=None,
           accept_recipe_change: bool = False) -> dict[str, Any]:
@@ -663,7 +673,9 @@ def train(recipe: Recipe | None = None, runs_root: str | Path = "runs", resume: 
                     trainer.fit(on_step=lambda tr: (bar.update(tr), on_step and on_step(tr)), stop=stop)
                 results = trainer.test()
             except (Exception, KeyboardInterrupt) as e:
-                if writer:
+                if writer and trainer is None and resume is None and is_input_error(e):
+                    shutil.rmtree(run_dir, ignore_errors=True)  # nothing ran: leave no run directory
+                elif writer:
                     record_failure(run_dir, recipe, e, trainer)
                 raise
             finally:
