@@ -22,7 +22,8 @@ that update. A run directory is locked while a process trains in it (`runs.locke
 
 No host-device synchronization inside a training step (train/tally.py): loss sums, correct counts and the
 non-finite flag accumulate as device tensors, a non-finite update is dropped on the device (the fused AdamW's
-`found_inf`), and the tally is read at the log points (evaluation, checkpoint), where a non-finite step is
+`found_inf`), and the tally is read at the log points (progress rows every `train.log_every` steps, evaluation,
+checkpoint), where a non-finite step is
 reported by its number. On the CPU, where reading is free, it is read after every step, so a run stops at the
 bad step itself; on CUDA it stops at the next log point, having written no checkpoint after the bad step.
 
@@ -426,9 +427,8 @@ class Trainer:
 
     def log_progress(self) -> None:
         """The `progress` row for the loggers: running train loss (and accuracy) since the last evaluation, lr,
-        throughput and the time to the last step at that throughput. A log point: it reads the device tally."""
-        if not self.loggers:
-            return
+        throughput and the time to the last step at that throughput. A log point: every rank reads its device
+        tally (collectively, under DDP) whether or not it has loggers."""
         self.collect()
         p = self.progress
         if not p.train_seen or not p.seconds:
