@@ -23,7 +23,8 @@ import torch
 import triton
 import triton.language as tl
 
-BLOCK_L = 128
+BLOCK_L = 128  # lags per program in the forward
+BLOCK_L_BACKWARD = 64  # smaller: the backward keeps six (BLOCK_M, BLOCK_L) tiles live
 TWO_PI = tl.constexpr(6.283185307179586)
 INV_TWO_PI = tl.constexpr(0.15915494309189535)
 
@@ -104,11 +105,11 @@ class _FusedVandermonde(torch.autograd.Function):
     def backward(ctx, grad_k: torch.Tensor):
         a_re, a_im, w_re, w_im = ctx.saved_tensors
         C, H, M = w_re.shape
-        blocks = triton.cdiv(ctx.L, BLOCK_L)
+        blocks = triton.cdiv(ctx.L, BLOCK_L_BACKWARD)
         gw = torch.empty(blocks, 2, C, H, M, device=a_re.device, dtype=torch.float32)
         ga = torch.empty(blocks, 2, H, M, device=a_re.device, dtype=torch.float32)
         _backward[(H, blocks)](a_re, a_im, w_re, w_im, grad_k.float().contiguous(), gw, ga, H, M, ctx.L, ctx.scale,
-                               C=C, BLOCK_M=triton.next_power_of_2(M), BLOCK_L=BLOCK_L)
+                               C=C, BLOCK_M=triton.next_power_of_2(M), BLOCK_L=BLOCK_L_BACKWARD)
         gw, ga = gw.sum(0), ga.sum(0)
         return ga[0], ga[1], gw[0], gw[1], None, None
 
