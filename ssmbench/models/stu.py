@@ -121,11 +121,11 @@ def ar_scan(z: torch.Tensor, M: torch.Tensor, reverse: bool = False, chunk: int 
     B, L, H = z.shape
     k = M.shape[0]
     T = chunk_length(B, L, H, k) if chunk is None else chunk
+    if T >= L:
+        return ar_loop(z, M)
     if T < k:
         raise ValueError(f"ar_scan: the chunk length must be at least k = {k}; got {T}")
     n = -(-L // T)
-    if n == 1:
-        return ar_loop(z, M)
     chunks = F.pad(z, (0, 0, 0, n * T - L)).reshape(B * n, T, H)
     last = ar_loop(chunks, M)[:, T - k:].reshape(B, n, k * H)  # w0_c
     Phi = chunk_transition(M, T)
