@@ -20,9 +20,10 @@ to the largest |value| of each tensor (the table shows the relative ones).
 A block is built by `build_block(case)`: "s4d" (`S4D(d_model, d_state)` with `path` fast or direct, or
 "blocked": the fast path with the PyTorch kernel instead of the Triton one, timed on CUDA), "stu"
 (`ssmbench.models.stu.STU`, one path), "ar-stu" (`ARSTU` with k_y = 2 and M^y_2 = 0.9 I as in the LRA recipes,
-`path` chunked: the chunked scan, loop: one time step after the other), "reference" (the S4D of a reference `s4d.py` given with `--reference`,
-e.g. state-spaces/s4's `models/s4/s4d.py`: the user's file, loaded at run time, never part of ssmbench), or any
-"FILE.py:function" that takes the case and returns (module, layout) with layout "BLH" or "BHL".
+`path` chunked: the chunked scan, loop: one time step after the other; in both STU blocks the zero-initialized
+M^u and M^phi are drawn from N(0, 1 / (k H)), so the output is not 0), "reference" (the S4D of a reference `s4d.py`
+given with `--reference`, e.g. state-spaces/s4's `models/s4/s4d.py`: the user's file, loaded at run time, never part
+of ssmbench), or any "FILE.py:function" that takes the case and returns (module, layout) with layout "BLH" or "BHL".
 
 Precision: `fp32`, or `bf16` (the step under torch.autocast, as `train.precision: bf16` runs it). On CUDA every
 case also gets a lower bound (`lower_bound`) computed from the device's datasheet peaks (`PEAKS`), and the
@@ -80,14 +81,18 @@ def build_block(case: Case) -> tuple[torch.nn.Module, str]:
         ref = load_reference(case.options["reference"])
         torch.manual_seed(case.seed)
         return ref.S4D(case.d_model, d_state=case.d_state, dropout=0.0, transposed=True), "BHL"
-    if case.block == "stu":
-        from ssmbench.models.stu import STU
+    if case.block in ("stu", "ar-stu"):
+        from ssmbench.models.stu import ARSTU, STU
 
-        return STU(case.d_model), "BLH"
-    if case.block == "ar-stu":
-        from ssmbench.models.stu import ARSTU
-
-        return ARSTU(case.d_model, ar_init=0.9, scan_chunk=case.L if case.path == "loop" else None), "BLH"
+        if case.block == "stu":
+            layer = STU(case.d_model)
+        else:
+            layer = ARSTU(case.d_model, ar_init=0.9, scan_chunk=case.L if case.path == "loop" else None)
+        with torch.no_grad():  # M^u, M^phi start at 0 (the output would be 0): N(0, 1 / (k H)) instead
+            for M in (layer.M_u, layer.M_phi_plus, layer.M_phi_minus):
+                if M is not None:
+                    M.normal_(std=(layer.k * case.d_model) ** -0.5)
+        return layer, "BLH"
     file, _, name = case.block.rpartition(":")
     spec = importlib.util.spec_from_file_location(f"ssmbench_bench_{Path(file).stem}", file)
     if not file.endswith(".py") or spec is None or not Path(file).is_file():

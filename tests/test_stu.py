@@ -239,6 +239,8 @@ def test_chunk_length_and_its_limits():
     assert chunk_length(1, 3, 4, 2) == 3  # T >= L: one chunk
     with pytest.raises(ValueError, match="at least k = 3"):
         ar_scan(torch.zeros(1, 10, 2), torch.zeros(3, 2, 2), chunk=2)
+    z, M = torch.randn(1, 2, 2, dtype=torch.float64), torch.randn(3, 2, 2, dtype=torch.float64)
+    assert torch.allclose(ar_scan(z, M), naive_ar(z, M, False), atol=1e-14)  # L < k: one chunk
 
 
 @pytest.mark.parametrize("chunk", [None, 2, 4])

@@ -72,17 +72,15 @@ def ar_loop(z: torch.Tensor, M: torch.Tensor, init: torch.Tensor | None = None) 
     """y_t = z_t + sum_{i=1}^{k} M_i y_{t-i} along dim 1 of z (N, T, H), one time step after the other; the k
     outputs before the start are `init` (N, k, H), oldest first (zeros if None).
 
-    One (N, k H) x (k H, H) product per step, whose left factor is a view of the k previous outputs in the
-    (N, k + T, H) buffer (no copies).
+    The (N, k + T, H) buffer starts as (init, z); each step adds, in place, one (N, k H) x (k H, H) product to z_t,
+    whose left factor is a view of the k previous outputs (one kernel per step, no copies).
     """
     N, T, H = z.shape
     k = M.shape[0]
-    y = z.new_zeros(N, k + T, H)
-    if init is not None:
-        y[:, :k] = init
+    y = torch.cat([z.new_zeros(N, k, H) if init is None else init, z], dim=1)
     lags = lag_matrix(M)
     for t in range(T):
-        y[:, t + k] = torch.addmm(z[:, t], y[:, t:t + k].reshape(N, k * H), lags)
+        y[:, t + k].addmm_(y[:, t:t + k].reshape(N, k * H), lags)
     return y[:, k:]
 
 
@@ -123,11 +121,11 @@ def ar_scan(z: torch.Tensor, M: torch.Tensor, reverse: bool = False, chunk: int 
     B, L, H = z.shape
     k = M.shape[0]
     T = chunk_length(B, L, H, k) if chunk is None else chunk
+    if T >= L:
+        return ar_loop(z, M)
     if T < k:
         raise ValueError(f"ar_scan: the chunk length must be at least k = {k}; got {T}")
     n = -(-L // T)
-    if n == 1:
-        return ar_loop(z, M)
     chunks = F.pad(z, (0, 0, 0, n * T - L)).reshape(B * n, T, H)
     last = ar_loop(chunks, M)[:, T - k:].reshape(B, n, k * H)  # w0_c
     Phi = chunk_transition(M, T)
