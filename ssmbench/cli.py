@@ -88,10 +88,8 @@ def smoke(
 @app.command()
 def components() -> None:
     """List every registered dataset, initializer and sequence layer."""
-    from ssmbench.recipe import load_components
     from ssmbench.registry import DATASETS, INITIALIZERS, LAYERS
 
-    load_components()
     for reg in (DATASETS, INITIALIZERS, LAYERS):
         typer.echo(f"{reg.kind}s: {', '.join(reg.names())}")
 
@@ -175,7 +173,7 @@ def init_tdi(
     out: Optional[Path] = typer.Option(None, "--out", help="artifact path (.pt; .json and .png beside it); default <data.root>/cache/tdi/"),
 ) -> None:
     """TDI: match an SSM layer's power spectrum to a dataset's and save the parameters (SPEC.md §C)."""
-    from ssmbench.init.tdi import init_tdi as run_init_tdi
+    from ssmbench.init_tdi import init_tdi as run_init_tdi
 
     run_init_tdi(dataset, recipe, set_, samples, d_state, d_model, steps, out, console)
 

@@ -18,15 +18,7 @@ from ssmbench.errors import RecipeError
 from ssmbench.registry import DATASETS, INITIALIZERS, LAYERS, UnknownNameError
 
 
-def load_components() -> None:
-    """Import the modules that fill the registries (datasets, initializers, layers)."""
-    import ssmbench.data  # noqa: F401
-    import ssmbench.init  # noqa: F401
-    import ssmbench.models  # noqa: F401
-
-
 def _registered(registry, name: str) -> str:
-    load_components()
     try:
         registry.get(name)
     except UnknownNameError as e:
@@ -333,7 +325,6 @@ def read_yaml_mapping(path: Path) -> dict[str, Any]:
 
 
 def validate_recipe(raw: dict[str, Any], source: str = "<recipe>") -> Recipe:
-    load_components()
     try:
         recipe = Recipe.model_validate(raw)
     except ValidationError as e:

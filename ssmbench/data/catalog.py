@@ -39,10 +39,8 @@ def origin(folder: Path) -> str:
 
 def rows(root: Path) -> list[dict]:
     """One row per registered adapter: name, present, source, prepared sizes, description, how to get the data."""
-    from ssmbench.recipe import load_components
     from ssmbench.registry import DATASETS
 
-    load_components()
     out = []
     for name in DATASETS.names():
         adapter = DATASETS.get(name)

@@ -11,9 +11,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from ssmbench.init.hippo import DiagonalInit, s4d_inv, s4d_legs, s4d_lin, s4d_real  # noqa: F401 (registers)
 from ssmbench.init.freqbias import apply_alpha
-from ssmbench.init.tdi import apply_base, apply_tdi  # registers "tdi"
+from ssmbench.init.tdi import apply_base, apply_tdi
 from ssmbench.init.zero_real import apply_zero_real
 
 if TYPE_CHECKING:
