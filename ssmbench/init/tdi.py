@@ -17,8 +17,9 @@
 `ssmbench init-tdi` (command in ssmbench/init_tdi.py) writes the result as an artifact: `<stem>.pt` (tensors,
 loadable with weights_only=True), `<stem>.json` (metadata and spectra) and `<stem>.png` (task vs model spectrum
 before/after). A recipe with `init: {name: tdi}` copies it into the first SSM layer (computing and caching it when
-missing); the other layers use `init.base`. TDI runs last in `apply_init`, so it replaces the first layer's A, B (= 1), C and dt after alpha
-and zero real part (a zero-real channel keeps its raw real part, now starting at the matched Re(A)).
+missing); the other layers use `init.base`. TDI runs last in `apply_init`, so it replaces the first layer's A,
+B (= 1), C and dt after alpha and zero real part (a zero-real channel keeps its raw real part, now starting at the
+matched Re(A)).
 """
 
 from __future__ import annotations
@@ -346,4 +347,3 @@ def apply_tdi(model: torch.nn.Module, layers: list[torch.nn.Module], cfg, contex
     keys = ("samples", "L", "route", "loss_before", "loss_after", "seconds", "peak_bin_task", "peak_bin_before",
             "peak_bin_after", "task_spectrum", "model_spectrum_before", "model_spectrum_after")
     return {"artifact": str(path), **{k: meta[k] for k in keys}}
-
