@@ -33,7 +33,7 @@ bench: install
 
 # Reruns the quick sweeps (finished runs are skipped) and rewrites the README's results tables from their records.
 results: install
-	$(PY) -m ssmbench.report.readme
+	$(PY) -m ssmbench.readme_tables
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -139,10 +139,8 @@ def smoke(
 @app.command()
 def components() -> None:
     """List every registered dataset, initializer and sequence layer."""
-    from ssmbench.recipe import load_components
     from ssmbench.registry import DATASETS, INITIALIZERS, LAYERS
 
-    load_components()
     for reg in (DATASETS, INITIALIZERS, LAYERS):
         typer.echo(f"{reg.kind}s: {', '.join(reg.names())}")
 
@@ -259,7 +257,7 @@ def init_tdi(
     out: Optional[Path] = typer.Option(None, "--out", help="artifact path: NAME writes NAME.pt, NAME.json and NAME.png; default <data.root>/cache/tdi/"),
 ) -> None:
     """TDI: match an SSM layer's power spectrum to a dataset's and save the parameters (docs/methods.md §C)."""
-    from ssmbench.init.tdi import init_tdi as run_init_tdi
+    from ssmbench.init_tdi import init_tdi as run_init_tdi
 
     if out is not None:
         output_file(out, "--out")

@@ -17,20 +17,11 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 
 from ssmbench.errors import RecipeError
 from ssmbench.paths import escape
-from ssmbench.registry import DATASETS, INITIALIZERS, LAYERS, UnknownNameError, load_plugins
-
-
-def load_components() -> None:
-    """Import the modules that fill the registries (datasets, initializers, layers), then the plugins."""
-    import ssmbench.data  # noqa: F401
-    import ssmbench.init  # noqa: F401
-    import ssmbench.models  # noqa: F401
-
-    load_plugins()
+from ssmbench.registry import DATASETS, INITIALIZERS, LAYERS, UnknownNameError, load_components
 
 
 def _registered(registry, name: str) -> str:
-    load_components()
+    load_components()  # the built-in modules and the plugins
     try:
         registry.get(name)
     except UnknownNameError as e:
@@ -442,7 +433,6 @@ def read_recipe_mapping(path: Path) -> dict[str, Any]:
 
 
 def validate_recipe(raw: dict[str, Any], source: str = "<recipe>") -> Recipe:
-    load_components()
     try:
         recipe = Recipe.model_validate(raw)
     except ValidationError as e:

@@ -1,6 +1,9 @@
 """Name -> component registries, in the style of timm: `@DATASETS.register("smnist")`.
 
 A wrong name raises an error listing every registered name, so recipes fail with a useful message.
+This file is the one place that says which modules fill each registry (`modules=` below): a registry imports
+them the first time it is asked for a name, so a lookup never depends on what the caller happened to import,
+and no package imports another only to fill a registry. A new component's module is added to that list.
 
 Plugins fill the same registries from outside the package (`load_plugins`): installed packages through the entry
 point groups `ssmbench.datasets`, `ssmbench.initializers` and `ssmbench.layers`, and modules named on the command
@@ -30,11 +33,20 @@ class UnknownNameError(KeyError):
 
 
 class Registry:
-    """A named collection of components (functions or classes) of one kind."""
+    """A named collection of components (functions or classes) of one kind, registered by the listed `modules`."""
 
-    def __init__(self, kind: str):
+    def __init__(self, kind: str, modules: tuple[str, ...] = ()):
         self.kind = kind
+        self.modules = modules
         self._items: dict[str, Any] = {}
+        self._loaded = False
+
+    def load(self) -> None:
+        """Import the modules that register this kind of component (once; importing registers them)."""
+        if not self._loaded:
+            for module in self.modules:
+                importlib.import_module(module)
+            self._loaded = True
 
     def register(self, name: str) -> Callable[[Any], Any]:
         def decorator(obj: Any) -> Any:
@@ -46,6 +58,7 @@ class Registry:
         return decorator
 
     def get(self, name: str) -> Any:
+        self.load()
         if name not in self._items:
             raise UnknownNameError(
                 f"'{name}' is not a registered {self.kind}; known: {', '.join(self.names())}"
@@ -53,9 +66,11 @@ class Registry:
         return self._items[name]
 
     def names(self) -> list[str]:
+        self.load()
         return sorted(self._items)
 
     def __contains__(self, name: object) -> bool:
+        self.load()
         return name in self._items
 
     def __iter__(self) -> Iterator[str]:

@@ -47,7 +47,8 @@ def test_aan_pairs_and_bad_line(tmp_path, monkeypatch):
 
 
 def test_pair_head_encodes_each_document_alone():
-    from ssmbench.models.backbone import ModelIO, SequenceModel
+    from ssmbench.contracts import ModelIO
+    from ssmbench.models.backbone import SequenceModel
     from ssmbench.recipe import ModelConfig
 
     torch.manual_seed(0)

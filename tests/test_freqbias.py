@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import torch
 
+from ssmbench.contracts import ModelIO
 from ssmbench.init import apply_init, ssm_layers
-from ssmbench.models.backbone import ModelIO, SequenceModel
+from ssmbench.models.backbone import SequenceModel
 from ssmbench.models.s4d import S4D
 from ssmbench.recipe import InitConfig, ModelConfig
 from ssmbench.train.optim import build_optimizer

@@ -7,8 +7,7 @@ import pytest
 import torch
 
 from ssmbench.init.hippo import hippo_legs, s4d_inv, s4d_legs, s4d_lin, s4d_real
-from ssmbench.recipe import load_components
-from ssmbench.registry import INITIALIZERS
+from ssmbench.registry import INITIALIZERS, load_components
 
 
 def test_s4d_lin_formula():

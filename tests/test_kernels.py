@@ -254,7 +254,8 @@ def test_unstable_channel_stays_finite_in_float32():
 
 def test_recipe_selects_the_path():
     """`model.ssm.path` reaches every S4D layer of the built model."""
-    from ssmbench.models.backbone import ModelIO, SequenceModel
+    from ssmbench.contracts import ModelIO
+    from ssmbench.models.backbone import SequenceModel
     from ssmbench.recipe import ModelConfig
 
     for path in ("fast", "direct"):

@@ -4,7 +4,8 @@ import math
 
 import torch
 
-from ssmbench.models.backbone import ModelIO, SequenceModel
+from ssmbench.contracts import ModelIO
+from ssmbench.models.backbone import SequenceModel
 from ssmbench.recipe import ModelConfig, SSMConfig
 from ssmbench.train.optim import build_optimizer, cosine_with_warmup
 

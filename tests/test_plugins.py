@@ -19,7 +19,7 @@ import torch
 from torch.utils.data import TensorDataset
 
 from ssmbench.data.base import Adapter, DataBundle
-from ssmbench.models.backbone import ModelIO
+from ssmbench.contracts import ModelIO
 
 
 class SignOfSum(Adapter):

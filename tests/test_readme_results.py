@@ -1,4 +1,4 @@
-"""The README's results tables are exactly what `make results` (ssmbench/report/readme.py) writes from the
+"""The README's results tables are exactly what `make results` (ssmbench/readme_tables.py) writes from the
 committed run records in benchmarks/results/, so no figure in them can go stale or be edited by hand."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from ssmbench.report.readme import (README, RECORDS, SWEEPS, begin, end, render, replace_block, sweep_command,
+from ssmbench.readme_tables import (README, RECORDS, SWEEPS, begin, end, render, replace_block, sweep_command,
                                     write_readme)
 from ssmbench.report.records import read_runs
 from ssmbench.report.tables import tidy_csv

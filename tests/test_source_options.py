@@ -15,7 +15,8 @@ import yaml
 
 from ssmbench import runs
 from ssmbench.errors import RecipeError
-from ssmbench.models.backbone import ModelIO, SequenceModel
+from ssmbench.contracts import ModelIO
+from ssmbench.models.backbone import SequenceModel
 from ssmbench.models.dropout import TiedDropout
 from ssmbench.models.s4d import S4D
 from ssmbench.recipe import ModelConfig, load_recipe, validate_recipe

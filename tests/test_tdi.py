@@ -171,12 +171,14 @@ def test_init_tdi_command_writes_the_artifact(tmp_path):
 
     from rich.console import Console
 
+    from ssmbench.init_tdi import init_tdi
+
     out = StringIO()
     path = tmp_path / "art.pt"
-    meta = tdi.init_tdi("synthetic-memory", None, ["data.length=32", "data.n_train=40", "data.n_test=4"], 30, 4, 2, 3,
-                        path, Console(file=out, width=200))
+    meta = init_tdi("synthetic-memory", None, ["data.length=32", "data.n_train=40", "data.n_test=4"], 30, 4, 2, 3,
+                    path, Console(file=out, width=200))
     assert meta["samples"] == 30 and meta["H"] == 2 and meta["M"] == 2 and meta["steps"] == 3
     assert path.is_file() and path.with_suffix(".png").is_file()
     assert f"loss {meta['loss_before']:.4g} -> {meta['loss_after']:.4g}" in out.getvalue()
     with pytest.raises(SSMBenchError, match="no data given; name a dataset adapter with --dataset NAME"):
-        tdi.init_tdi(None, None, [], None, None, None, None, None, Console(file=out))
+        init_tdi(None, None, [], None, None, None, None, None, Console(file=out))

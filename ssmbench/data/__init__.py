@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 from ssmbench.data.base import Adapter, DataBundle, subsample
-from ssmbench.data import mnist  # noqa: F401 (registers)
-from ssmbench.data import lds  # noqa: F401 (registers)
-from ssmbench.data import synthetic  # noqa: F401 (registers)
-from ssmbench.data import images, listops, pathfinder, retrieval, speech, text  # noqa: F401 (registers)
 from ssmbench.registry import DATASETS
 
 

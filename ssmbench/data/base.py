@@ -12,8 +12,8 @@ import torch
 from pydantic import BaseModel, ConfigDict
 from torch.utils.data import Dataset, Subset
 
+from ssmbench.contracts import ModelIO
 from ssmbench.errors import DataError
-from ssmbench.models.backbone import ModelIO
 
 # Where the data came from; every results table shows it.
 Source = Literal["official", "embedded-subset", "generated", "synthetic"]

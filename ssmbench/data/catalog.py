@@ -51,10 +51,8 @@ def origin(folder: Path) -> str:
 
 def rows(root: Path) -> list[dict]:
     """One row per registered adapter: name, present, source, prepared sizes, description, how to get the data."""
-    from ssmbench.recipe import load_components
     from ssmbench.registry import DATASETS
 
-    load_components()
     out = []
     for name in DATASETS.names():
         adapter = DATASETS.get(name)
@@ -131,8 +129,8 @@ def option_rows(model: type[BaseModel]) -> list[tuple[str, str, str, str]]:
 
 def show_text(name: str, root: Path) -> str:
     """`ssmbench data show NAME`: the adapter's description, data folder and state, and every option."""
-    from ssmbench.recipe import DataConfig, load_components
-    from ssmbench.registry import DATASETS, UnknownNameError
+    from ssmbench.recipe import DataConfig
+    from ssmbench.registry import DATASETS, UnknownNameError, load_components
 
     load_components()
     try:

@@ -20,11 +20,11 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch.utils.data import Subset
 
+from ssmbench.contracts import ModelIO
 from ssmbench.data.base import Adapter, DataBundle, split_indices
 from ssmbench.data.cache import cache_key, prepared_splits
 from ssmbench.data.layout import data_origin, missing_data, resolve_source
 from ssmbench.errors import DataError
-from ssmbench.models.backbone import ModelIO
 from ssmbench.registry import DATASETS
 
 BATCHES = {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]}

@@ -20,8 +20,8 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch.utils.data import TensorDataset
 
+from ssmbench.contracts import ModelIO
 from ssmbench.data.base import Adapter, DataBundle, split_indices
-from ssmbench.models.backbone import ModelIO
 from ssmbench.registry import DATASETS
 
 

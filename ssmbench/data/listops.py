@@ -13,12 +13,12 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
+from ssmbench.contracts import ModelIO
 from ssmbench.data.base import Adapter, DataBundle
 from ssmbench.data.cache import cache_key, prepared_splits
 from ssmbench.data.layout import data_origin, missing_data, resolve_source
 from ssmbench.data.textfile import numbered_lines
 from ssmbench.errors import DataError
-from ssmbench.models.backbone import ModelIO
 from ssmbench.registry import DATASETS
 
 SPECIALS = ["<pad>", "<unk>", "<eos>"]

@@ -17,9 +17,9 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch.utils.data import TensorDataset
 
+from ssmbench.contracts import ModelIO
 from ssmbench.data.base import Adapter, DataBundle, require_file, sha256_file, split_indices
 from ssmbench.errors import DataError
-from ssmbench.models.backbone import ModelIO
 from ssmbench.registry import DATASETS
 
 EMBEDDED = Path(__file__).resolve().parents[2] / "data" / "embedded" / "mnist-subset.npz"

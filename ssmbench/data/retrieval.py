@@ -13,13 +13,13 @@ from pathlib import Path
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from ssmbench.contracts import ModelIO
 from ssmbench.data.base import Adapter, DataBundle
 from ssmbench.data.cache import cache_key, prepared_splits
 from ssmbench.data.layout import data_origin, missing_data, resolve_source
 from ssmbench.data.textfile import numbered_lines
 from ssmbench.data.text import BYTE_VOCAB, encode_bytes, tokens_transform
 from ssmbench.errors import DataError
-from ssmbench.models.backbone import ModelIO
 from ssmbench.registry import DATASETS
 
 SPLIT_FILES = {"train": "new_aan_pairs.train.tsv", "val": "new_aan_pairs.eval.tsv", "test": "new_aan_pairs.test.tsv"}

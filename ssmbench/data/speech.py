@@ -20,12 +20,12 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
+from ssmbench.contracts import ModelIO
 from ssmbench.data.base import Adapter, DataBundle
 from ssmbench.data.cache import cache_key, prepared_splits
 from ssmbench.data.layout import data_origin, missing_data, resolve_source
 from ssmbench.data.textfile import numbered_lines
 from ssmbench.errors import DataError
-from ssmbench.models.backbone import ModelIO
 from ssmbench.registry import DATASETS
 
 WORDS35 = ["backward", "bed", "bird", "cat", "dog", "down", "eight", "five", "follow", "forward", "four", "go",

@@ -21,10 +21,10 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch.utils.data import TensorDataset
 
+from ssmbench.contracts import ModelIO
 from ssmbench.data.base import Adapter, DataBundle, split_indices
 from ssmbench.data.mnist import MEAN, STD, load_embedded
 from ssmbench.errors import DataError
-from ssmbench.models.backbone import ModelIO
 from ssmbench.registry import DATASETS
 
 

@@ -15,11 +15,11 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
+from ssmbench.contracts import ModelIO
 from ssmbench.data.base import Adapter, DataBundle, split_indices
 from ssmbench.data.cache import cache_key, prepared_splits
 from ssmbench.data.layout import data_origin, missing_data, resolve_source
 from ssmbench.errors import DataError
-from ssmbench.models.backbone import ModelIO
 from ssmbench.registry import DATASETS
 
 BYTE_VOCAB = 257  # <pad> + 256 byte values

@@ -1,4 +1,4 @@
-"""Initializer registry (SPEC.md §A-§D).
+"""Initializers (registry INITIALIZERS, SPEC.md §A-§D) and `apply_init`, which applies the recipe's modifiers.
 
 Base initializers (`s4d-lin`, `s4d-inv`, `s4d-legs`, `s4d-real`; `tdi` builds S4D-Lin) give the diagonal A and B
 each SSM layer is built with. Recipe-level modifiers (`init.alpha`, ...) are applied to the built model by `apply_init`, in a
@@ -11,9 +11,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from ssmbench.init.hippo import DiagonalInit, s4d_inv, s4d_legs, s4d_lin, s4d_real  # noqa: F401 (registers)
 from ssmbench.init.freqbias import apply_alpha
-from ssmbench.init.tdi import apply_base, apply_tdi  # registers "tdi"
+from ssmbench.init.tdi import apply_base, apply_tdi
 from ssmbench.init.zero_real import apply_zero_real
 
 if TYPE_CHECKING:

@@ -14,11 +14,12 @@
 4. Algorithm 1: minimize L_PSM = mean_h sum_k (P_model/||P_model|| - P_task/||P_task||)^2 (= 2 - 2 cos) over
    (a_re, A_im, C, log_dt) with full-batch Adam and cosine annealing to 0.
 
-`ssmbench init-tdi` writes the result as an artifact: `<stem>.pt` (tensors, loadable with weights_only=True),
-`<stem>.json` (metadata and spectra) and `<stem>.png` (task vs model spectrum before/after). A recipe with
-`init: {name: tdi}` copies it into the first SSM layer (computing and caching it when missing); the other layers
-use `init.base`. TDI runs last in `apply_init`, so it replaces the first layer's A, B (= 1), C and dt after alpha
-and zero real part (a zero-real channel keeps its raw real part, now starting at the matched Re(A)).
+`ssmbench init-tdi` (command in ssmbench/init_tdi.py) writes the result as an artifact: `<stem>.pt` (tensors,
+loadable with weights_only=True), `<stem>.json` (metadata and spectra) and `<stem>.png` (task vs model spectrum
+before/after). A recipe with `init: {name: tdi}` copies it into the first SSM layer (computing and caching it when
+missing); the other layers use `init.base`. TDI runs last in `apply_init`, so it replaces the first layer's A,
+B (= 1), C and dt after alpha and zero real part (a zero-real channel keeps its raw real part, now starting at the
+matched Re(A)).
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ import torch
 import torch.nn.functional as F
 
 from ssmbench import runs
-from ssmbench.errors import CheckpointError, RecipeError, SSMBenchError
+from ssmbench.errors import CheckpointError, SSMBenchError
 from ssmbench.init.hippo import s4d_lin
 from ssmbench.init.zero_real import training_batches
 from ssmbench.models.kernels import discretize
@@ -376,57 +377,3 @@ def apply_tdi(model: torch.nn.Module, layers: list[torch.nn.Module], cfg, contex
     keys = ("samples", "L", "route", "loss_before", "loss_after", "seconds", "peak_bin_task", "peak_bin_before",
             "peak_bin_after", "task_spectrum", "model_spectrum_before", "model_spectrum_after")
     return {"artifact": str(path), **{k: meta[k] for k in keys}}
-
-
-# --------------------------------------------------------------------------------------------------
-# `ssmbench init-tdi`
-
-
-def init_tdi(dataset: str | None, recipe_path: Path | None, overrides: list[str], samples: int | None,
-             d_state: int | None, d_model: int | None, steps: int | None, out: Path | None, console) -> dict:
-    """Compute and save a TDI artifact for a dataset (or a recipe's data/model); return its metadata."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    from ssmbench.data import build_data
-    from ssmbench.recipe import apply_overrides, read_recipe_mapping, validate_recipe
-    from ssmbench.train import budget
-    from ssmbench.train.engine import build_model, seed_everything
-
-    if dataset is None and recipe_path is None:
-        raise SSMBenchError("init-tdi: no data given; name a dataset adapter with --dataset NAME (see `ssmbench data "
-                            "list`) or take data and model from a recipe with --recipe FILE")
-    if dataset is not None and recipe_path is not None:
-        raise SSMBenchError("init-tdi: give --dataset NAME or --recipe FILE, not both")
-    raw = read_recipe_mapping(recipe_path) if recipe_path else {"name": "init-tdi", "data": {"name": dataset}}
-    flags = {"init.name": "tdi", "init.samples": samples, "init.tdi.steps": steps, "model.d_model": d_model,
-             "model.ssm.d_state": d_state, "model.kind": "s4d"}
-    raw = apply_overrides(raw, [f"{k}={v}" for k, v in flags.items() if v is not None] + list(overrides))
-    try:
-        recipe = validate_recipe(raw, str(recipe_path or "init-tdi"))
-    except RecipeError as e:
-        hint = f"give the dataset's options with --set data.KEY=VALUE (see `ssmbench data show {dataset}`)"
-        options = dataset and any(q.startswith("data.") and not q.startswith("data.name") for q in e.problems)
-        raise RecipeError(e.source, e.problems + ([hint] if options else [])) from None
-    if recipe.train.threads:
-        torch.set_num_threads(recipe.train.threads)
-    path = (Path(out) if Path(out).suffix == ".pt" else Path(out).with_name(Path(out).name + ".pt")) if out else default_path(recipe)
-    prepare_target(path)
-    seed_everything(recipe.seed)
-    data = build_data(recipe.data)
-    budget.check_weights(recipe, data.io, torch.device("cpu"))
-    model = build_model(recipe, data)  # the same encoder a training run of this recipe starts from
-    from ssmbench.init import ssm_layers
-
-    H, M = ssm_layers(model)[0].A_im.shape
-    steps_total = recipe.init.tdi.steps
-    with Progress(TextColumn("[bold]TDI"), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]}"),
-                  TimeElapsedColumn(), console=console, transient=False) as bar:
-        task = bar.add_task("tdi", total=steps_total, loss="")
-        result, meta = compute(recipe, data, model.encoder, H, M,
-                               on_step=lambda i, loss: bar.update(task, completed=i, loss=f"{loss:.4g}"))
-    written = save_artifact(path, result, meta)
-    console.print(f"TDI {recipe.data.name}: loss {meta['loss_before']:.4g} -> {meta['loss_after']:.4g} "
-                  f"(x{meta['loss_before'] / max(meta['loss_after'], 1e-300):.3g}) in {meta['seconds']:.1f} s; "
-                  f"S = {meta['samples']}, L = {meta['L']}, H = {H}, M = {M}; peak bin task {meta['peak_bin_task']}, "
-                  f"model {meta['peak_bin_before']} -> {meta['peak_bin_after']}; wrote {', '.join(map(str, written))}")
-    return meta

@@ -5,24 +5,12 @@ The sequence layer is built by name from the LAYERS registry (`model.kind`), so 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn as nn
 
+from ssmbench.contracts import ModelIO
 from ssmbench.models.dropout import sequence_dropout
 from ssmbench.registry import LAYERS
-
-
-@dataclass
-class ModelIO:
-    """What the data says about the model's ends (from the dataset adapter)."""
-
-    d_input: int  # input channels for real-valued inputs, vocabulary size for tokens
-    input_kind: str  # "real" | "tokens"
-    n_outputs: int  # classes, or regression targets
-    per_step: bool = False  # a target at every time step (no pooling)
-    pair: bool = False  # x is (batch, 2, length): two documents, classified by a matching head (LRA Retrieval)
 
 
 class SequenceNorm(nn.Module):

@@ -29,7 +29,6 @@ from ssmbench.models.dropout import sequence_dropout
 from ssmbench.models.kernels import (at_least_float32, bidirectional_kernel, blocked_vandermonde_kernel, discretize,
                                      fft_conv, fft_conv_direct, fft_size, limit_growth, sobolev_weights,
                                      vandermonde_kernel)
-import ssmbench.init  # noqa: F401 (fills INITIALIZERS)
 from ssmbench.registry import INITIALIZERS
 
 # -Re(A) = f(A_re) and its inverse (state-spaces `param_transform` / `inv_transform`); `none` can reach and cross 0.

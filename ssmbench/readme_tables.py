@@ -1,7 +1,7 @@
 """`make results`: rerun the quick sweeps and rewrite the README's results tables from their run records.
 
-    python -m ssmbench.report.readme              # train what is missing, copy the records, rewrite README.md
-    python -m ssmbench.report.readme --no-train   # only re-render README.md from the committed records
+    python -m ssmbench.readme_tables              # train what is missing, copy the records, rewrite README.md
+    python -m ssmbench.readme_tables --no-train   # only re-render README.md from the committed records
 
 For every sweep of SWEEPS: (1) `ssmbench sweep recipes/quick/<name>.yaml --runs-dir runs/readme/<name> --jobs 2`
 (finished runs are skipped, so a second call trains nothing); (2) the finished records of the sweep's current grid
