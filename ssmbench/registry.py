@@ -77,9 +77,13 @@ class Registry:
         return iter(self.names())
 
 
-DATASETS = Registry("dataset")
-INITIALIZERS = Registry("initializer")
-LAYERS = Registry("sequence layer")
+DATASETS = Registry("dataset", modules=(
+    "ssmbench.data.mnist", "ssmbench.data.lds", "ssmbench.data.synthetic", "ssmbench.data.images",
+    "ssmbench.data.listops", "ssmbench.data.pathfinder", "ssmbench.data.retrieval", "ssmbench.data.speech",
+    "ssmbench.data.text",
+))
+INITIALIZERS = Registry("initializer", modules=("ssmbench.init.hippo", "ssmbench.init.tdi"))
+LAYERS = Registry("sequence layer", modules=("ssmbench.models.backbone", "ssmbench.models.stu"))
 
 
 PLUGIN_GROUPS = {"ssmbench.datasets": DATASETS, "ssmbench.initializers": INITIALIZERS, "ssmbench.layers": LAYERS}
@@ -140,3 +144,10 @@ def load_plugins() -> None:
                     raise SSMBenchError(f"plugin '{ep.name}' ({group}): {e}; rename the entry point") from None
             _loaded.add(key)
     _scanned_path = tuple(sys.path)
+
+
+def load_components() -> None:
+    """Import every registered component's module, then the plugins (before listing or validating names)."""
+    for registry in (DATASETS, INITIALIZERS, LAYERS):
+        registry.load()
+    load_plugins()
