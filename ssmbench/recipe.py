@@ -85,6 +85,11 @@ class SSMGroupValues(Section):
     @model_validator(mode="before")
     @classmethod
     def _from_number(cls, v):
+        if isinstance(v, str):  # YAML reads 1e-3 (no dot) as a string
+            try:
+                v = float(v)
+            except ValueError:
+                return v
         if isinstance(v, (int, float)) and not isinstance(v, bool):
             return {"dt": v, "A": v, "B": v, "C": None}
         return v

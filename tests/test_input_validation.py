@@ -24,11 +24,11 @@ QUICK = ["train.max_steps=1", "train.max_eval_batches=1", "train.device=cpu", "d
     ("data.split_seed=-1", "data.split_seed", "greater than or equal to 0"),
     ("data.permutation_seed=18446744073709551615", "data.permutation_seed", "less than"),
     ("model.ssm.d_state=3", "model.ssm.d_state", "must be even (got 3); use 4, or init.name: s4d-real"),
-    ("model.ssm.lr=1e308", "model.ssm.lr", "less than or equal to 10"),
+    ("model.ssm.lr.dt=1e308", "model.ssm.lr.dt", "less than or equal to 10"),
     ("model.ssm.beta_lr=1e308", "model.ssm.beta_lr", "less than or equal to 10"),
     ("model.ssm.dt_min=.inf", "model.ssm.dt_min", "finite number"),
     ("model.ssm.dt_max=.nan", "model.ssm.dt_max", "finite number"),
-    ("model.ssm.lr=.nan", "model.ssm.lr", "finite number"),
+    ("model.ssm.lr.dt=.nan", "model.ssm.lr.dt", "finite number"),
     ("model.ssm.beta=.nan", "model.ssm.beta", "finite number"),
     ("model.ssm.beta=-.inf", "model.ssm.beta", "finite number"),
     ("model.ssm.kappa=.inf", "model.ssm.kappa", "finite number"),
@@ -113,12 +113,12 @@ def test_recipe_check_messages_name_the_field_not_top_level():
 
 
 @pytest.mark.parametrize("args, words", [
-    (["train"], "train: no recipe given; give a RECIPE file to train, or --resume RUN_DIR to continue a run"),
-    (["train", "{recipe}", "--resume", "{tmp}"], "train: give a RECIPE file or --resume RUN_DIR, not both"),
-    (["init-tdi"], "init-tdi: no data given; give --dataset NAME (see `ssmbench data list`) or --recipe FILE"),
+    (["train"], "train: no recipe given; name a recipe YAML (e.g. `ssmbench train recipes/quickstart.yaml`) or continue a run with --resume RUN_DIR"),
+    (["train", "{recipe}", "--resume", "{tmp}"], "train: give a RECIPE or --resume RUN_DIR, not both (a resumed run keeps its own recipe)"),
+    (["init-tdi"], "init-tdi: no data given; name a dataset adapter with --dataset NAME (see `ssmbench data list`) or take data and model from a recipe with --recipe FILE"),
     (["init-tdi", "--dataset", "smnist", "--recipe", "{recipe}"], "init-tdi: give --dataset NAME or --recipe FILE, not both"),
-    (["train", "{sweep}"], "{sweep}: this is a sweep file (it has `grid`, no `data`); run it with `ssmbench sweep`"),
-    (["sweep", "{recipe}", "--dry-run"], "{recipe}: this is a recipe (it has `data`, no `grid`); train it with `ssmbench train`"),
+    (["train", "{sweep}"], "{sweep}: this is a sweep file (it has a `grid`), not a recipe: use `ssmbench sweep {sweep}`"),
+    (["sweep", "{recipe}", "--dry-run"], "{recipe}: this is a recipe (it has `data` and no `grid`), not a sweep file: use `ssmbench train {recipe}`"),
 ])
 def test_wrong_or_missing_arguments_say_what_to_give(tmp_path, repo_root, args, words):
     fill = {"recipe": repo_root / "recipes" / "quickstart.yaml", "tmp": tmp_path,

@@ -14,12 +14,13 @@ import torch.nn as nn
 import yaml
 
 from ssmbench import runs
-from ssmbench.errors import RecipeError
 from ssmbench.contracts import ModelIO
+from ssmbench.errors import RecipeError
 from ssmbench.models.backbone import SequenceModel
 from ssmbench.models.dropout import TiedDropout
 from ssmbench.models.s4d import S4D
 from ssmbench.recipe import ModelConfig, load_recipe, validate_recipe
+from ssmbench.train import checkpoint
 from ssmbench.train.engine import train
 from ssmbench.train.optim import build_optimizer
 
@@ -185,6 +186,10 @@ def test_old_run_directory_resumes(tmp_path):
     del raw["train"]["no_weight_decay"]
     (run_dir / runs.RECIPE).write_text(yaml.safe_dump(raw))
     (run_dir / runs.RESULTS).unlink()
+    last = run_dir / "checkpoints" / "last.pt"  # an old run's checkpoint holds no recipe hash
+    state = checkpoint.load(last)
+    del state["recipe_sha256"]
+    checkpoint.save(last, state)
     assert first["steps"] == 3
     resumed = train(resume=run_dir, quiet=True, log=lambda *_: None)
     assert resumed["status"] == "finished" and resumed["steps"] == 6
