@@ -42,11 +42,13 @@ class Registry:
         self._loaded = False
 
     def load(self) -> None:
-        """Import the modules that register this kind of component (once; importing registers them)."""
+        """Import the modules that register this kind of component (once; importing registers them), then the
+        plugins (`load_plugins`, which looks again only when sys.path or $SSMBENCH_IMPORT changed)."""
         if not self._loaded:
             for module in self.modules:
                 importlib.import_module(module)
             self._loaded = True
+        load_plugins()
 
     def register(self, name: str) -> Callable[[Any], Any]:
         def decorator(obj: Any) -> Any:
@@ -90,6 +92,7 @@ PLUGIN_GROUPS = {"ssmbench.datasets": DATASETS, "ssmbench.initializers": INITIAL
 IMPORT_ENV = "SSMBENCH_IMPORT"
 _loaded: set[str] = set()  # imported modules and loaded entry points
 _scanned_path: tuple[str, ...] | None = None  # sys.path at the last look-up of entry points
+_plugins_loading = False  # load_plugins is running (a registry look-up inside it must not start it again)
 
 
 def import_module(name: str) -> None:
@@ -120,34 +123,45 @@ def load_plugins() -> None:
 
     An entry point names a module (`my_pkg.data`: importing it registers through the decorators) or a component
     (`my_pkg.data:MyAdapter`: registered under the entry point's name unless its import registered it already).
-    Each is loaded once per process; installed packages are looked up again only when sys.path has changed."""
-    global _scanned_path
-    for name in filter(None, os.environ.get(IMPORT_ENV, "").split(os.pathsep)):
-        import_module(name)
-    if _scanned_path == tuple(sys.path):
+    Each is loaded once per process; installed packages are looked up again only when sys.path has changed.
+    A call made while plugins are being loaded (a plugin module looking a name up) returns at once."""
+    global _scanned_path, _plugins_loading
+    if _plugins_loading:
         return
-    for group, registry in PLUGIN_GROUPS.items():
-        for ep in importlib.metadata.entry_points(group=group):
-            key = f"{group}:{ep.name}={ep.value}"
-            if key in _loaded:
-                continue
-            try:
-                obj = ep.load()
-            except Exception as e:
-                dist = ep.dist.name if ep.dist else "an installed package"
-                raise SSMBenchError(f"plugin '{ep.name}' ({group}, from {dist}) cannot be loaded: "
-                                    f"{type(e).__name__}: {e}; fix or uninstall that package") from None
-            if ep.attr and not any(registry.get(n) is obj for n in registry.names()):
-                try:
-                    registry.register(ep.name)(obj)
-                except ValueError as e:
-                    raise SSMBenchError(f"plugin '{ep.name}' ({group}): {e}; rename the entry point") from None
-            _loaded.add(key)
-    _scanned_path = tuple(sys.path)
+    _plugins_loading = True
+    try:
+        for name in filter(None, os.environ.get(IMPORT_ENV, "").split(os.pathsep)):
+            import_module(name)
+        if _scanned_path == tuple(sys.path):
+            return
+        for group, registry in PLUGIN_GROUPS.items():
+            for ep in importlib.metadata.entry_points(group=group):
+                load_entry_point(group, registry, ep)
+        _scanned_path = tuple(sys.path)
+    finally:
+        _plugins_loading = False
+
+
+def load_entry_point(group: str, registry: Registry, ep: importlib.metadata.EntryPoint) -> None:
+    """Load one entry point of `group` (once) and register its component unless its import did."""
+    key = f"{group}:{ep.name}={ep.value}"
+    if key in _loaded:
+        return
+    try:
+        obj = ep.load()
+    except Exception as e:
+        dist = ep.dist.name if ep.dist else "an installed package"
+        raise SSMBenchError(f"plugin '{ep.name}' ({group}, from {dist}) cannot be loaded: "
+                            f"{type(e).__name__}: {e}; fix or uninstall that package") from None
+    if ep.attr and not any(registry.get(n) is obj for n in registry.names()):
+        try:
+            registry.register(ep.name)(obj)
+        except ValueError as e:
+            raise SSMBenchError(f"plugin '{ep.name}' ({group}): {e}; rename the entry point") from None
+    _loaded.add(key)
 
 
 def load_components() -> None:
-    """Import every registered component's module, then the plugins (before listing or validating names)."""
+    """Import every registered component's module and the plugins (before listing or validating names)."""
     for registry in (DATASETS, INITIALIZERS, LAYERS):
         registry.load()
-    load_plugins()
