@@ -1,8 +1,8 @@
-"""Kernel-spectrum variants of SPEC.md §F, forward+backward, interleaved rounds in one process:
+"""Kernel-spectrum variants of docs/methods.md §F, forward+backward, interleaved rounds in one process:
 
 - direct:     materialized Vandermonde (H, M, L) -> rfft(K, 2L)              (`kernels.vandermonde_kernel`)
 - blocked:    A^(jT+t) = A^(jT) A^t, one batched GEMM -> rfft(K, 2L)          (`kernels.blocked_vandermonde_kernel`)
-- generating: the closed form on the 2L-point grid (SPEC.md §F.1), no FFT, z_k = e^{-i pi k/L}:
+- generating: the closed form on the 2L-point grid (docs/methods.md §F.1), no FFT, z_k = e^{-i pi k/L}:
               K_f[k] = sum_n W_n (1 - lambda_n^L (-1)^k) / (1 - lambda_n z_k) + (conjugate-pair term)
 
     python benchmarks/kernel_variants.py [--H 256] [--N 64] [--lengths 1024,4096,16384] [--reps 5]
@@ -24,7 +24,7 @@ from ssmbench.models.kernels import blocked_vandermonde_kernel, vandermonde_kern
 
 
 def generating_function_spectrum(W: torch.Tensor, log_A_bar: torch.Tensor, L: int) -> torch.Tensor:
-    """rfft(K, 2L) of K_l = 2 Re sum_n W_n lambda_n^l (l < L) by the geometric-series closed form (SPEC.md §F.1)."""
+    """rfft(K, 2L) of K_l = 2 Re sum_n W_n lambda_n^l (l < L) by the geometric-series closed form (docs/methods.md §F.1)."""
     k = torch.arange(L + 1, device=W.device, dtype=log_A_bar.real.dtype)
     z = torch.polar(torch.ones_like(k), -math.pi * k / L)  # e^{-2 pi i k / (2L)}
     sign = 1 - 2 * (k % 2)  # z_k^L = (-1)^k
@@ -55,7 +55,7 @@ def random_modes(H: int, M: int, dtype=torch.float32):
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description="kernel-spectrum variants of SPEC.md §F")
+    p = argparse.ArgumentParser(description="kernel-spectrum variants of docs/methods.md §F")
     p.add_argument("--H", type=int, default=256)
     p.add_argument("--N", type=int, default=64)
     p.add_argument("--lengths", default="1024,4096,16384")

@@ -79,7 +79,7 @@ class SSMGroupValues(Section):
 
     A single number x stands for {dt: x, A: x, B: x, C: null}; a group left out keeps its default. state-spaces/s4
     writes `lr: 0.001` for the same dt/A/B part, but its float also reaches C: a recipe states that with C
-    explicitly (SPEC.md §A "Quirk").
+    explicitly (docs/methods.md §A "Quirk").
     """
 
     @model_validator(mode="before")
@@ -110,7 +110,7 @@ class SSMWeightDecays(SSMGroupValues):
 
 
 class SSMConfig(Section):
-    """Options of the S4D layer (SPEC.md §A, §B)."""
+    """Options of the S4D layer (docs/methods.md §A, §B)."""
 
     d_state: int = Field(64, ge=1, le=4096, description="N, the real state size (N/2 complex conjugate pairs)")
     dt_min: float = Field(1e-3, gt=0.0)
@@ -145,7 +145,7 @@ class SSMConfig(Section):
 
 
 class STUConfig(Section):
-    """Options of the STU and AR-STU layers (SPEC.md §E)."""
+    """Options of the STU and AR-STU layers (docs/methods.md §E)."""
 
     k: int = Field(16, ge=1, le=1024, description="number of spectral filters K (top eigenvectors of the Hankel matrix)")
     k_u: int = Field(3, ge=0, le=1024, description="input autoregression: M^u terms on u_t .. u_(t-k_u+1)")
@@ -192,7 +192,7 @@ class ModelConfig(Section):
 
 
 class TDIConfig(Section):
-    """Algorithm 1 of TDI, power-spectrum matching (SPEC.md §C)."""
+    """Algorithm 1 of TDI, power-spectrum matching (docs/methods.md §C)."""
 
     steps: int = Field(2000, ge=0, le=1_000_000, description="full-batch Adam iterations of the matching loss")
     lr: float = Field(1e-2, gt=0.0, le=10.0, description="Adam learning rate, cosine-annealed to 0 over the steps")
@@ -202,8 +202,8 @@ class TDIConfig(Section):
 
 class InitConfig(Section):
     name: str = Field("s4d-lin", description="registered initializer of the diagonal state matrix")
-    alpha: float = Field(1.0, ge=0.0, le=1e6, description="scale of Im(A) at initialization (frequency bias, SPEC.md §B)")
-    zero_real_fraction: float = Field(0.0, ge=0.0, le=1.0, description="share p of channels per layer whose state vector starts at Re(A) = 0 with a raw real part (SPEC.md §D)")
+    alpha: float = Field(1.0, ge=0.0, le=1e6, description="scale of Im(A) at initialization (frequency bias, docs/methods.md §B)")
+    zero_real_fraction: float = Field(0.0, ge=0.0, le=1.0, description="share p of channels per layer whose state vector starts at Re(A) = 0 with a raw real part (docs/methods.md §D)")
     dt0: Optional[Union[Literal["auto"], float]] = Field(None, description="step size of the zero-real channels: a number, auto = 1/sqrt(L lambda_max(E[x x^T])), null = model.ssm.dt_min")
     samples: int = Field(20000, ge=2, le=10_000_000, description="most training sequences read by data-dependent inits (dt0: auto, tdi)")
     base: str = Field("s4d-lin", description="tdi: initializer of the layers after the first (a complex-pair init)")

@@ -1,4 +1,4 @@
-"""Frequency-bias tuning (SPEC.md §B): alpha scales Im(A) only; beta is the trained Sobolev filter (1 + k/n)^beta."""
+"""Frequency-bias tuning (docs/methods.md §B): alpha scales Im(A) only; beta is the trained Sobolev filter (1 + k/n)^beta."""
 
 import math
 

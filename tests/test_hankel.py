@@ -1,4 +1,4 @@
-"""The STU Hankel matrices and their top eigenpairs (SPEC.md §E "Hankel matrix", "Alternative Hankel", checks 1-2, 4)."""
+"""The STU Hankel matrices and their top eigenpairs (docs/methods.md §E "Hankel matrix", "Alternative Hankel", checks 1-2, 4)."""
 
 from __future__ import annotations
 
@@ -46,7 +46,7 @@ def test_psd_and_exponential_decay(variant, L):
         sigma = hk.subspace_top_eigenpairs(L, 24, variant)[0]
     resolved = sigma[sigma > 1e-12 * sigma[0]][:17]
     ratios = resolved[1:] / resolved[:-1]
-    # Each eigenvalue at most half the previous one: at least exponential decay (SPEC.md §E check 1).
+    # Each eigenvalue at most half the previous one: at least exponential decay (docs/methods.md §E check 1).
     assert ratios.max() < 0.5 if variant == "z" else ratios.max() < 0.7
     assert len(resolved) >= 11
     if variant == "z":
@@ -88,7 +88,7 @@ def test_fix_signs_makes_the_largest_entry_positive():
 
 
 def test_top_filters_span_the_lds_impulse_responses():
-    """mu(a) = (1-a)(1, a, a^2, ...) lies close to the top-K span, closer as K grows (SPEC.md §E check 2)."""
+    """mu(a) = (1-a)(1, a, a^2, ...) lies close to the top-K span, closer as K grows (docs/methods.md §E check 2)."""
     L = 1024
     alphas = [0.0, 0.5, 0.9, 0.99, 0.999]
     worst = []

@@ -1,4 +1,4 @@
-"""Base initializers against their SPEC.md §A formulas, LegS against an independent eigen-solver."""
+"""Base initializers against their docs/methods.md §A formulas, LegS against an independent eigen-solver."""
 
 import math
 
@@ -22,7 +22,7 @@ def test_s4d_inv_formula():
     A = s4d_inv(N).A
     for n in (0, 5, 31):
         assert abs(A[n] - complex(-0.5, (N / math.pi) * (N / (2 * n + 1) - 1))) < 1e-12
-    assert abs(A.imag[0] - 64 / math.pi * 63) < 1e-9  # 1283.4 (SPEC.md §A check 3)
+    assert abs(A.imag[0] - 64 / math.pi * 63) < 1e-9  # 1283.4 (docs/methods.md §A check 3)
 
 
 def test_s4d_real_formula():
@@ -53,7 +53,7 @@ def test_s4d_legs_matches_numpy_eigenvalues_of_normal_part(N):
 
 
 def test_s4d_legs_close_to_inv_formula():
-    """SPEC.md §A check 3: Im values distinct, within 35% of the Inv formula at N = 64."""
+    """docs/methods.md §A check 3: Im values distinct, within 35% of the Inv formula at N = 64."""
     legs, inv = s4d_legs(64).A.imag, s4d_inv(64).A.imag
     assert len(torch.unique(legs)) == 32
     rel = ((torch.sort(legs).values - torch.sort(inv).values).abs() / torch.sort(inv).values.abs().clamp(min=1)).max()

@@ -1,4 +1,4 @@
-"""The fast S4D path vs the straightforward path vs independent computations, in float64 (SPEC.md §A, §B, §F).
+"""The fast S4D path vs the straightforward path vs independent computations, in float64 (docs/methods.md §A, §B, §F).
 
 - blocked Vandermonde kernel vs powers by repeated multiplication, and vs the materialized Vandermonde (values and
   gradients);

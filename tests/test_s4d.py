@@ -21,7 +21,7 @@ def random_layer(H=4, N=16, init="s4d-lin", seed=0, **kw) -> S4D:
 
 
 def recurrence(layer: S4D, u: torch.Tensor, method: str) -> torch.Tensor:
-    """x_k = A_bar x_{k-1} + B_bar u_k, y_k = s * Re(C x_k) + D u_k in complex128, step by step (SPEC.md §A)."""
+    """x_k = A_bar x_{k-1} + B_bar u_k, y_k = s * Re(C x_k) + D u_k in complex128, step by step (docs/methods.md §A)."""
     with torch.no_grad():
         A = layer.A.to(torch.complex128)
         B = torch.view_as_complex(layer.B.double())

@@ -1,4 +1,4 @@
-"""STU and AR-STU layers, the synthetic-lds adapter and the STU recipes (SPEC.md §E)."""
+"""STU and AR-STU layers, the synthetic-lds adapter and the STU recipes (docs/methods.md §E)."""
 
 from __future__ import annotations
 

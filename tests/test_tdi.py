@@ -1,4 +1,4 @@
-"""TDI, power-spectrum matching (SPEC.md §C): spectra, loss, F.1 init, Algorithm 1, artifacts, recipe use."""
+"""TDI, power-spectrum matching (docs/methods.md §C): spectra, loss, F.1 init, Algorithm 1, artifacts, recipe use."""
 
 import json
 import math

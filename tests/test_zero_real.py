@@ -1,4 +1,4 @@
-"""Zero real part and dt0 = 1/sqrt(L lambda_max) (SPEC.md §D)."""
+"""Zero real part and dt0 = 1/sqrt(L lambda_max) (docs/methods.md §D)."""
 
 import math
 

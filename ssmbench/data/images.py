@@ -4,7 +4,7 @@ Source: the CIFAR-10 python pickle batches `cifar-10-batches-py/data_batch_1..5`
 with `b'data'` uint8 (10000, 3072), channel-major (1024 R, 1024 G, 1024 B, rows in raster order) and `b'labels'`.
 The batches are unpickled by `BatchUnpickler`, which admits only numpy's array reconstruction, so a tampered file
 cannot run code.
-Gray = round(0.2989 R + 0.5870 G + 0.1140 B) (tf.image.rgb_to_grayscale weights), integers 0-255 (SPEC.md §G).
+Gray = round(0.2989 R + 0.5870 G + 0.1140 B) (tf.image.rgb_to_grayscale weights), integers 0-255 (docs/methods.md §G).
 A sequence is the 1024 pixels in raster order, each pixel standardized with the training split's per-channel
 mean and std; validation is `data.val_fraction` of train (LRA: 10%) chosen with `data.split_seed`.
 """

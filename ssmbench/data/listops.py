@@ -1,4 +1,4 @@
-"""LRA ListOps (`listops`): `listops-1000/basic_{train,val,test}.tsv`, header `Source<TAB>Target` (SPEC.md §G).
+"""LRA ListOps (`listops`): `listops-1000/basic_{train,val,test}.tsv`, header `Source<TAB>Target` (docs/methods.md §G).
 
 Tokenization as in LRA and state-spaces/s4: `]` -> `X`, parentheses dropped, split on whitespace. Token ids are
 fixed (not frequency-ranked): 0 <pad>, 1 <unk>, 2 <eos>, 3..12 the digits 0-9, then [MIN [MAX [MED [SM X.

@@ -1,4 +1,4 @@
-"""LRA Pathfinder (`pathfinder`, 32 x 32, L = 1024) and Path-X (`pathx`, 128 x 128, L = 16384) (SPEC.md §G).
+"""LRA Pathfinder (`pathfinder`, 32 x 32, L = 1024) and Path-X (`pathx`, 128 x 128, L = 16384) (docs/methods.md §G).
 
 Layout: `pathfinder<R>/<difficulty>/imgs/<batch>/sample_<i>.png` (8-bit gray) and `metadata/<batch>.npy`, a
 *text* file with one whitespace-separated line per image, `[subdir, file, index, label, ...]` (the image is

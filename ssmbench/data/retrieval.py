@@ -1,4 +1,4 @@
-"""LRA Retrieval (`retrieval`): AAN citation pairs, byte-level, two documents per sample (SPEC.md §G).
+"""LRA Retrieval (`retrieval`): AAN citation pairs, byte-level, two documents per sample (docs/methods.md §G).
 
 Files `tsv_data/new_aan_pairs.{train,eval,test}.tsv`: no header, tab-separated, no quoting, five columns
 `label(0.0/1.0) id1 id2 text1 text2`. Each document is tokenized like `text` (byte + 1, 0 = <pad>) to

@@ -1,4 +1,4 @@
-"""Speech Commands v0.02 (`speech`), raw audio, SC35 or SC10 (SPEC.md §G "Speech Commands v0.02").
+"""Speech Commands v0.02 (`speech`), raw audio, SC35 or SC10 (docs/methods.md §G "Speech Commands v0.02").
 
 Layout: `<source>/<word>/<speaker>_nohash_<n>.wav` (16 kHz mono 16-bit, at most 1 s), `validation_list.txt`
 and `testing_list.txt` (relative paths); `_background_noise_/` is not a class. WAVs are read with soundfile.

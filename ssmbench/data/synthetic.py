@@ -3,10 +3,10 @@
 - `synthetic-memory` (Liu & Li 2025, Sec. 4.2 / App. A): inputs x ~ N(0, 1) i.i.d. of length L, one channel;
   target y = x_0 + x_{L-1}, which needs a memory of the whole sequence (an SSM whose kernel decays like
   exp(dt Re(A) l) forgets x_0). The paper uses L = 128 and 1000 train / 1000 test sequences.
-- `synthetic-frequency` (TDI, App. D.2 as reconstructed in SPEC.md §C): X = mean-centered MNIST (the embedded
+- `synthetic-frequency` (TDI, App. D.2 as reconstructed in docs/methods.md §C): X = mean-centered MNIST (the embedded
   subset, standardized as in `smnist`, minus the per-pixel training mean), L = 784, t_l = l / L;
   f_low = sum_{k=1,2,3} cos(2 pi k t), f_high = sum_{k=L/2-3..L/2-1} cos(2 pi k t), ||f||_2 = 1;
-  y = X f + sigma * eps. With `inputs: white` (X i.i.d. N(0, 1), any L; SPEC.md §C check 2) Sigma_xy = f, so the
+  y = X f + sigma * eps. With `inputs: white` (X i.i.d. N(0, 1), any L; docs/methods.md §C check 2) Sigma_xy = f, so the
   task's cross-power spectrum is the planted bins plus a sampling floor; MNIST's own covariance also colours it
   (for `high` its peak sits at the Nyquist bin 392, two bins above the planted 390).
 """
@@ -72,7 +72,7 @@ class FrequencyOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
     pattern: Literal["low", "high"] = Field(description="planted frequencies: bins 1-3 (low) or L/2-3..L/2-1 (high)")
     noise: float = Field(0.01, ge=0.0, le=1e3, description="sigma of the Gaussian target noise")
-    inputs: Literal["mnist", "white"] = Field("mnist", description="X: mean-centered MNIST (App. D.2) or i.i.d. N(0, 1) (SPEC.md §C check 2)")
+    inputs: Literal["mnist", "white"] = Field("mnist", description="X: mean-centered MNIST (App. D.2) or i.i.d. N(0, 1) (docs/methods.md §C check 2)")
     length: int = Field(784, ge=8, le=1_000_000, description="L for white inputs (MNIST is always 784)")
     n_train: Optional[int] = Field(None, ge=2, le=1_000_000, description="training sequences (null = 10,000, all the embedded MNIST)")
     n_test: int = Field(2000, ge=1, le=1_000_000, description="test sequences of white inputs (MNIST: the 2,000 embedded test images)")

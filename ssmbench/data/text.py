@@ -1,4 +1,4 @@
-"""Byte-level IMDB (`text`, LRA "Text"; SPEC.md §G): the aclImdb folder layout, or the Hugging Face `imdb` dataset.
+"""Byte-level IMDB (`text`, LRA "Text"; docs/methods.md §G): the aclImdb folder layout, or the Hugging Face `imdb` dataset.
 
 Each review's UTF-8 bytes are tokens: id = byte + 1, 0 = <pad>, so the vocabulary has 257 entries; rows are
 truncated / padded to `max_length` (4096 in the SSM papers). Splits: 25k train, 25k test; as in LRA the test set

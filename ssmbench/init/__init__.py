@@ -1,4 +1,4 @@
-"""Initializers (registry INITIALIZERS, SPEC.md §A-§D) and `apply_init`, which applies the recipe's modifiers.
+"""Initializers (registry INITIALIZERS, docs/methods.md §A-§D) and `apply_init`, which applies the recipe's modifiers.
 
 Base initializers (`s4d-lin`, `s4d-inv`, `s4d-legs`, `s4d-real`; `tdi` builds S4D-Lin) give the diagonal A and B
 each SSM layer is built with. Recipe-level modifiers (`init.alpha`, ...) are applied to the built model by `apply_init`, in a

@@ -1,10 +1,10 @@
-"""Frequency-bias tuning (Yu, Lyu, Lim, Mahoney, Erichson, ICLR 2025; SPEC.md §B).
+"""Frequency-bias tuning (Yu, Lyu, Lim, Mahoney, Erichson, ICLR 2025; docs/methods.md §B).
 
 Two knobs move the frequencies an S4D layer favours:
 
 - **alpha** (here, `init.alpha`): A_n <- Re A_n + i * alpha * Im A_n for every mode of every SSM layer, applied
   after the base initializer (s4d-lin/inv/legs). Only Im(A) changes; alpha = 1 leaves the model untouched. Since
-  a mode's frequency response peaks at omega = dt * Im A (SPEC.md §C, Theorem F.1), alpha > 1 moves the peaks
+  a mode's frequency response peaks at omega = dt * Im A (docs/methods.md §C, Theorem F.1), alpha > 1 moves the peaks
   to higher frequencies. Im(A) stays trainable with the usual SSM learning rate.
 
 - **beta** (the Sobolev filter, `model.ssm.beta` / `beta_lr` / `kappa`), implemented in the layer itself

@@ -1,9 +1,9 @@
-"""The four diagonal initializations of S4D (SPEC.md §A "Initializations").
+"""The four diagonal initializations of S4D (docs/methods.md §A "Initializations").
 
 Each returns the eigenvalues A (and input vector B) of one SSM copy; the layer repeats them over channels.
 Convention: stored imaginary parts are >= 0. The state-spaces code keeps Im <= 0 for LegS; flipping the sign
 of A together with B (and C, which is drawn from a conjugation-symmetric distribution) leaves the kernel
-2*Re(sum C B A^l) unchanged (SPEC.md §A "Pitfalls").
+2*Re(sum C B A^l) unchanged (docs/methods.md §A "Pitfalls").
 """
 
 from __future__ import annotations

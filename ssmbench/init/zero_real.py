@@ -1,4 +1,4 @@
-"""Zero real part and the autocorrelation-aware step size (Liu & Li, ICLR 2025; SPEC.md §D).
+"""Zero real part and the autocorrelation-aware step size (Liu & Li, ICLR 2025; docs/methods.md §D).
 
 `init.zero_real_fraction: p` picks floor(p * H) of the H channels of every SSM layer uniformly at random (a
 generator seeded by the recipe seed and the layer index) and, for each chosen channel's whole state vector:

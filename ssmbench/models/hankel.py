@@ -1,4 +1,4 @@
-"""The STU spectral filters: top-K eigenpairs of a fixed Hankel matrix (SPEC.md §E "Hankel matrix", "Alternative Hankel").
+"""The STU spectral filters: top-K eigenpairs of a fixed Hankel matrix (docs/methods.md §E "Hankel matrix", "Alternative Hankel").
 
 Two Hankel matrices of size L x L (1-indexed i, j; s = i + j):
 
@@ -15,7 +15,7 @@ Two eigensolvers, held equal by tests:
   straightforward path, used as the reference.
 - `subspace_top_eigenpairs` (used): block subspace iteration with Rayleigh-Ritz, where Z x is a Hankel product
   done by FFT: O((K + 16) L log L) time per iteration and O((K + 16) L) memory. Because the spectrum decays
-  geometrically (sigma_{k+1}/sigma_k < 0.5 for Z, SPEC.md §E check 1), a block of K + 16 vectors converges in
+  geometrically (sigma_{k+1}/sigma_k < 0.5 for Z, docs/methods.md §E check 1), a block of K + 16 vectors converges in
   three or four iterations. This is what makes L = 16384 cheap (about a second): the dense matrix alone would
   be 2 GB and its eigh O(L^3). Both agree to float64 resolution: |d sigma| ~ 1e-16 absolute,
   eigenvector k to about 1e-16 / sigma_k (filters whose sigma is below ~1e-16 sigma_1 are noise either way).

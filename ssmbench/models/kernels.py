@@ -1,11 +1,11 @@
-"""SSM convolution kernels and the FFT convolution (SPEC.md §A "Discretization", "Kernel and output"; §B; §F).
+"""SSM convolution kernels and the FFT convolution (docs/methods.md §A "Discretization", "Kernel and output"; §B; §F).
 
 Two paths live side by side and the tests hold them equal (tests/test_kernels.py):
 
 - straightforward: `vandermonde_kernel` materializes exp(l * log A_bar) for every (h, n, l), and
   `fft_conv_direct` is the plain `irfft(rfft(u, 2L) * rfft(K, 2L))` along the length axis;
 - fast: `blocked_vandermonde_kernel` factors A_bar^(jT + t) = A_bar^(jT) * A_bar^t, so the kernel is one batched
-  real matrix product of two O(H M sqrt(L)) factors (SPEC.md §F.2 with the chunks stacked into a GEMM), and
+  real matrix product of two O(H M sqrt(L)) factors (docs/methods.md §F.2 with the chunks stacked into a GEMM), and
   `fft_conv` runs real FFTs of a size that suits the FFT library (`fft_size`) along the contiguous axis.
 
 All functions here are pure tensor math so tests can hold each against an independent computation.
@@ -25,7 +25,7 @@ def at_least_float32(x: torch.Tensor) -> torch.Tensor:
 
 
 def phi1(z: torch.Tensor) -> torch.Tensor:
-    """phi_1(z) = (exp(z) - 1) / z, with phi_1(0) = 1 (SPEC.md §D "Pitfalls").
+    """phi_1(z) = (exp(z) - 1) / z, with phi_1(0) = 1 (docs/methods.md §D "Pitfalls").
 
     Below |z| < 1e-4 the series 1 + z/2 + z^2/6 is used, behind a `where` whose other branch never sees 0,
     so values and gradients stay finite when Re(A) = Im(A) = 0.
@@ -51,7 +51,7 @@ def discretize(A: torch.Tensor, B: torch.Tensor, dt: torch.Tensor, method: str) 
 
 
 def limit_growth(log_A_bar: torch.Tensor, L: int, max_log_growth: float = 10.0) -> torch.Tensor:
-    """Overflow guard for unstable modes (SPEC.md §D "Pitfalls": Re(A) > 0 grows like e^{dt Re(A) L}).
+    """Overflow guard for unstable modes (docs/methods.md §D "Pitfalls": Re(A) > 0 grows like e^{dt Re(A) L}).
 
     Clamps Re(log A_bar) from above at max_log_growth / L, so |A_bar^l| <= e^{max_log_growth} (2.2e4 by default)
     for every lag l < L and the kernel, the FFT and the gradients stay finite in float32. Stable modes
@@ -76,7 +76,7 @@ def vandermonde_kernel(W: torch.Tensor, log_A_bar: torch.Tensor, L: int, conjuga
 
 def blocked_vandermonde_kernel(W: torch.Tensor, log_A_bar: torch.Tensor, L: int, conjugate_pairs: bool = True,
                                block: int | None = None) -> torch.Tensor:
-    """The kernel of `vandermonde_kernel` without the (H, M, L) tensor (SPEC.md §F.2).
+    """The kernel of `vandermonde_kernel` without the (H, M, L) tensor (docs/methods.md §F.2).
 
     Write l = jT + t with t < T (block length, default ceil(sqrt(L))) and j < J = ceil(L/T). Then
         K_{c,h,jT+t} = s * Re sum_n (W_{c,h,n} A_bar_{h,n}^{jT}) A_bar_{h,n}^t = s * [G_re V_re - G_im V_im]_{c,h,j,t}
@@ -110,7 +110,7 @@ def bidirectional_kernel(k: torch.Tensor, L: int, n_fft: int | None = None) -> t
 
 
 def sobolev_weights(beta: torch.Tensor, n_fft: int, kappa: float | None = None) -> torch.Tensor:
-    """w_{h,k} = (1 + k/kappa)^beta_h for the rfft bins k = 0..n_fft/2; kappa defaults to n_fft (SPEC.md §B).
+    """w_{h,k} = (1 + k/kappa)^beta_h for the rfft bins k = 0..n_fft/2; kappa defaults to n_fft (docs/methods.md §B).
 
     Float32 (float64 if beta is float64).
     """

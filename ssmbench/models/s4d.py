@@ -1,4 +1,4 @@
-"""S4D: the diagonal state space layer (SPEC.md §A), with the Sobolev filter of frequency-bias tuning (§B).
+"""S4D: the diagonal state space layer (docs/methods.md §A), with the Sobolev filter of frequency-bias tuning (§B).
 
 Per channel h and mode n:  A = -f(A_re) + i A_im,  dt = g(log_dt) with g = exp or softplus (`dt_transform`),
 (A_bar, B_bar) by ZOH or bilinear, K_l = 2 Re sum_n C_n B_bar_n A_bar_n^l,  y = K * u + D u  (causal FFT
@@ -7,7 +7,7 @@ convolution, float32), then [dropout ->] GELU -> dropout -> Linear(H, 2H) -> GLU
 channel h uses row h mod n_ssm (state-spaces/s4 `n_ssm`); dt, C and D stay per channel.
 
 Two computation paths (`path`), held equal by tests/test_kernels.py:
-- "fast" (default): blocked Vandermonde kernel (no (H, M, L) tensor, SPEC.md §F.2), FFT size `fft_size(L)`
+- "fast" (default): blocked Vandermonde kernel (no (H, M, L) tensor, docs/methods.md §F.2), FFT size `fft_size(L)`
   (2L rounded up to a 7-smooth size), FFTs along the contiguous axis, D u folded into the kernel spectrum.
   On CUDA, float32 layers compute the kernel with one fused Triton kernel in real arithmetic instead
   (models/vandermonde_triton.py, forward and backward; `triton=False` keeps the PyTorch kernel).
@@ -91,7 +91,7 @@ class S4D(nn.Module):
                            lr["B"], wd["B"])
         self.C = tag_optim(nn.Parameter(torch.view_as_real(torch.randn(c, H, M, dtype=torch.complex64))), lr["C"], wd["C"])
         self.D = nn.Parameter(torch.randn(H))
-        # Rows whose -Re(A) is the raw parameter (transform `none`), so Re(A) can reach and cross 0 (SPEC.md §D).
+        # Rows whose -Re(A) is the raw parameter (transform `none`), so Re(A) can reach and cross 0 (docs/methods.md §D).
         self.register_buffer("linear_real", torch.zeros(S, dtype=torch.bool))
         self.set_A(diag.A.expand(S, M))
         self.beta = None if beta is None else tag_optim(nn.Parameter(torch.full((H,), float(beta))), beta_lr)
@@ -159,7 +159,7 @@ class S4D(nn.Module):
     def kernel_spectrum(self, L: int, n_fft: int) -> torch.Tensor:
         """rfft of the (combined, filtered) kernel at size n_fft >= 2L, complex (H, n_fft//2 + 1).
 
-        The Sobolev weights sit on the k/n_fft grid of this n_fft (SPEC.md §B). A numeric kappa is given for the
+        The Sobolev weights sit on the k/n_fft grid of this n_fft (docs/methods.md §B). A numeric kappa is given for the
         2L grid of the published code, so it is rescaled by n_fft/(2L): the filter of physical frequency
         f = k/n_fft is (1 + 2L f/kappa)^beta whatever n_fft is.
         """

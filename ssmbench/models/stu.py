@@ -1,4 +1,4 @@
-"""STU and AR-STU: spectral state space layers with fixed Hankel filters (SPEC.md §E; Agarwal, Suo, Chen, Hazan).
+"""STU and AR-STU: spectral state space layers with fixed Hankel filters (docs/methods.md §E; Agarwal, Suo, Chen, Hazan).
 
 With the top-K eigenpairs (sigma_k, phi_k) of the L x L Hankel matrix (`ssmbench.models.hankel`), lags i >= 0
 and u_t = 0 for t <= 0, the features are
@@ -19,9 +19,9 @@ AR-STU (Eq. 6) replaces the fixed y_{t-2} term by y_t = sum_{i=1}^{k_y} M^y_i y_
 computed exactly by a chunked scan (`ar_scan`): sqrt(L)-scale sequential steps instead of L.
 Initialization: the paper's App. C.2 initializes M^y "so that at initialization the model mimics the standard
 STU", i.e. M^y_2 = I and every other M^y_i = 0; this is the default (`ar_init: 1.0`), so AR-STU equals STU at
-initialization for any shared M^u, M^phi. The value 0.9 that SPEC.md reconstructs ("better for stability") is
+initialization for any shared M^u, M^phi. The value 0.9 that docs/methods.md reconstructs ("better for stability") is
 available as `ar_init: 0.9`. M^y gets its own absolute learning rate (`ar_lr`) and no weight decay, since decay
-would pull M^y_2 away from I. All other M are initialized to 0 (App. C.2; SPEC.md §E "Defaults").
+would pull M^y_2 away from I. All other M are initialized to 0 (App. C.2; docs/methods.md §E "Defaults").
 """
 
 from __future__ import annotations

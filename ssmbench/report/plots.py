@@ -143,7 +143,7 @@ def poles_figure(init: dict, end: dict, title: str) -> Figure:
 
 
 def spectrum_figure(tdi: dict, title: str) -> Optional[Figure]:
-    """Task and model power spectra over the one-sided frequency bins, each scaled to unit l2 norm (SPEC.md §C)."""
+    """Task and model power spectra over the one-sided frequency bins, each scaled to unit l2 norm (docs/methods.md §C)."""
     def loss(key: str) -> str:
         return f" (L_PSM {tdi[key]:.3g})" if isinstance(tdi.get(key), (int, float)) else ""
 

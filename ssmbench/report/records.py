@@ -15,7 +15,7 @@ regular files under a size cap (runs.open_regular), parsed and then checked agai
 `EnvView`, `ResultsView`, metric rows); a run directory whose recipe.yaml, env.json, results.json or metrics.jsonl
 fails is skipped with a one-line warning naming the file, and dropped metric lines are counted in a warning.
 
-The SSM parameters of a run (SPEC.md §A: A = -f(A_re) + i A_im, B, C, D)
+The SSM parameters of a run (docs/methods.md §A: A = -f(A_re) + i A_im, B, C, D)
 are read from checkpoints/init.pt and the final weights for the parameter-change table and the pole plot.
 """
 

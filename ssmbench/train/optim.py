@@ -1,4 +1,4 @@
-"""Optimizer and schedule (SPEC.md §A "Optimizer").
+"""Optimizer and schedule (docs/methods.md §A "Optimizer").
 
 Parameters tagged with `_optim = {"lr": ..., "weight_decay": ...}` where they are created (dt, A, B, C, beta, ...)
 get the group of those values, a None value meaning the global one; everything else gets AdamW with the recipe's

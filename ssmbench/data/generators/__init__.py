@@ -1,1 +1,1 @@
-"""Offline generators that write datasets in their official release layouts (SPEC.md §G)."""
+"""Offline generators that write datasets in their official release layouts (docs/methods.md §G)."""
