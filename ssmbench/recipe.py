@@ -410,6 +410,19 @@ def load_yaml(text: str, source: str = "<yaml>") -> Any:
         raise RecipeError(source, [f"invalid YAML: {problem}"]) from None
 
 
+def flatten(mapping: dict, prefix: str = "") -> dict[str, Any]:
+    """Dotted field names of a (resolved) recipe: {"model": {"ssm": {"lr": 1}}} -> {"model.ssm.lr": 1}; lists and
+    scalars are leaves (the names `--set` takes)."""
+    out: dict[str, Any] = {}
+    for k, v in mapping.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
 def read_yaml_mapping(path: Path) -> dict[str, Any]:
     """Read a YAML file that must hold a mapping; every failure is a RecipeError naming the file."""
     src = str(path)

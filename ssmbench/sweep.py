@@ -417,18 +417,6 @@ def format_grid(specs: list[RunSpec], index: dict[str, list[Path]]) -> str:
 RUN_FIELDS = {"name", "seed", "tags", "data.train_fraction"}
 
 
-def flatten(tree: dict, prefix: str = "") -> dict[str, object]:
-    """{"model": {"ssm": {"lr": 1}}} -> {"model.ssm.lr": 1}."""
-    out = {}
-    for k, v in tree.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict) and v:
-            out.update(flatten(v, key + "."))
-        else:
-            out[key] = v
-    return out
-
-
 def inert_sections(flat: dict[str, object]) -> set[str]:
     """Sections a resolved recipe does not use: the S4D options and `init` for an STU layer, `model.stu` for S4D."""
     return {"model.ssm", "init"} if flat.get("model.kind") in ("stu", "ar-stu") else {"model.stu"}
@@ -455,6 +443,8 @@ def variant_differences(sweep_file: Union[str, Path], specs: list[RunSpec]) -> l
 
     Run identity (name, seed, tags, train fraction) is not compared, nor a section either recipe does not use.
     """
+    from ssmbench.recipe import flatten
+
     grid = load_sweep(Path(sweep_file)).grid
     variants, base = grid.variant_specs(), grid.baseline_name()
     first: dict[tuple[str, str], RunSpec] = {}

@@ -19,6 +19,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from ssmbench.recipe import flatten
 from ssmbench.report.records import RunRecord
 
 # Fields that say where and how fast a run executes; runs differing only in these are the same experiment.
@@ -26,18 +27,6 @@ EXECUTION_FIELDS = {"train.threads", "train.device", "train.compile", "train.che
                     "data.root", "model.stu.cache_dir"}
 NOT_CONFIGURATION = {"name", "seed", "data.train_fraction"}
 NOT_CONFIGURATION_PREFIXES = ("tags.",)
-
-
-def flatten(mapping: dict, prefix: str = "") -> dict[str, Any]:
-    """{"a": {"b": 1}} -> {"a.b": 1}; lists and scalars are leaves."""
-    out: dict[str, Any] = {}
-    for k, v in mapping.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict) and v:
-            out.update(flatten(v, key + "."))
-        else:
-            out[key] = v
-    return out
 
 
 def configuration(run: RunRecord) -> dict[str, Any]:
