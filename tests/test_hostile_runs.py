@@ -225,3 +225,15 @@ def check_damaged_checkpoint(tmp_path_factory, good_checkpoint: bytes, data) -> 
     path.write_bytes(bytes(raw))
     with pytest.raises(CheckpointError, match=str(path)):
         checkpoint.load(path)
+
+
+def test_a_tdi_run_record_as_the_engine_writes_it_is_read(tmp_path: Path, capsys) -> None:
+    """env.json's init.tdi mixes the artifact path, counts, losses and spectra: a valid record, not a damaged one."""
+    tdi = {"artifact": "data/cache/tdi/smnist-bd820edfc823.pt", "samples": 30, "L": 784, "route": "encoder",
+           "loss_before": 0.64, "loss_after": 0.0157, "seconds": 2.5, "peak_bin_task": 2, "peak_bin_before": 25,
+           "peak_bin_after": 2, "task_spectrum": [1.0, 0.5], "model_spectrum_before": [0.2, 0.1],
+           "model_spectrum_after": [0.9, 0.4]}
+    write_run(tmp_path, "tdi-run", "tdi", "smnist", acc=0.9, env_extra={"init": {"tdi": tdi}})
+    (record,) = read_runs([tmp_path])
+    assert record.finished and record.env["init"]["tdi"]["artifact"] == tdi["artifact"]
+    assert "warning" not in capsys.readouterr().err

@@ -82,7 +82,7 @@ class RecipeView(_View):
 
 
 class InitView(_View):
-    tdi: Optional[dict[StrictStr, list[Number]]] = None
+    tdi: Optional[dict[StrictStr, Union[list[Number], Number, StrictStr, None]]] = None  # spectra, losses, artifact
 
 
 class EnvView(_View):
