@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from ssmbench.recipe import load_recipe
-from ssmbench.sweep import flatten
+from ssmbench.recipe import flatten
 
 ROOT = Path(__file__).resolve().parents[1]
 OFFICIAL = yaml.safe_load((ROOT / "tests" / "data" / "official_configs.yaml").read_text())["recipes"]
