@@ -384,7 +384,7 @@ def print_table(record: dict, console=None) -> None:
                       "-" if mem is None else f"{mem / 2**20:.0f}",
                       "-" if not (mem and ref.get("peak_bytes")) else f"{mem / ref['peak_bytes']:.2f}",
                       f"{d['output_rel']:.1e}" if d else "-", f"{d['grad_rel']:.1e}" if d else "-")
-    (console or Console()).print(table)
+    (console or Console(width=None if sys.stdout.isatty() else 240)).print(table)  # off a terminal: no cut columns
 
 
 def write_json(record: dict, out: Path) -> None:
