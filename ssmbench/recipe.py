@@ -17,11 +17,10 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 
 from ssmbench.errors import RecipeError
 from ssmbench.paths import escape
-from ssmbench.registry import DATASETS, INITIALIZERS, LAYERS, UnknownNameError, load_components
+from ssmbench.registry import DATASETS, INITIALIZERS, LAYERS, UnknownNameError
 
 
 def _registered(registry, name: str) -> str:
-    load_components()  # the built-in modules and the plugins
     try:
         registry.get(name)
     except UnknownNameError as e:

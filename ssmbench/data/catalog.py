@@ -130,11 +130,10 @@ def option_rows(model: type[BaseModel]) -> list[tuple[str, str, str, str]]:
 def show_text(name: str, root: Path) -> str:
     """`ssmbench data show NAME`: the adapter's description, data folder and state, and every option."""
     from ssmbench.recipe import DataConfig
-    from ssmbench.registry import DATASETS, UnknownNameError, load_components
+    from ssmbench.registry import DATASETS, UnknownNameError
 
-    load_components()
     try:
-        adapter = DATASETS.get(name)
+        adapter = DATASETS.get(name)  # loads the built-in adapters and the plugins
     except UnknownNameError as e:
         raise SSMBenchError(f"data show: {e}") from None
     (row,) = [r for r in rows(root) if r["name"] == name]

@@ -47,9 +47,12 @@ DEFAULT_LR = {"dt": 1e-3, "A": 1e-3, "B": 1e-3, "C": None}
 DEFAULT_WEIGHT_DECAY = {"dt": 0.0, "A": 0.0, "B": 0.0, "C": None}
 
 
+TRITON_INSTALLED = importlib.util.find_spec("triton") is not None  # looked up once, not at every forward
+
+
 def fused_kernel_available(x: torch.Tensor) -> bool:
     """Whether the fused Triton kernel serves tensors like `x`: complex64/float32 on CUDA, Triton installed."""
-    return x.is_cuda and x.dtype in (torch.float32, torch.complex64) and importlib.util.find_spec("triton") is not None
+    return x.is_cuda and x.dtype in (torch.float32, torch.complex64) and TRITON_INSTALLED
 
 
 def tag_optim(param: nn.Parameter, lr: float | None, weight_decay: float | None = 0.0) -> nn.Parameter:
