@@ -82,7 +82,8 @@ def test_graph_steps_give_the_eager_parameters(tmp_path, precision, tol):
 
 def test_a_nonfinite_replayed_batch_is_dropped(tmp_path):
     trainer = graph_trainer(tmp_path, True, on_nonfinite="skip")
-    paths = recording_paths(trainer)
+    paths, warnings = recording_paths(trainer), []
+    trainer.log = warnings.append
     batches = epoch_batches(trainer)
     for x, y in batches[:5]:
         trainer.train_step(x, y)
@@ -92,8 +93,6 @@ def test_a_nonfinite_replayed_batch_is_dropped(tmp_path):
     assert all(torch.equal(q, before[n]) for n, q in trainer.model.named_parameters())
     trainer.train_step(*batches[0])
     assert not all(torch.equal(q, before[n]) for n, q in trainer.model.named_parameters())
-    warnings = []
-    trainer.log = warnings.append
     trainer.collect()
     assert paths[3:] == ["capture", "replay", "replay", "replay"]
     assert trainer.progress.skipped_steps == 1 and trainer.progress.train_seen == 8 * 6
