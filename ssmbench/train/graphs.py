@@ -135,8 +135,9 @@ class StepGraph:
         try:
             self.graph = capture(lambda: self.step(self.static.x, self.static.y, share))
         except RuntimeError as e:
-            raise SSMBenchError(f"train.cuda_graphs: capturing the training step failed ({str(e).splitlines()[0]}); "
-                                f"set train.cuda_graphs: false") from e
+            first_line = (str(e).splitlines() or [type(e).__name__])[0]
+            raise SSMBenchError(f"train.cuda_graphs: capturing the training step failed ({first_line}); set "
+                                f"train.cuda_graphs: false") from e
 
 
 def capture(body: Callable[[], None]) -> torch.cuda.CUDAGraph:
