@@ -127,15 +127,20 @@ def test_cuda_graphs_refused_with_fp16_and_compile(train, message):
         validate_recipe({"name": "x", "data": {"name": "smnist"}, "train": {"cuda_graphs": True, **train}})
 
 
-@pytest.mark.usefixtures("one_thread")
-def test_graph_runner_replays_the_loaded_batch(monkeypatch, tmp_path):
-    """The engine's graph path on the CPU, with stand-ins for CUDA streams and graphs: a "capture" records the
-    step without running it and a "replay" runs it again on the static buffers. Same parameters and metrics as
-    the eager engine (dropout on: the replayed forward draws the same masks), a short last batch eager."""
+@pytest.fixture
+def fake_cuda(monkeypatch):
+    """Stand-ins for CUDA streams and graphs on the CPU: a "capture" records the step without running it and a
+    "replay" runs it again (on whatever the static buffers then hold)."""
     monkeypatch.setattr(torch.cuda, "Stream", lambda device: SimpleNamespace(wait_stream=lambda other: None))
     monkeypatch.setattr(torch.cuda, "current_stream", torch.cuda.Stream)
     monkeypatch.setattr(torch.cuda, "stream", lambda stream: contextlib.nullcontext())
     monkeypatch.setattr(graphs, "capture", lambda body: SimpleNamespace(replay=body))
+
+
+@pytest.mark.usefixtures("one_thread", "fake_cuda")
+def test_graph_runner_replays_the_loaded_batch(tmp_path):
+    """The engine's graph path on the CPU (`fake_cuda`): same parameters and metrics as the eager engine (dropout
+    on: the replayed forward draws the same masks), a short last batch eager."""
     trainers, paths = [], []
     for on in (False, True):
         trainer = engine.Trainer(tiny(), tmp_path / str(on), log=lambda *_: None, is_writer=False)
@@ -154,3 +159,17 @@ def test_graph_runner_replays_the_loaded_batch(monkeypatch, tmp_path):
     a, b = (t.progress for t in trainers)
     assert (a.step, a.train_seen, a.train_correct) == (b.step, b.train_seen, b.train_correct)
     assert b.train_loss_sum == pytest.approx(a.train_loss_sum, rel=1e-6)
+
+
+@pytest.mark.usefixtures("fake_cuda")
+def test_a_failed_capture_names_the_field(monkeypatch):
+    def refuse(body):
+        raise RuntimeError("operation not permitted when stream is capturing\nCUDA kernel errors ...")
+
+    monkeypatch.setattr(graphs, "capture", refuse)
+    runner = graphs.StepGraph(lambda x, y, share: None, 2, torch.device("cpu"))
+    x, y = torch.zeros(2, 3), torch.zeros(2)
+    assert [runner.run(x, y, (2, 2)) for _ in range(3)] == ["warmup"] * 3
+    with pytest.raises(SSMBenchError, match=r"^train.cuda_graphs: capturing the training step failed \(operation not "
+                       r"permitted when stream is capturing\); set train.cuda_graphs: false$"):
+        runner.run(x, y, (2, 2))
