@@ -11,8 +11,10 @@
    peak memory of each case.
 3. recipes: the training step of recipes/lra/{image,text,pathx}/s4d.yaml on synthetic data of the task's shape
    (random pixels or bytes, random labels: no dataset files), through `Trainer.train_step` as `ssmbench train`
-   runs it (precision auto = bf16): seconds per step and samples/s over the timed steps after a warm-up (one
-   synchronization at each end), peak memory (torch.cuda.max_memory_allocated).
+   runs it (precision auto = bf16), eager and with `train.cuda_graphs` (the warm-up then includes the 3 warm-up
+   steps and the capture): seconds per step and samples/s over the timed steps after a warm-up (one
+   synchronization at each end), peak memory (torch.cuda.max_memory_allocated, and max_memory_reserved, which
+   includes the graph's private memory pool).
 
 `--smoke` shrinks every shape and skips the memory measurement, so the script runs in seconds on the CPU
 (tests/test_gpu_check.py).
@@ -88,10 +90,10 @@ def synthetic_bundle(io: ModelIO, L: int, n: int) -> DataBundle:
                       provenance="gpu_check: random inputs and labels", facts={})
 
 
-def time_recipe(name: str, device: str, warmup: int, steps: int, smoke: bool) -> dict:
+def time_recipe(name: str, device: str, warmup: int, steps: int, smoke: bool, cuda_graphs: bool) -> dict:
     """Seconds per training step, samples/s and peak memory of recipes/lra/NAME/s4d.yaml (section 3)."""
     raw = yaml.safe_load((ROOT / "recipes" / "lra" / name / "s4d.yaml").read_text())
-    raw["train"]["device"] = device
+    raw["train"].update(device=device, cuda_graphs=cuda_graphs)
     L, io = TASKS[name]
     if smoke:
         L = 64
@@ -114,7 +116,7 @@ def time_recipe(name: str, device: str, warmup: int, steps: int, smoke: bool) ->
     trainer.collect()
     if cuda:
         torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
+        torch.cuda.reset_peak_memory_stats()  # the graph's pool, reserved at the capture, stays in the reserved peak
     start = time.perf_counter()
     for x, y in batches[warmup:]:
         trainer.train_step(x, y)
@@ -122,8 +124,9 @@ def time_recipe(name: str, device: str, warmup: int, steps: int, smoke: bool) ->
     seconds = (time.perf_counter() - start) / steps
     return {"recipe": f"recipes/lra/{name}/s4d.yaml", "L": L, "batch": B, "d_model": recipe.model.d_model,
             "n_layers": recipe.model.n_layers, "precision": str(trainer.amp or "fp32").replace("torch.", ""),
-            "s_per_step": seconds, "samples_per_s": B / seconds, "steps": steps,
-            "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else None}
+            "cuda_graphs": trainer.graph is not None, "s_per_step": seconds, "samples_per_s": B / seconds,
+            "steps": steps, "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else None,
+            "reserved_gib": torch.cuda.max_memory_reserved() / 2**30 if cuda else None}
 
 
 def markdown(record: dict) -> str:
@@ -150,11 +153,13 @@ def markdown(record: dict) -> str:
         lines.append(f"| {case} | {r['L']} | {r['batch']} | {r['precision']} | "
                      f"{milliseconds(r['median_s'])} | {speed} | {bound} | {peak} | {memory} |")
     lines += ["", "## Training step on synthetic data of the task's shape", "",
-              "| recipe | L | B | layers x H | precision | s/step | samples/s | peak GiB |", "|---|---|---|---|---|---|---|---|"]
+              "| recipe | L | B | layers x H | precision | CUDA graph | s/step | samples/s | peak GiB | reserved GiB |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in record["recipes"]:
-        peak = "-" if r["peak_gib"] is None else f"{r['peak_gib']:.2f}"
+        peak, reserved = ("-" if r[k] is None else f"{r[k]:.2f}" for k in ("peak_gib", "reserved_gib"))
         lines.append(f"| `{r['recipe']}` | {r['L']} | {r['batch']} | {r['n_layers']} x {r['d_model']} | "
-                     f"{r['precision']} | {r['s_per_step']:.4f} | {r['samples_per_s']:.0f} | {peak} |")
+                     f"{r['precision']} | {'yes' if r['cuda_graphs'] else 'no'} | {r['s_per_step']:.4f} | "
+                     f"{r['samples_per_s']:.0f} | {peak} | {reserved} |")
     return "\n".join(lines) + "\n"
 
 
@@ -181,7 +186,9 @@ def main(argv: list[str] | None = None) -> dict:
         record["layer"] += part["results"]
     print(f"layer table done ({time.perf_counter() - t0:.0f} s)", flush=True)
     for name in TASKS:
-        record["recipes"].append(time_recipe(name, a.device, 2 if a.smoke else 5, 2 if a.smoke else 30, a.smoke))
+        for cuda_graphs in (False, True):  # on the CPU (--smoke) the field is ignored: both rows run eager
+            record["recipes"].append(time_recipe(name, a.device, 2 if a.smoke else 6, 2 if a.smoke else 30, a.smoke,
+                                                 cuda_graphs))
         print(f"{name} done ({time.perf_counter() - t0:.0f} s)", flush=True)
     try:
         import triton

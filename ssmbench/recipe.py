@@ -265,6 +265,9 @@ class TrainConfig(Section):
                                                   "(exit 3) or skip that update (counted in results.json skipped_steps)")
     tf32: bool = Field(False, description="CUDA: float32 matmuls/convolutions on TF32 tensor cores (faster, ~1e-3 "
                        "relative error); recorded in env.json. FFTs are not affected")
+    cuda_graphs: bool = Field(False, description="CUDA: capture the training step (forward to optimizer update) in a "
+                              "CUDA graph after 3 warm-up steps and replay it for every full-size batch; ignored on "
+                              "the CPU; recorded in env.json. Not with fp16, compile or DDP")
     loggers: list[Literal["tensorboard", "wandb"]] = Field(["tensorboard"], description="metric loggers besides "
                                                            "metrics.jsonl: tensorboard (event files in the run directory), wandb (extra ssmbench[wandb])")
     log_every: Optional[int] = Field(None, ge=1, description="steps between progress rows (loggers; plain lines when "
@@ -319,6 +322,16 @@ class Recipe(Section):
             raise ValueError(f"model.ssm.n_ssm: {n_ssm} shares A across channels, but init "
                              f"{'tdi' if self.init.name == 'tdi' else 'zero_real_fraction'} sets A per channel; "
                              f"set model.ssm.n_ssm: null")
+        return self
+
+    @model_validator(mode="after")
+    def _graphs(self) -> "Recipe":
+        """A captured training step cannot hold the GradScaler's host-side decisions or torch.compile's guards."""
+        t = self.train
+        if t.cuda_graphs and (t.precision == "fp16" or t.compile):
+            other = ("train.precision: fp16 (its GradScaler decides on the host); use train.precision: bf16"
+                     if t.precision == "fp16" else "train.compile: true; set train.compile: false")
+            raise ValueError(f"train.cuda_graphs: not supported with {other}, or train.cuda_graphs: false")
         return self
 
     def to_dict(self) -> dict[str, Any]:

@@ -25,6 +25,7 @@ def test_gpu_check_smoke_on_cpu(tmp_path):
     assert all(r["output_rel"] < 1e-5 and r["grad_rel"] < 1e-5 for r in record["numerics"] if r["precision"] == "fp32")
     assert all(r["output_rel"] < 3e-2 for r in record["numerics"])  # bf16 autocast: the linear in bf16
     assert {r["path"] for r in record["layer"]} == {"fast", "direct", "reference"}
-    assert [r["recipe"].split("/")[2] for r in record["recipes"]] == ["image", "text", "pathx"]
+    assert [(r["recipe"].split("/")[2], r["cuda_graphs"]) for r in record["recipes"]] == [
+        ("image", False), ("image", False), ("text", False), ("text", False), ("pathx", False), ("pathx", False)]
     assert all(r["samples_per_s"] > 0 for r in record["recipes"])
     assert "| `recipes/lra/pathx/s4d.yaml` |" in (tmp_path / "out" / "gpu_check.md").read_text()

@@ -326,7 +326,7 @@ def test_runs_that_differ_are_split_into_rows_not_pooled(tmp_path: Path) -> None
 def test_execution_fields_and_seeds_do_not_split(tmp_path: Path) -> None:
     root = tmp_path / "runs"
     write_run(root, "a", "s4d", "smnist", 0, acc=0.5, train={"threads": 1, "device": "cpu"})
-    write_run(root, "b", "s4d", "smnist", 1, acc=0.7, train={"threads": 4, "device": "cuda"})
+    write_run(root, "b", "s4d", "smnist", 1, acc=0.7, train={"threads": 4, "device": "cuda", "cuda_graphs": True})
     table = main_table(read_runs([root]))
     assert [c.text for c in table.rows[0][:2]] == ["s4d", "60.00 ± 14.14 (2)"] and len(table.rows) == 1
 

@@ -23,8 +23,8 @@ from ssmbench.recipe import flatten
 from ssmbench.report.records import RunRecord
 
 # Fields that say where and how fast a run executes; runs differing only in these are the same experiment.
-EXECUTION_FIELDS = {"train.threads", "train.device", "train.compile", "train.checkpoint_every", "data.num_workers",
-                    "data.root", "model.stu.cache_dir"}
+EXECUTION_FIELDS = {"train.threads", "train.device", "train.compile", "train.cuda_graphs", "train.checkpoint_every",
+                    "data.num_workers", "data.root", "model.stu.cache_dir"}
 NOT_CONFIGURATION = {"name", "seed", "data.train_fraction"}
 NOT_CONFIGURATION_PREFIXES = ("tags.",)
 

@@ -59,9 +59,10 @@ from ssmbench.errors import CheckpointError, NonFiniteError, SSMBenchError
 from ssmbench.init import apply_init
 from ssmbench.models.backbone import SequenceModel
 from ssmbench.recipe import Recipe, load_recipe
-from ssmbench.train import budget, checkpoint, distributed
+from ssmbench.train import budget, checkpoint, distributed, graphs
 from ssmbench.train.loggers import TextLines, build_loggers, close_all
 from ssmbench.train.optim import build_optimizer, cosine_with_warmup
+from ssmbench.train.prefetch import prefetch
 from ssmbench.train.tally import DeviceTally, Tally
 
 
@@ -189,10 +190,9 @@ def evaluate(model: torch.nn.Module, data: DataLoader, task: str, device: torch.
     """Mean loss (and accuracy) over a split, weighted by batch size."""
     model.eval()
     total, sums = 0, torch.zeros(2, dtype=torch.float64, device=device)  # loss sum, correct: read once at the end
-    for i, (x, y) in enumerate(data):
+    for i, (x, y) in enumerate(prefetch(data, device)):
         if max_batches is not None and i >= max_batches:
             break
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
             out = model(x)
         loss, c = loss_and_correct(task, out, y)
@@ -337,16 +337,28 @@ class Trainer:
         self.progress = Progress()
         self.ckpt_dir = self.run_dir / runs.CHECKPOINTS
         self.saved_step: int | None = None  # step of the newest last.pt (named by the non-finite guard)
-        self.tally = DeviceTally(self.device)  # this rank's step metrics since the last read (`collect`)
+        self.graph = self._step_graph()  # train.cuda_graphs on CUDA; None: every step eager
         if resume:
             self._restore()
         elif is_writer:
             self._start_record()
+        graphs.make_capturable(self.optimizer, self.device, self.graph is not None)  # after the state is loaded
+        self.tally = DeviceTally(self.device, self.progress.step)  # this rank's step metrics since the last read
         self.ddp = distributed.wrap(self.model, self.device)  # steps run through DDP; state dicts use self.model
         self.log_every = t.log_every or max(1, self.total_steps // 20)
         self.loggers = ([TextLines(recipe.name, self.total_steps, log)] if lines and is_writer else [])
         if is_writer:
             self.loggers += build_loggers(t.loggers, self.run_dir, recipe.to_dict(), self.progress.step)
+
+    def _step_graph(self) -> graphs.StepGraph | None:
+        """The CUDA-graph runner of `train.cuda_graphs` (train/graphs.py), on CUDA; on the CPU the field is
+        ignored (env.json records cuda_graphs: false). Refused under DDP."""
+        if not self.recipe.train.cuda_graphs or self.device.type != "cuda":
+            return None
+        if self.world > 1:
+            raise SSMBenchError(f"train.cuda_graphs: not supported under DDP ({self.world} processes); set "
+                                f"train.cuda_graphs: false, or train on one GPU")
+        return graphs.StepGraph(self._update, self.recipe.train.batch_size, self.device)
 
     # ---- run record -------------------------------------------------------------------------------
 
@@ -354,6 +366,7 @@ class Trainer:
         runs.atomic_write_text(self.run_dir / runs.RECIPE, self.recipe.to_yaml())
         env = runs.environment(str(self.device))
         env.update({"precision": str(self.amp).replace("torch.", "") if self.amp else "fp32", "tf32": self.tf32,
+                    "cuda_graphs": self.graph is not None,
                     "data": {"source": self.data.source, "provenance": self.data.provenance,
                              "sizes": self.data.sizes(), "seq_len": self.data.seq_len, **self.data.facts},
                     "init": self.init_facts, "n_params": sum(p.numel() for p in self.model.parameters()),
@@ -418,7 +431,7 @@ class Trainer:
     def log_metrics(self, split: str, metrics: dict) -> None:
         row = {"step": self.progress.step, "epoch": self.progress.epoch, "split": split,
                **metrics, "seconds": round(self.progress.seconds, 3),
-               "lr": self.optimizer.param_groups[0]["lr"]}
+               "lr": graphs.current_lr(self.optimizer)}
         if self.is_writer:
             runs.append_jsonl(self.run_dir / runs.METRICS, row)
         self.progress.metrics_rows += 1
@@ -433,7 +446,7 @@ class Trainer:
         p = self.progress
         if not p.train_seen or not p.seconds:
             return
-        row = {"epoch": p.epoch, "loss": p.train_loss_sum / p.train_seen, "lr": self.optimizer.param_groups[0]["lr"],
+        row = {"epoch": p.epoch, "loss": p.train_loss_sum / p.train_seen, "lr": graphs.current_lr(self.optimizer),
                "samples_per_second": p.samples / p.seconds, "seconds": p.seconds,
                "eta_seconds": (self.total_steps - p.step) * p.seconds / p.step}
         if self.task == "classification":
@@ -454,14 +467,32 @@ class Trainer:
         global batch), default (len(x), len(x)). The mean loss is scaled by world * share[0] / share[1], so
         DDP's gradient average is the mean over the global batch (distributed.py); logged sums are reduced.
         Nothing is read on the host: a non-finite loss or gradient norm drops the update on the device (the
-        GradScaler does it under fp16) and is reported when the tally is read (`collect`)."""
-        t, p = self.recipe.train, self.progress
-        mine, total = share or (len(x), len(x))
+        GradScaler does it under fp16) and is reported when the tally is read (`collect`). Under
+        `train.cuda_graphs` the device work (`_update`) is replayed from a CUDA graph (train/graphs.py)."""
+        p = self.progress
+        share = share or (len(x), len(x))
         x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-        with torch.autocast(self.device.type, dtype=self.amp or torch.float32, enabled=self.amp is not None):
+        if self.graph is None:
+            self._update(x, y, share)
+        else:
+            self.graph.run(x, y, share)
+        if read_each_step(self.device):
+            self.collect()
+        self.scheduler.step()
+        p.step += 1
+        p.batch_in_epoch += 1
+        p.samples += share[1]
+
+    def _update(self, x: torch.Tensor, y: torch.Tensor, share: tuple[int, int]) -> None:
+        """Forward, loss, backward, clipping, tally and optimizer update of one step: device work only, the part
+        `train.cuda_graphs` captures (gradients then stay in place, and autocast caches no weight casts)."""
+        t = self.recipe.train
+        mine, total = share
+        with torch.autocast(self.device.type, dtype=self.amp or torch.float32, enabled=self.amp is not None,
+                            cache_enabled=self.graph is None):
             out = self.ddp(x)
         loss, correct = loss_and_correct(self.task, out, y)
-        self.optimizer.zero_grad(set_to_none=True)
+        self.optimizer.zero_grad(set_to_none=self.graph is None)
         self.scaler.scale(loss * (self.world * mine / total)).backward()
         self.scaler.unscale_(self.optimizer)
         params = [q for q in self.model.parameters() if q.grad is not None]
@@ -469,18 +500,12 @@ class Trainer:
         if t.grad_clip:  # a non-finite norm clips nothing, so the guard names only the bad gradient
             torch.nn.utils.clip_grads_with_norm_(params, t.grad_clip, torch.where(grad_norm.isfinite(), grad_norm, 0.0))
         fp16 = self.amp == torch.float16  # the scaler skips overflowing steps itself
-        bad = self.tally.add(p.step + 1, loss, correct if mine else None, mine, total, None if fp16 else grad_norm)
+        bad = self.tally.add(loss, correct if mine else None, mine, total, None if fp16 else grad_norm)
         if not fp16:
             self.optimizer.found_inf = bad  # read by the fused AdamW: 1 leaves parameters and state unchanged
         self.scaler.step(self.optimizer)
         self.optimizer.__dict__.pop("found_inf", None)
         self.scaler.update()
-        if read_each_step(self.device):
-            self.collect()
-        self.scheduler.step()
-        p.step += 1
-        p.batch_in_epoch += 1
-        p.samples += total
 
     def collect(self) -> None:
         """Read the device tally into `progress` (one synchronization); a non-finite step since the last read
@@ -543,7 +568,8 @@ class Trainer:
             sampler = EpochBatches(len(self.data.train), t.batch_size, self.recipe.seed, p.epoch, start=p.batch_in_epoch,
                                    rank=self.rank, world=self.world)
             tick = time.perf_counter()
-            for x, y in loader(self.data.train, sampler, self.recipe.data.num_workers, self.device):
+            batches = loader(self.data.train, sampler, self.recipe.data.num_workers, self.device)
+            for x, y in prefetch(batches, self.device):
                 self.train_step(x, y, sampler.share(p.batch_in_epoch))
                 done = p.step >= self.total_steps
                 end_of_epoch = p.batch_in_epoch >= self.steps_per_epoch
