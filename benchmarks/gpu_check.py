@@ -1,4 +1,4 @@
-"""Every GPU figure of issue 12 in one process, written to OUT/gpu_check.json and OUT/gpu_check.md.
+"""Every GPU figure of issues 12 (S4D) and 13 (STU, AR-STU) in one process, in OUT/gpu_check.json and OUT/gpu_check.md.
 
     python benchmarks/gpu_check.py --reference PATH/s4d.py --out OUT        (run by benchmarks/gpu_check.sh)
 
@@ -15,6 +15,10 @@
    steps and the capture): seconds per step and samples/s over the timed steps after a warm-up (one
    synchronization at each end), peak memory (torch.cuda.max_memory_allocated, and max_memory_reserved, which
    includes the graph's private memory pool).
+4. stu (issue 13): the same (eager and with graphs) for recipes/lra/{image,text,pathx}/{stu,ar-stu}.yaml (a step that runs out of memory is
+   recorded as such), and the STU and AR-STU blocks alone (H = 256, L = 1024 / 4096 / 16384, B = 8, fp32) through
+   `run_bench`: time and peak memory, AR-STU's chunked scan beside its plain loop.
+`--sections` picks some of s4d (1-3) and stu (4); both by default.
 
 `--smoke` shrinks every shape and skips the memory measurement, so the script runs in seconds on the CPU
 (tests/test_gpu_check.py).
@@ -36,6 +40,7 @@ from ssmbench import runs
 from ssmbench.bench import milliseconds, run_bench
 from ssmbench.data.base import DataBundle
 from ssmbench.data.text import BYTE_VOCAB
+from ssmbench.errors import SSMBenchError
 from ssmbench.models.backbone import ModelIO
 from ssmbench.models.s4d import S4D
 from ssmbench.recipe import validate_recipe
@@ -46,6 +51,7 @@ LAYER_SHAPES = [(1024, 32), (4096, 8), (16384, 8)]  # (L, B) of the issue's tabl
 # recipe -> (sequence length, ModelIO of the task)
 TASKS = {"image": (1024, ModelIO(1, "real", 10)), "text": (4096, ModelIO(BYTE_VOCAB, "tokens", 2)),
          "pathx": (16384, ModelIO(1, "real", 2))}
+STU_LENGTHS, STU_BATCH, STU_D_MODEL = [1024, 4096, 16384], 8, 256  # the STU/AR-STU block alone (section 4)
 
 
 def relative(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -90,9 +96,12 @@ def synthetic_bundle(io: ModelIO, L: int, n: int) -> DataBundle:
                       provenance="gpu_check: random inputs and labels", facts={})
 
 
-def time_recipe(name: str, device: str, warmup: int, steps: int, smoke: bool, cuda_graphs: bool) -> dict:
-    """Seconds per training step, samples/s and peak memory of recipes/lra/NAME/s4d.yaml (section 3)."""
-    raw = yaml.safe_load((ROOT / "recipes" / "lra" / name / "s4d.yaml").read_text())
+def time_recipe(name: str, device: str, warmup: int, steps: int, smoke: bool, cuda_graphs: bool,
+                model: str = "s4d") -> dict:
+    """Seconds per training step, samples/s and peak memory of recipes/lra/NAME/MODEL.yaml (sections 3 and 4); a
+    step that runs out of device memory gives a row with status "out of memory" and no timing."""
+    path = f"recipes/lra/{name}/{model}.yaml"
+    raw = yaml.safe_load((ROOT / path).read_text())
     raw["train"].update(device=device, cuda_graphs=cuda_graphs)
     L, io = TASKS[name]
     if smoke:
@@ -111,35 +120,61 @@ def time_recipe(name: str, device: str, warmup: int, steps: int, smoke: bool, cu
     data = trainer.data.train
     batches = list(engine.loader(data, engine.EpochBatches(len(data), B, 0, 0), 0, trainer.device))
     cuda = trainer.device.type == "cuda"
-    for x, y in batches[:warmup]:
-        trainer.train_step(x, y)
-    trainer.collect()
+    row = {"recipe": path, "L": L, "batch": B, "d_model": recipe.model.d_model, "n_layers": recipe.model.n_layers,
+           "precision": str(trainer.amp or "fp32").replace("torch.", ""), "cuda_graphs": trainer.graph is not None,
+           "steps": steps, "status": "ok", "s_per_step": None, "samples_per_s": None, "peak_gib": None,
+           "reserved_gib": None}
     if cuda:
-        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()  # the graph's pool, reserved at the capture, stays in the reserved peak
-    start = time.perf_counter()
-    for x, y in batches[warmup:]:
-        trainer.train_step(x, y)
-    trainer.collect()  # reads the device tally: waits for the last step
-    seconds = (time.perf_counter() - start) / steps
-    return {"recipe": f"recipes/lra/{name}/s4d.yaml", "L": L, "batch": B, "d_model": recipe.model.d_model,
-            "n_layers": recipe.model.n_layers, "precision": str(trainer.amp or "fp32").replace("torch.", ""),
-            "cuda_graphs": trainer.graph is not None, "s_per_step": seconds, "samples_per_s": B / seconds,
-            "steps": steps, "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else None,
-            "reserved_gib": torch.cuda.max_memory_reserved() / 2**30 if cuda else None}
+    try:
+        for x, y in batches[:warmup]:
+            trainer.train_step(x, y)
+        trainer.collect()
+        if cuda:
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        for x, y in batches[warmup:]:
+            trainer.train_step(x, y)
+        trainer.collect()  # reads the device tally: waits for the last step
+    except torch.OutOfMemoryError:
+        row["status"] = "out of memory"
+    except (RuntimeError, SSMBenchError) as e:  # e.g. a failed capture: recorded, the other rows still run
+        row["status"] = f"error: {type(e).__name__}: {str(e).splitlines()[0][:200]}"
+    else:
+        seconds = (time.perf_counter() - start) / steps
+        row.update(s_per_step=seconds, samples_per_s=B / seconds)
+    if cuda:
+        row["peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
+        row["reserved_gib"] = torch.cuda.max_memory_reserved() / 2**30
+    del trainer, batches
+    return row
+
+
+def step_ratios(rows: list[dict]) -> list[str]:
+    """Issue 13's targets as ratios of step times: AR-STU / STU per task, STU / S4D at Path-X (where both ran)."""
+    step = {(r["recipe"], r["cuda_graphs"]): r["s_per_step"] for r in rows if r["s_per_step"] is not None}
+    pairs = [(f"recipes/lra/{t}/ar-stu.yaml", f"recipes/lra/{t}/stu.yaml") for t in TASKS]
+    pairs.append(("recipes/lra/pathx/stu.yaml", "recipes/lra/pathx/s4d.yaml"))
+    found = [f"- {a.split('/')[2]}{' (CUDA graphs)' if g else ''}: {a.split('/')[3][:-5]} / {b.split('/')[3][:-5]} "
+             f"step time = {step[a, g] / step[b, g]:.2f}"
+             for g in (False, True) for a, b in pairs if (a, g) in step and (b, g) in step]
+    return ["", "## Step-time ratios", ""] + found if found else []
 
 
 def markdown(record: dict) -> str:
     env = record["environment"]
     lines = [f"# GPU check: {env.get('device_name')} ({env['device']}), torch {env['torch']}", "",
-             f"triton {env.get('triton')}, CUDA {env.get('cuda')}, peaks {env.get('peaks')}", "",
-             "## Numerics vs float64 on the CPU (S4D block, bidirectional; max |diff| / max |value|)", "",
-             "| kernel | precision | L | output | gradients |", "|---|---|---|---|---|"]
-    lines += [f"| {r['kernel']} | {r['precision']} | {r['L']} | {r['output_rel']:.1e} | {r['grad_rel']:.1e} |"
-              for r in record["numerics"]]
-    lines += ["", "## S4D block forward+backward (ref/t > 1: faster than the reference; t/bound: x the lower bound)",
-              "", "| case | L | B | precision | median ms | ref/t | t/bound | peak MB | memory vs reference |",
-              "|---|---|---|---|---|---|---|---|---|"]
+             f"triton {env.get('triton')}, CUDA {env.get('cuda')}, peaks {env.get('peaks')}"]
+    if record["numerics"]:
+        lines += ["", "## Numerics vs float64 on the CPU (S4D block, bidirectional; max |diff| / max |value|)", "",
+                  "| kernel | precision | L | output | gradients |", "|---|---|---|---|---|"]
+        lines += [f"| {r['kernel']} | {r['precision']} | {r['L']} | {r['output_rel']:.1e} | {r['grad_rel']:.1e} |"
+                  for r in record["numerics"]]
+    if record["layer"]:
+        lines += ["", "## S4D block forward+backward (ref/t > 1: faster than the reference; t/bound: x the lower bound)",
+                  "", "| case | L | B | precision | median ms | ref/t | t/bound | peak MB | memory vs reference |",
+                  "|---|---|---|---|---|---|---|---|---|"]
     rows = record["layer"]
     for r in rows:
         ref = next((q for q in rows if q["block"] == "reference" and q["L"] == r["L"]
@@ -153,13 +188,22 @@ def markdown(record: dict) -> str:
         lines.append(f"| {case} | {r['L']} | {r['batch']} | {r['precision']} | "
                      f"{milliseconds(r['median_s'])} | {speed} | {bound} | {peak} | {memory} |")
     lines += ["", "## Training step on synthetic data of the task's shape", "",
-              "| recipe | L | B | layers x H | precision | CUDA graph | s/step | samples/s | peak GiB | reserved GiB |",
-              "|---|---|---|---|---|---|---|---|---|---|"]
-    for r in record["recipes"]:
+              "| recipe | L | B | layers x H | precision | CUDA graph | s/step | samples/s | peak GiB | reserved GiB "
+              "| status |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in record["recipes"] + record["stu_recipes"]:
         peak, reserved = ("-" if r[k] is None else f"{r[k]:.2f}" for k in ("peak_gib", "reserved_gib"))
+        timing = "- | -" if r["s_per_step"] is None else f"{r['s_per_step']:.4f} | {r['samples_per_s']:.0f}"
         lines.append(f"| `{r['recipe']}` | {r['L']} | {r['batch']} | {r['n_layers']} x {r['d_model']} | "
-                     f"{r['precision']} | {'yes' if r['cuda_graphs'] else 'no'} | {r['s_per_step']:.4f} | "
-                     f"{r['samples_per_s']:.0f} | {peak} | {reserved} |")
+                     f"{r['precision']} | {'yes' if r['cuda_graphs'] else 'no'} | {timing} | {peak} | {reserved} "
+                     f"| {r['status']} |")
+    lines += step_ratios(record["recipes"] + record["stu_recipes"])
+    if record["stu_layer"]:
+        lines += ["", "## STU / AR-STU block forward+backward (fp32)", "",
+                  "| block | path | L | B | H | median ms | peak MB |", "|---|---|---|---|---|---|---|"]
+        for r in record["stu_layer"]:
+            peak = "-" if r.get("peak_bytes") is None else f"{r['peak_bytes'] / 2**20:.0f}"
+            lines.append(f"| {r['block']} | {r['path']} | {r['L']} | {r['batch']} | {r['d_model']} | "
+                         f"{milliseconds(r['median_s'])} | {peak} |")
     return "\n".join(lines) + "\n"
 
 
@@ -170,26 +214,48 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--device", default="cuda")
     p.add_argument("--reps", type=int, default=10, help="timed rounds per layer case")
     p.add_argument("--smoke", action="store_true", help="tiny shapes (a CPU test of the script)")
+    p.add_argument("--sections", default="s4d,stu", help="comma-separated: s4d (issue 12), stu (issue 13)")
     a = p.parse_args(argv)
+    sections = set(a.sections.split(","))
+    if not sections or sections - {"s4d", "stu"}:
+        p.error(f"--sections: expected a comma-separated subset of s4d,stu; got {a.sections!r}")
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     H, N = (8, 8) if a.smoke else (256, 64)
     shapes = [(64, 2)] if a.smoke else LAYER_SHAPES
-    record: dict = {"environment": {}, "numerics": [], "layer": [], "recipes": []}
+    record: dict = {"environment": {}, "numerics": [], "layer": [], "recipes": [], "stu_recipes": [], "stu_layer": []}
     t0 = time.perf_counter()
-    record["numerics"] = numerics(a.device, 64 if a.smoke else 4096, H, N, 2)
-    print(f"numerics done ({time.perf_counter() - t0:.0f} s)", flush=True)
-    for L, B in shapes:
-        part = run_bench([L], B, H, N, ["s4d"], a.reps, a.device, memory=not a.smoke, reference=a.reference,
-                         precisions=("fp32", "bf16"), log=lambda m: print(m, flush=True))
+
+    def done(what: str) -> None:
+        print(f"{what} done ({time.perf_counter() - t0:.0f} s)", flush=True)
+
+    if "s4d" in sections:
+        record["numerics"] = numerics(a.device, 64 if a.smoke else 4096, H, N, 2)
+        done("numerics")
+        for L, B in shapes:
+            part = run_bench([L], B, H, N, ["s4d"], a.reps, a.device, memory=not a.smoke, reference=a.reference,
+                             precisions=("fp32", "bf16"), log=lambda m: print(m, flush=True))
+            record["environment"] = part["environment"]
+            record["layer"] += part["results"]
+        done("layer table")
+        for name in TASKS:
+            for cuda_graphs in (False, True):  # on the CPU (--smoke) the field is ignored: both rows run eager
+                record["recipes"].append(time_recipe(name, a.device, 2 if a.smoke else 6, 2 if a.smoke else 30,
+                                                     a.smoke, cuda_graphs))
+            done(name)
+    if "stu" in sections:
+        for name in TASKS:
+            for model in ("stu", "ar-stu"):
+                for cuda_graphs in (False, True):
+                    record["stu_recipes"].append(time_recipe(name, a.device, 2 if a.smoke else 6, 2 if a.smoke else 10,
+                                                             a.smoke, cuda_graphs, model))
+                done(f"{name} {model}")
+        part = run_bench([64] if a.smoke else STU_LENGTHS, 2 if a.smoke else STU_BATCH, H, N, ["stu", "ar-stu"],
+                         1 if a.smoke else 3, a.device, memory=not a.smoke, stu_d_model=8 if a.smoke else STU_D_MODEL,
+                         log=lambda m: print(m, flush=True))
         record["environment"] = part["environment"]
-        record["layer"] += part["results"]
-    print(f"layer table done ({time.perf_counter() - t0:.0f} s)", flush=True)
-    for name in TASKS:
-        for cuda_graphs in (False, True):  # on the CPU (--smoke) the field is ignored: both rows run eager
-            record["recipes"].append(time_recipe(name, a.device, 2 if a.smoke else 6, 2 if a.smoke else 30, a.smoke,
-                                                 cuda_graphs))
-        print(f"{name} done ({time.perf_counter() - t0:.0f} s)", flush=True)
+        record["stu_layer"] = part["results"]
+        done("STU block table")
     try:
         import triton
 

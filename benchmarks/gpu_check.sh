@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# The GPU check of issue 12 in one command (< 5 minutes on one H100), from the project root of a GPU machine:
+# The GPU check of issues 12 and 13 in one command (at most 2 + 7 minutes: the timeouts below), from the project root of a GPU machine:
 #   bash benchmarks/gpu_check.sh PATH/s4d.py [OUT_DIR]        (OUT_DIR default: gpu-check)
 # PATH/s4d.py is the reference (state-spaces/s4 models/s4/s4d.py, see benchmarks/README.md; never commit it).
-# Runs the GPU-only tests (no host-device sync in a training step; the Triton kernel vs PyTorch), then
-# benchmarks/gpu_check.py: numerics vs float64, the layer table vs the reference, the LRA S4D recipes' steps.
+# Runs the GPU-only tests (no host-device sync in a training step; the Triton kernel vs PyTorch; STU and AR-STU
+# vs float64), then
+# benchmarks/gpu_check.py: numerics vs float64, the layer table vs the reference, the LRA S4D recipes' steps,
+# the LRA STU / AR-STU recipes' steps and peak memory, the STU / AR-STU block table.
 # Writes OUT_DIR/gpu_check.json, OUT_DIR/gpu_check.md and OUT_DIR/tests.txt.
 # An offline machine without pydantic/datasets/soundfile gets them from .whl/ (made by ../shared/gpu/wheels.sh).
 set -euo pipefail
@@ -24,8 +26,8 @@ export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'gpu_check: no CUDA device')"
 # Tests first, but a failure does not stop the figures: both end up in OUT_DIR.
 tests_rc=0
-timeout 120 "$PY" -m pytest -q -p no:cacheprovider tests/test_gpu_train.py tests/test_vandermonde_triton.py \
+timeout 120 "$PY" -m pytest -q -p no:cacheprovider tests/test_gpu_train.py tests/test_gpu_stu.py tests/test_vandermonde_triton.py \
   > "$out/tests.txt" 2>&1 || tests_rc=$?
 tail -n 3 "$out/tests.txt"
-timeout 240 "$PY" benchmarks/gpu_check.py --reference "$reference" --out "$out"
+timeout 420 "$PY" benchmarks/gpu_check.py --reference "$reference" --out "$out"
 exit "$tests_rc"

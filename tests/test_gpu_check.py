@@ -28,4 +28,12 @@ def test_gpu_check_smoke_on_cpu(tmp_path):
     assert [(r["recipe"].split("/")[2], r["cuda_graphs"]) for r in record["recipes"]] == [
         ("image", False), ("image", False), ("text", False), ("text", False), ("pathx", False), ("pathx", False)]
     assert all(r["samples_per_s"] > 0 for r in record["recipes"])
-    assert "| `recipes/lra/pathx/s4d.yaml` |" in (tmp_path / "out" / "gpu_check.md").read_text()
+    assert [r["recipe"] for r in record["stu_recipes"]] == [
+        f"recipes/lra/{task}/{model}.yaml" for task in ("image", "text", "pathx") for model in ("stu", "ar-stu")
+        for _ in range(2)]  # CUDA graphs off and on (ignored on the CPU)
+    assert all(r["status"] == "ok" and r["samples_per_s"] > 0 for r in record["stu_recipes"])
+    assert {(r["block"], r["path"]) for r in record["stu_layer"]} == {("stu", "fast"), ("ar-stu", "chunked"),
+                                                                      ("ar-stu", "loop")}
+    report = (tmp_path / "out" / "gpu_check.md").read_text()
+    assert "| `recipes/lra/pathx/s4d.yaml` |" in report and "| `recipes/lra/pathx/ar-stu.yaml` |" in report
+    assert "- pathx: stu / s4d step time = " in report and "- text: ar-stu / stu step time = " in report
