@@ -476,6 +476,19 @@ def test_recipe_schema(tmp_path):
     assert load_recipe(RECIPES / "lra" / "pathx" / "stu-tensordot.yaml").model.stu.mixing == "tensordot"
 
 
+@pytest.mark.parametrize("kind", ["stu", "ar-stu"])
+def test_recipe_builds_tensordot_layers(kind):
+    from ssmbench.models.backbone import ModelIO, SequenceModel
+
+    recipe = load_recipe(RECIPES / "lra" / "pathx" / "stu-tensordot.yaml",
+                         [f"model.kind={kind}", "model.d_model=8", "model.n_layers=2", "model.stu.cache_dir=null"])
+    model = SequenceModel(recipe.model, recipe.init.name, ModelIO(d_input=1, input_kind="real", n_outputs=2))
+    layers = [m for m in model.modules() if isinstance(m, STU)]
+    assert len(layers) == 2 and all(m.P is not None and m.M_phi_plus is None for m in layers)
+    assert all(isinstance(m, ARSTU) for m in layers) == (kind == "ar-stu")
+    assert model(torch.randn(2, 32, 1)).shape == (2, 2)
+
+
 @pytest.mark.parametrize("path", ["smnist/stu.yaml", "smnist/ar-stu.yaml", "synthetic/lds-stu.yaml", "synthetic/lds-s4d.yaml"])
 def test_recipes_train_a_few_steps(path, tmp_path, monkeypatch):
     from ssmbench.train.engine import train
