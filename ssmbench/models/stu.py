@@ -300,15 +300,18 @@ class STU(nn.Module):
 
         psi (H, L) = m^T (H, nK) @ the phi rows of `filter_bank` (nK, L), one causal filter per output channel,
         applied to P u by `fft_conv` (one depthwise FFT convolution of size `fft_size(L)` >= 2L, as in S4D).
+        P u and the M^u_i u are one matmul of u with the stacked (P; M^u_1; ...; M^u_k_u).
         """
-        L = u.shape[1]
+        B, L, H = u.shape
         taps = self.filters(L).to(u.dtype)
         m = torch.cat([self.m_plus] + ([self.m_minus] if self.m_minus is not None else [])).to(u.dtype)  # (nK, H)
         n_fft = fft_size(L)
         psi_f = torch.fft.rfft(m.T @ taps[self.k_u:], n=n_fft)  # (H, n_fft/2 + 1)
-        z = fft_conv(u @ self.P.to(u.dtype).T, psi_f, n_fft)
-        for i in range(min(self.k_u, L)):  # M^u_{i+1} u_{t-i}
-            z = z + F.pad(u[:, :L - i] @ self.M_u[i].to(u.dtype).T, (0, 0, i, 0))
+        stacked = torch.cat([self.P[None], self.M_u]).to(u.dtype).flatten(0, 1)  # ((1 + k_u) H_out, H_in)
+        v, *terms = (u @ stacked.T).split(H, dim=-1)
+        z = fft_conv(v, psi_f, n_fft)
+        for i, term in enumerate(terms[:L]):  # M^u_{i+1} u_{t-i}
+            z[:, i:] += term[:, :L - i]
         return z
 
     def autoregress(self, z: torch.Tensor) -> torch.Tensor:
