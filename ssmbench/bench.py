@@ -20,8 +20,9 @@ to the largest |value| of each tensor (the table shows the relative ones).
 A block is built by `build_block(case)`: "s4d" (`S4D(d_model, d_state)` with `path` fast or direct, or
 "blocked": the fast path with the PyTorch kernel instead of the Triton one, timed on CUDA), "stu"
 (`ssmbench.models.stu.STU`, one path), "ar-stu" (`ARSTU` with k_y = 2 and M^y_2 = 0.9 I as in the LRA recipes,
-`path` chunked: the chunked scan, loop: one time step after the other; in both STU blocks the zero-initialized
-M^u and M^phi are drawn from N(0, 1 / (k H)), so the output is not 0), "reference" (the S4D of a reference `s4d.py`
+`path` chunked: the chunked scan, loop: one time step after the other), "stu-tensordot" (`STU` with
+`mixing="tensordot"`, the approximation M^phi_k = diag(m_k) P; in the STU blocks the zero-initialized M^u, M^phi and m
+are drawn from N(0, 1 / (k H)), so the output is not 0), "reference" (the S4D of a reference `s4d.py`
 given with `--reference`, e.g. state-spaces/s4's `models/s4/s4d.py`: the user's file, loaded at run time, never part
 of ssmbench), or any "FILE.py:function" that takes the case and returns (module, layout) with layout "BLH" or "BHL".
 
@@ -51,12 +52,13 @@ import torch
 
 from ssmbench.errors import SSMBenchError
 
-PATHS = {"s4d": ("fast", "direct"), "stu": ("fast",), "ar-stu": ("chunked", "loop")}
+PATHS = {"s4d": ("fast", "direct"), "stu": ("fast",), "ar-stu": ("chunked", "loop"), "stu-tensordot": ("fast",)}
+STU_BLOCKS = ("stu", "ar-stu", "stu-tensordot")
 
 
 @dataclass
 class Case:
-    block: str  # "s4d", "stu", "ar-stu" or "FILE.py:function"
+    block: str  # "s4d", "stu", "ar-stu", "stu-tensordot" or "FILE.py:function"
     path: str  # "fast" | "direct" for s4d, "chunked" | "loop" for ar-stu; a label otherwise
     L: int
     batch: int
@@ -81,22 +83,22 @@ def build_block(case: Case) -> tuple[torch.nn.Module, str]:
         ref = load_reference(case.options["reference"])
         torch.manual_seed(case.seed)
         return ref.S4D(case.d_model, d_state=case.d_state, dropout=0.0, transposed=True), "BHL"
-    if case.block in ("stu", "ar-stu"):
+    if case.block in STU_BLOCKS:
         from ssmbench.models.stu import ARSTU, STU
 
-        if case.block == "stu":
-            layer = STU(case.d_model)
-        else:
+        if case.block == "ar-stu":
             layer = ARSTU(case.d_model, ar_init=0.9, scan_chunk=case.L if case.path == "loop" else None)
-        with torch.no_grad():  # M^u, M^phi start at 0 (the output would be 0): N(0, 1 / (k H)) instead
-            for M in (layer.M_u, layer.M_phi_plus, layer.M_phi_minus):
+        else:
+            layer = STU(case.d_model, mixing="tensordot" if case.block == "stu-tensordot" else "full")
+        with torch.no_grad():  # M^u, M^phi, m start at 0 (the output would be 0): N(0, 1 / (k H)) instead
+            for M in (layer.M_u, layer.M_phi_plus, layer.M_phi_minus, layer.m_plus, layer.m_minus):
                 if M is not None:
                     M.normal_(std=(layer.k * case.d_model) ** -0.5)
         return layer, "BLH"
     file, _, name = case.block.rpartition(":")
     spec = importlib.util.spec_from_file_location(f"ssmbench_bench_{Path(file).stem}", file)
     if not file.endswith(".py") or spec is None or not Path(file).is_file():
-        raise SSMBenchError(f"bench: block {case.block!r} is neither s4d, stu, ar-stu nor FILE.py:function")
+        raise SSMBenchError(f"bench: block {case.block!r} is neither {', '.join(PATHS)} nor FILE.py:function")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return getattr(module, name)(case)
@@ -318,10 +320,10 @@ def run_bench(lengths: list[int], batch: int, d_model: int, d_state: int, blocks
     peaks = device_peaks(device)
     results = []
     for block in blocks:
-        if block in ("stu", "ar-stu") and importlib.util.find_spec("ssmbench.models.stu") is None:
+        if block in STU_BLOCKS and importlib.util.find_spec("ssmbench.models.stu") is None:
             log("bench: ssmbench.models.stu is not available; skipping the STU block")
             continue
-        H = stu_d_model if (block in ("stu", "ar-stu") and stu_d_model) else d_model
+        H = stu_d_model if (block in STU_BLOCKS and stu_d_model) else d_model
         paths = list(PATHS[block])
         if block == "s4d" and device.startswith("cuda"):
             paths.insert(1, "blocked")  # the fast path with the PyTorch kernel instead of the Triton one

@@ -150,6 +150,8 @@ class STUConfig(Section):
     k_u: int = Field(3, ge=0, le=1024, description="input autoregression: M^u terms on u_t .. u_(t-k_u+1)")
     k_y: int = Field(2, ge=2, le=1024, description="ar-stu: output autoregression order (M^y_1 .. M^y_k_y)")
     hankel: Literal["z", "l"] = Field("z", description="z: Z with positive and negative filters (Eq. 3-4); l: Z_L with positive filters only (App. B)")
+    mixing: Literal["full", "tensordot"] = Field("full", description="full: a matrix M^phi_k per filter (Eq. 4, exact); "
+                                                 "tensordot: the approximation M^phi_k = diag(m_k) P (Flash-STU), far fewer parameters")
     ar_lr: float = Field(1e-3, ge=0.0, le=10.0, description="ar-stu: absolute learning rate of M^y (weight decay 0); "
                          "default 0.1 x the default train.lr")
     ar_init: float = Field(1.0, ge=-10.0, le=10.0, description="ar-stu: M^y_2 = ar_init * I at initialization "

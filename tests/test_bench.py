@@ -89,3 +89,17 @@ def test_ar_stu_block_compares_the_chunked_scan_with_the_loop():
                                                                      ("ar-stu", "loop", 4)]
     assert chunk_length(2, 64, 4, 2) < 64  # the chunked path is not the loop at this size
     assert rows[1]["max_abs_diff"]["output_rel"] < 1e-5 and rows[1]["max_abs_diff"]["grad_rel"] < 1e-5
+
+
+def test_stu_tensordot_block():
+    """The tensordot approximation is a block of its own beside the exact STU, with m drawn so its output is not 0."""
+    from ssmbench.bench import build_block, make_inputs
+
+    record = run_bench([32], batch=2, d_model=8, d_state=8, blocks=["stu", "stu-tensordot"], reps=1, device="cpu",
+                       memory=False, stu_d_model=4, log=lambda *a: None)
+    assert [(r["block"], r["path"], r["d_model"]) for r in record["results"]] == [("stu", "fast", 4),
+                                                                                  ("stu-tensordot", "fast", 4)]
+    case = Case("stu-tensordot", "fast", L=32, batch=2, d_model=4)
+    layer, layout = build_block(case)
+    assert layer.P is not None and layer.m_plus.abs().min() > 0
+    assert layer.stu(make_inputs(case, layout)[0]).abs().max() > 0.01

@@ -20,7 +20,7 @@ RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 def randomize(layer: STU, seed: int = 0, scale: float = 0.3) -> STU:
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for p in (layer.M_u, layer.M_phi_plus, layer.M_phi_minus):
+        for p in (layer.M_u, layer.M_phi_plus, layer.M_phi_minus, layer.m_plus, layer.m_minus):
             if p is not None:
                 p.copy_(scale * torch.randn(p.shape, generator=g, dtype=p.dtype))
     return layer
@@ -271,9 +271,10 @@ def test_ar_stu_equals_stu_at_initialization():
     assert torch.allclose(stabler.M_y[1], 0.9 * torch.eye(4))
 
 
+@pytest.mark.parametrize("mixing", ["full", "tensordot"])
 @pytest.mark.parametrize("cls", [STU, ARSTU])
-def test_layers_are_causal(cls):
-    layer = randomize(cls(3, k=5).double())
+def test_layers_are_causal(cls, mixing):
+    layer = randomize(cls(3, k=5, mixing=mixing).double())
     with torch.no_grad():
         layer.output_linear.weight.normal_()
     u = torch.randn(2, 32, 3, dtype=torch.float64)
@@ -307,6 +308,112 @@ def test_float32_under_autocast():
     assert inside.dtype == torch.float32 and torch.isfinite(out).all()
     assert torch.allclose(inside, layer.stu(u.bfloat16().float()), atol=1e-5)
     assert reference.dtype == torch.float32
+
+
+# --------------------------------------------------------------------------------------------------
+# mixing: tensordot, M^{phi+-}_k = diag(m^+-_k) P
+
+
+def factored(layer: STU) -> dict[str, torch.Tensor]:
+    """The tensordot layer's parameters as those of an exact layer: M^{phi+-}_k = diag(m^+-_k) P (differentiable in
+    P and m), the other parameters as they are."""
+    params = {n: p for n, p in layer.named_parameters() if n not in ("P", "m_plus", "m_minus")}
+    params["M_phi_plus"] = layer.m_plus[:, :, None] * layer.P
+    if layer.m_minus is not None:
+        params["M_phi_minus"] = layer.m_minus[:, :, None] * layer.P
+    return params
+
+
+@pytest.mark.parametrize("cls", [STU, ARSTU])
+@pytest.mark.parametrize("hankel,L,k_u", [("z", 23, 3), ("z", 24, 0), ("l", 23, 2), ("l", 24, 3)])
+def test_tensordot_equals_the_exact_layer_with_factored_matrices(cls, hankel, L, k_u):
+    """Output and every gradient of the tensordot block equal those of the exact block (SpectralMix) whose M^phi_k
+    are diag(m_k) P: the input's, the shared M^u's, the output Linear's, and P's and m's through the product."""
+    H = 3
+    torch.manual_seed(0)
+    approx = randomize(cls(H, k=5, k_u=k_u, hankel=hankel, mixing="tensordot").double(), seed=1)
+    exact = cls(H, k=5, k_u=k_u, hankel=hankel).double()
+    if cls is ARSTU:
+        with torch.no_grad():
+            approx.M_y.add_(0.1 * torch.randn(approx.M_y.shape, dtype=torch.float64))
+    missing, unexpected = exact.load_state_dict(approx.state_dict(), strict=False)
+    assert sorted(missing) == sorted(n for n in ("M_phi_plus", "M_phi_minus") if getattr(exact, n) is not None)
+    g = torch.Generator().manual_seed(2)
+    u = torch.randn(2, L, H, generator=g, dtype=torch.float64, requires_grad=True)
+    cotangent = torch.randn(2, L, H, generator=g, dtype=torch.float64)
+    names = [n for n, _ in approx.named_parameters()]
+    results = []
+    for run in (lambda x: approx(x), lambda x: torch.func.functional_call(exact, factored(approx), (x,))):
+        y = run(u)
+        results.append([y.detach()] + list(torch.autograd.grad(y, [u] + list(approx.parameters()), cotangent,
+                                                                  allow_unused=True, materialize_grads=True)))  # M^u: empty for k_u = 0
+    for name, fast, reference in zip(["output", "input"] + names, *results):
+        assert torch.allclose(fast, reference, rtol=1e-10, atol=1e-12), name
+    assert results[0][0].abs().max() > 0.1  # not trivially zero
+
+
+@pytest.mark.parametrize("hankel", ["z", "l"])
+def test_tensordot_equals_the_direct_sum(hankel):
+    """Against Eq. 4 term by term (`direct_stu`) with M^phi_k = diag(m_k) P."""
+    approx = randomize(STU(3, k=5, hankel=hankel, mixing="tensordot").double())
+    exact = STU(3, k=5, hankel=hankel).double()
+    with torch.no_grad():
+        exact.load_state_dict(factored(approx), strict=False)
+        u = torch.randn(2, 23, 3, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+        assert torch.allclose(approx.stu(u), direct_stu(exact, u), rtol=1e-10, atol=1e-11)
+
+
+@pytest.mark.parametrize("hankel", ["z", "l"])
+def test_tensordot_gradient(hankel):
+    layer = randomize(STU(2, k=3, k_u=2, hankel=hankel, mixing="tensordot").double())
+    g = torch.Generator().manual_seed(4)
+    u = torch.randn(1, 7, 2, generator=g, dtype=torch.float64, requires_grad=True)
+    names = [n for n in ("M_u", "P", "m_plus", "m_minus") if getattr(layer, n) is not None]
+    params = [getattr(layer, n).detach().clone().requires_grad_() for n in names]
+
+    def stu(x, *values):
+        return torch.func.functional_call(layer, dict(zip(names, values)), (x,), strict=False)
+
+    assert torch.autograd.gradcheck(stu, (u, *params))
+
+
+def test_tensordot_initialization_trains():
+    """m = 0 and P ~ U(-1/sqrt(H), 1/sqrt(H)): the spectral term starts at 0 (like the exact layer's zero M^phi),
+    m gets a gradient at once, P as soon as m moves; H^2 + 2K H instead of 2K H^2 spectral parameters."""
+    H, K = 8, 6
+    layer = STU(H, k=K, mixing="tensordot").double()
+    assert layer.M_phi_plus is None and layer.M_phi_minus is None
+    assert not layer.m_plus.any() and not layer.m_minus.any()
+    assert 0 < layer.P.abs().max() <= H ** -0.5 and layer.P.std() > 0.1 * H ** -0.5
+    assert sum(p.numel() for p in (layer.P, layer.m_plus, layer.m_minus)) == H * H + 2 * K * H
+    assert sum(p.numel() for p in (STU(H, k=K).M_phi_plus, STU(H, k=K).M_phi_minus)) == 2 * K * H * H
+    u = torch.randn(2, 30, H, dtype=torch.float64)
+    with torch.no_grad():
+        layer.M_u.zero_()
+    y = layer.stu(u)
+    assert torch.equal(y, torch.zeros_like(y))
+    (y * torch.randn_like(y)).sum().backward()
+    assert layer.m_plus.grad.abs().min() > 0 and layer.m_minus.grad.abs().min() > 0
+    assert not layer.P.grad.any()
+
+
+def test_ar_stu_with_tensordot_equals_stu_with_tensordot_at_initialization():
+    stu = randomize(STU(4, k=6, mixing="tensordot").double())
+    ar = ARSTU(4, k=6, mixing="tensordot").double()
+    missing, unexpected = ar.load_state_dict(stu.state_dict(), strict=False)
+    assert missing == ["M_y"] and not unexpected
+    u = torch.randn(2, 40, 4, dtype=torch.float64)
+    assert torch.allclose(ar(u), stu(u), atol=1e-10)
+    assert ar.stu(u).abs().max() > 1  # not trivially zero
+
+
+def test_tensordot_float32_under_autocast():
+    layer = randomize(STU(4, k=6, mixing="tensordot"))
+    u = torch.randn(2, 40, 4)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        inside = layer.stu(u.bfloat16())
+    assert inside.dtype == torch.float32
+    assert torch.allclose(inside, layer.stu(u.bfloat16().float()), atol=1e-5)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -362,6 +469,24 @@ def test_recipe_schema(tmp_path):
     raw["model"]["stu"] = {"k_y": 1}
     with pytest.raises(RecipeError, match="model.stu.k_y"):
         validate_recipe(raw, "r.yaml")
+    assert recipe.model.stu.mixing == "full"
+    raw["model"]["stu"] = {"mixing": "tensor"}
+    with pytest.raises(RecipeError, match="r.yaml: model.stu.mixing: .*'full' or 'tensordot'"):
+        validate_recipe(raw, "r.yaml")
+    assert load_recipe(RECIPES / "lra" / "pathx" / "stu-tensordot.yaml").model.stu.mixing == "tensordot"
+
+
+@pytest.mark.parametrize("kind", ["stu", "ar-stu"])
+def test_recipe_builds_tensordot_layers(kind):
+    from ssmbench.models.backbone import ModelIO, SequenceModel
+
+    recipe = load_recipe(RECIPES / "lra" / "pathx" / "stu-tensordot.yaml",
+                         [f"model.kind={kind}", "model.d_model=8", "model.n_layers=2", "model.stu.cache_dir=null"])
+    model = SequenceModel(recipe.model, recipe.init.name, ModelIO(d_input=1, input_kind="real", n_outputs=2))
+    layers = [m for m in model.modules() if isinstance(m, STU)]
+    assert len(layers) == 2 and all(m.P is not None and m.M_phi_plus is None for m in layers)
+    assert all(isinstance(m, ARSTU) for m in layers) == (kind == "ar-stu")
+    assert model(torch.randn(2, 32, 1)).shape == (2, 2)
 
 
 @pytest.mark.parametrize("path", ["smnist/stu.yaml", "smnist/ar-stu.yaml", "synthetic/lds-stu.yaml", "synthetic/lds-s4d.yaml"])

@@ -15,6 +15,19 @@ W(f) = sum_r FFT(tap_r)(f) M_r to one FFT of the input, instead of materializing
 the whole complex (L+1, H, H) tensor nor its gradient ever exists (8.6 GB each at L = 16384, H = 256): the layer
 saves only U(f), and its extra memory is one block of W. The FFTs run in float32 even under autocast, like S4D.
 
+`mixing: tensordot` (an approximation, after Flash-STU's tensordot option) restricts every M^{phi+-}_k to
+diag(m^+-_k) P: one shared projection P (H_out x H_in) and per-filter channel weights m^+-_k (H_out). What is
+approximated: the transfer matrix of the phi filters, sum_k sigma_k^(1/4) (FFT(phi+_k)(f) M^{phi+}_k + ...), a
+general H x H matrix at every frequency f, becomes diag(Psi(f)) P, one fixed matrix P scaled row by row by a
+per-channel frequency response; 2K H^2 parameters become H^2 + 2K H. The spectral term is then one depthwise
+causal convolution of P u:
+    z_t = sum_{i=1}^{k_u} M^u_i u_{t+1-i} + sum_lag psi_h(lag) (P u)_{t-lag, h},
+    psi_h(lag) = sum_k sigma_k^(1/4) (m^+_{k,h} phi_k(lag-2) + m^-_{k,h} (-1)^(lag-2) phi_k(lag-2)),
+in O(B L H log L + B L H^2 + L H K) time and O(B L H) memory (`STU.tensordot_spectral`). The k_u terms M^u stay
+full matrices. Initialization: P as nn.Linear's default (uniform, bound 1/sqrt(H_in)) and m = 0, so that the
+spectral term starts at 0 as with the exact layer's zero M^phi, while the gradient of m (through P != 0) is nonzero
+from the first step and P's follows once m moves; with P = 0 as well, both gradients would stay 0 forever.
+
 AR-STU (Eq. 6) replaces the fixed y_{t-2} term by y_t = sum_{i=1}^{k_y} M^y_i y_{t-i} + (the rest of Eq. 4),
 computed exactly by a chunked scan (`ar_scan`): sqrt(L)-scale sequential steps instead of L.
 Initialization: the paper's App. C.2 initializes M^y "so that at initialization the model mimics the standard
@@ -35,6 +48,7 @@ import torch.nn.functional as F
 
 from ssmbench.errors import SSMBenchError
 from ssmbench.models.hankel import VARIANTS, spectral_filters
+from ssmbench.models.kernels import fft_conv, fft_size
 from ssmbench.models.s4d import tag_optim
 from ssmbench.registry import LAYERS
 
@@ -160,6 +174,7 @@ class OutputAutoregression(torch.autograd.Function):
         return g, grad_M, None
 
 
+MIXINGS = ("full", "tensordot")
 MIX_BLOCK_BYTES = 2**28  # bytes of one block of the transfer matrix W in `SpectralMix` (256 MiB)
 
 
@@ -216,18 +231,29 @@ class STU(nn.Module):
 
     `cache_dir`: folder of the on-disk filter cache (None: memory only). The filters are buffers
     (persistent=False, not in the state dict), rebuilt when the sequence length changes.
+    `mixing`: "full" (Eq. 4 exactly: parameters M_u, M_phi_plus, M_phi_minus) or "tensordot" (the approximation
+    M^{phi+-}_k = diag(m^+-_k) P of the module docstring: parameters M_u, P (H, H), m_plus, m_minus (K, H); the
+    M_phi_* attributes are None).
     """
 
     def __init__(self, d_model: int, k: int = 16, k_u: int = 3, hankel: str = "z", dropout: float = 0.0,
-                 cache_dir: str | None = None):
+                 cache_dir: str | None = None, mixing: str = "full"):
         super().__init__()
         if hankel not in VARIANTS:
             raise ValueError(f"unknown Hankel variant {hankel!r}; known: {', '.join(VARIANTS)}")
+        if mixing not in MIXINGS:
+            raise ValueError(f"unknown STU mixing {mixing!r}; known: {', '.join(MIXINGS)}")
         H = d_model
         self.d_model, self.k, self.k_u, self.hankel, self.cache_dir = H, k, k_u, hankel, cache_dir
         self.M_u = nn.Parameter(torch.zeros(k_u, H, H))
-        self.M_phi_plus = nn.Parameter(torch.zeros(k, H, H))
-        self.M_phi_minus = nn.Parameter(torch.zeros(k, H, H)) if hankel == "z" else None
+        self.M_phi_plus = self.M_phi_minus = self.P = self.m_plus = self.m_minus = None
+        if mixing == "full":
+            self.M_phi_plus = nn.Parameter(torch.zeros(k, H, H))
+            self.M_phi_minus = nn.Parameter(torch.zeros(k, H, H)) if hankel == "z" else None
+        else:
+            self.P = nn.Parameter(torch.empty(H, H).uniform_(-H**-0.5, H**-0.5))  # (H_out, H_in), nn.Linear's init
+            self.m_plus = nn.Parameter(torch.zeros(k, H))
+            self.m_minus = nn.Parameter(torch.zeros(k, H)) if hankel == "z" else None
         self.register_buffer("taps", torch.zeros(0, 0), persistent=False)
 
         self.activation = nn.GELU()
@@ -243,15 +269,19 @@ class STU(nn.Module):
                                     f"steps, got length {L}; lower model.stu.k")
             cache = None if self.cache_dir is None else str(Path(self.cache_dir).resolve())  # the memory cache keys on it
             sigma, phi = spectral_filters(L, self.k, self.hankel, cache)
-            self.taps = filter_bank(sigma, phi, self.k_u, self.M_phi_minus is not None).to(self.M_u.device)
+            self.taps = filter_bank(sigma, phi, self.k_u, self.hankel == "z").to(self.M_u.device)
         return self.taps
 
     def mixing(self) -> torch.Tensor:
-        """The channel-mixing matrix of every filter, (R, H_out, H_in), in the order of `filter_bank`."""
+        """The channel-mixing matrix of every filter, (R, H_out, H_in), in the order of `filter_bank` (full mixing)."""
         mats = [self.M_u, self.M_phi_plus] + ([self.M_phi_minus] if self.M_phi_minus is not None else [])
         return torch.cat(mats)
 
     def spectral(self, u: torch.Tensor) -> torch.Tensor:
+        """Eq. 4 without the autoregressive term, by the layer's mixing (`full_spectral` or `tensordot_spectral`)."""
+        return self.full_spectral(u) if self.P is None else self.tensordot_spectral(u)
+
+    def full_spectral(self, u: torch.Tensor) -> torch.Tensor:
         """Eq. 4 without the autoregressive term: z_t = sum_r sum_lag tap_r(lag) M_r u_{t-lag}, by FFT.
 
         Y(f) = U(f) W(f) with W(f) = sum_r rfft(tap_r)(f) M_r^T, at n_fft = 2L (no wrap-around), by `SpectralMix`
@@ -264,6 +294,25 @@ class STU(nn.Module):
         block = max(1, MIX_BLOCK_BYTES // (H * H * u_f.element_size()))
         y_f = SpectralMix.apply(u_f, taps_f, self.mixing().to(u.dtype), block).transpose(0, 1)  # (B, F, H_out)
         return torch.fft.irfft(y_f, n=n_fft, dim=1)[:, :L]
+
+    def tensordot_spectral(self, u: torch.Tensor) -> torch.Tensor:
+        """The spectral term with M^{phi+-}_k = diag(m^+-_k) P: z_t = sum_{i<k_u} M^u_{i+1} u_{t-i} + (psi * P u)_t.
+
+        psi (H, L) = m^T (H, nK) @ the phi rows of `filter_bank` (nK, L), one causal filter per output channel,
+        applied to P u by `fft_conv` (one depthwise FFT convolution of size `fft_size(L)` >= 2L, as in S4D).
+        P u and the M^u_i u are one matmul of u with the stacked (P; M^u_1; ...; M^u_k_u).
+        """
+        B, L, H = u.shape
+        taps = self.filters(L).to(u.dtype)
+        m = torch.cat([self.m_plus] + ([self.m_minus] if self.m_minus is not None else [])).to(u.dtype)  # (nK, H)
+        n_fft = fft_size(L)
+        psi_f = torch.fft.rfft(m.T @ taps[self.k_u:], n=n_fft)  # (H, n_fft/2 + 1)
+        stacked = torch.cat([self.P[None], self.M_u]).to(u.dtype).flatten(0, 1)  # ((1 + k_u) H_out, H_in)
+        v, *terms = (u @ stacked.T).split(H, dim=-1)
+        z = fft_conv(v, psi_f, n_fft)
+        for i, term in enumerate(terms[:L]):  # M^u_{i+1} u_{t-i}
+            z[:, i:] += term[:, :L - i]
+        return z
 
     def autoregress(self, z: torch.Tensor) -> torch.Tensor:
         """y_t = y_{t-2} + z_t (Eq. 4)."""
@@ -281,7 +330,7 @@ class STU(nn.Module):
 
 
 class ARSTU(STU):
-    """AR-STU block (Eq. 6): the fixed y_{t-2} term of STU becomes sum_{i=1}^{k_y} M^y_i y_{t-i}.
+    """AR-STU block (Eq. 6): the fixed y_{t-2} term of STU becomes sum_{i=1}^{k_y} M^y_i y_{t-i} (any `mixing`).
 
     M^y_2 = ar_init * I and the other M^y_i = 0 at initialization (ar_init = 1 makes it equal STU); M^y is
     trained with learning rate `ar_lr` and no weight decay. `scan_chunk`: the chunk length of `ar_scan` (None:
@@ -289,8 +338,9 @@ class ARSTU(STU):
     """
 
     def __init__(self, d_model: int, k: int = 16, k_u: int = 3, k_y: int = 2, hankel: str = "z", dropout: float = 0.0,
-                 cache_dir: str | None = None, ar_lr: float = 1e-3, ar_init: float = 1.0, scan_chunk: int | None = None):
-        super().__init__(d_model, k=k, k_u=k_u, hankel=hankel, dropout=dropout, cache_dir=cache_dir)
+                 cache_dir: str | None = None, ar_lr: float = 1e-3, ar_init: float = 1.0, scan_chunk: int | None = None,
+                 mixing: str = "full"):
+        super().__init__(d_model, k=k, k_u=k_u, hankel=hankel, dropout=dropout, cache_dir=cache_dir, mixing=mixing)
         self.scan_chunk = scan_chunk
         if k_y < 2:
             raise ValueError(f"AR-STU needs k_y >= 2 (M^y_2 carries the y_(t-2) term of STU); got {k_y}")
@@ -307,7 +357,8 @@ class ARSTU(STU):
 def build_stu(cfg, init_name: str) -> nn.Module:
     """STU from `model.stu` (`init.name` configures diagonal SSMs and does not apply here)."""
     s = cfg.stu
-    return STU(cfg.d_model, k=s.k, k_u=s.k_u, hankel=s.hankel, dropout=cfg.dropout, cache_dir=s.cache_dir)
+    return STU(cfg.d_model, k=s.k, k_u=s.k_u, hankel=s.hankel, dropout=cfg.dropout, cache_dir=s.cache_dir,
+               mixing=s.mixing)
 
 
 @LAYERS.register("ar-stu")
@@ -315,4 +366,4 @@ def build_ar_stu(cfg, init_name: str) -> nn.Module:
     """AR-STU from `model.stu`."""
     s = cfg.stu
     return ARSTU(cfg.d_model, k=s.k, k_u=s.k_u, k_y=s.k_y, hankel=s.hankel, dropout=cfg.dropout,
-                 cache_dir=s.cache_dir, ar_lr=s.ar_lr, ar_init=s.ar_init)
+                 cache_dir=s.cache_dir, ar_lr=s.ar_lr, ar_init=s.ar_init, mixing=s.mixing)
