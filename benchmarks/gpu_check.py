@@ -15,9 +15,10 @@
    steps and the capture): seconds per step and samples/s over the timed steps after a warm-up (one
    synchronization at each end), peak memory (torch.cuda.max_memory_allocated, and max_memory_reserved, which
    includes the graph's private memory pool).
-4. stu (issue 13): the same (eager and with graphs) for recipes/lra/{image,text,pathx}/{stu,ar-stu}.yaml (a step that runs out of memory is
-   recorded as such), and the STU and AR-STU blocks alone (H = 256, L = 1024 / 4096 / 16384, B = 8, fp32) through
-   `run_bench`: time and peak memory, AR-STU's chunked scan beside its plain loop.
+4. stu (issue 13): the same (eager and with graphs) for recipes/lra/{image,text,pathx}/{stu,ar-stu}.yaml and
+   recipes/lra/pathx/stu-tensordot.yaml (a step that runs out of memory is recorded as such), the step-time ratios
+   of the issue's targets, and the STU (exact and tensordot) and AR-STU blocks alone (H = 256, L = 1024 / 4096 /
+   16384, B = 8, fp32) through `run_bench`: time and peak memory, AR-STU's chunked scan beside its plain loop.
 `--sections` picks some of s4d (1-3) and stu (4); both by default.
 
 `--smoke` shrinks every shape and skips the memory measurement, so the script runs in seconds on the CPU
@@ -52,6 +53,8 @@ LAYER_SHAPES = [(1024, 32), (4096, 8), (16384, 8)]  # (L, B) of the issue's tabl
 TASKS = {"image": (1024, ModelIO(1, "real", 10)), "text": (4096, ModelIO(BYTE_VOCAB, "tokens", 2)),
          "pathx": (16384, ModelIO(1, "real", 2))}
 STU_LENGTHS, STU_BATCH, STU_D_MODEL = [1024, 4096, 16384], 8, 256  # the STU/AR-STU block alone (section 4)
+# the STU-family recipes of section 4 per task (pathx also with the tensordot approximation)
+STU_MODELS = {"image": ("stu", "ar-stu"), "text": ("stu", "ar-stu"), "pathx": ("stu", "stu-tensordot", "ar-stu")}
 
 
 def relative(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -155,7 +158,7 @@ def step_ratios(rows: list[dict]) -> list[str]:
     """Issue 13's targets as ratios of step times: AR-STU / STU per task, STU / S4D at Path-X (where both ran)."""
     step = {(r["recipe"], r["cuda_graphs"]): r["s_per_step"] for r in rows if r["s_per_step"] is not None}
     pairs = [(f"recipes/lra/{t}/ar-stu.yaml", f"recipes/lra/{t}/stu.yaml") for t in TASKS]
-    pairs.append(("recipes/lra/pathx/stu.yaml", "recipes/lra/pathx/s4d.yaml"))
+    pairs += [(f"recipes/lra/pathx/{m}.yaml", "recipes/lra/pathx/s4d.yaml") for m in ("stu", "stu-tensordot")]
     found = [f"- {a.split('/')[2]}{' (CUDA graphs)' if g else ''}: {a.split('/')[3][:-5]} / {b.split('/')[3][:-5]} "
              f"step time = {step[a, g] / step[b, g]:.2f}"
              for g in (False, True) for a, b in pairs if (a, g) in step and (b, g) in step]
@@ -245,13 +248,13 @@ def main(argv: list[str] | None = None) -> dict:
             done(name)
     if "stu" in sections:
         for name in TASKS:
-            for model in ("stu", "ar-stu"):
+            for model in STU_MODELS[name]:
                 for cuda_graphs in (False, True):
                     record["stu_recipes"].append(time_recipe(name, a.device, 2 if a.smoke else 6, 2 if a.smoke else 10,
                                                              a.smoke, cuda_graphs, model))
                 done(f"{name} {model}")
-        part = run_bench([64] if a.smoke else STU_LENGTHS, 2 if a.smoke else STU_BATCH, H, N, ["stu", "ar-stu"],
-                         1 if a.smoke else 3, a.device, memory=not a.smoke, stu_d_model=8 if a.smoke else STU_D_MODEL,
+        part = run_bench([64] if a.smoke else STU_LENGTHS, 2 if a.smoke else STU_BATCH, H, N,
+                         ["stu", "stu-tensordot", "ar-stu"], 1 if a.smoke else 3, a.device, memory=not a.smoke, stu_d_model=8 if a.smoke else STU_D_MODEL,
                          log=lambda m: print(m, flush=True))
         record["environment"] = part["environment"]
         record["stu_layer"] = part["results"]

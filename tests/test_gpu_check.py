@@ -29,11 +29,11 @@ def test_gpu_check_smoke_on_cpu(tmp_path):
         ("image", False), ("image", False), ("text", False), ("text", False), ("pathx", False), ("pathx", False)]
     assert all(r["samples_per_s"] > 0 for r in record["recipes"])
     assert [r["recipe"] for r in record["stu_recipes"]] == [
-        f"recipes/lra/{task}/{model}.yaml" for task in ("image", "text", "pathx") for model in ("stu", "ar-stu")
+        f"recipes/lra/{task}/{model}.yaml" for task, models in gpu_check.STU_MODELS.items() for model in models
         for _ in range(2)]  # CUDA graphs off and on (ignored on the CPU)
     assert all(r["status"] == "ok" and r["samples_per_s"] > 0 for r in record["stu_recipes"])
-    assert {(r["block"], r["path"]) for r in record["stu_layer"]} == {("stu", "fast"), ("ar-stu", "chunked"),
-                                                                      ("ar-stu", "loop")}
+    assert {(r["block"], r["path"]) for r in record["stu_layer"]} == {("stu", "fast"), ("stu-tensordot", "fast"),
+                                                                      ("ar-stu", "chunked"), ("ar-stu", "loop")}
     report = (tmp_path / "out" / "gpu_check.md").read_text()
     assert "| `recipes/lra/pathx/s4d.yaml` |" in report and "| `recipes/lra/pathx/ar-stu.yaml` |" in report
-    assert "- pathx: stu / s4d step time = " in report and "- text: ar-stu / stu step time = " in report
+    assert "- pathx: stu-tensordot / s4d step time = " in report and "- text: ar-stu / stu step time = " in report
