@@ -38,7 +38,7 @@ import yaml
 from torch.utils.data import TensorDataset
 
 from ssmbench import runs
-from ssmbench.bench import milliseconds, run_bench
+from ssmbench.bench import environment, milliseconds, run_bench
 from ssmbench.data.base import DataBundle
 from ssmbench.data.text import BYTE_VOCAB
 from ssmbench.errors import SSMBenchError
@@ -226,20 +226,35 @@ def main(argv: list[str] | None = None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     H, N = (8, 8) if a.smoke else (256, 64)
     shapes = [(64, 2)] if a.smoke else LAYER_SHAPES
-    record: dict = {"environment": {}, "numerics": [], "layer": [], "recipes": [], "stu_recipes": [], "stu_layer": []}
+    record: dict = {"environment": environment(a.device, torch.get_num_threads()), "numerics": [], "layer": [],
+                    "recipes": [], "stu_recipes": [], "stu_layer": []}
+    try:
+        import triton
+
+        record["environment"]["triton"] = triton.__version__
+    except ImportError:
+        record["environment"]["triton"] = None
+    record["environment"]["cuda"] = torch.version.cuda
     t0 = time.perf_counter()
 
     def done(what: str) -> None:
-        print(f"{what} done ({time.perf_counter() - t0:.0f} s)", flush=True)
+        """Log a finished part and rewrite the report with everything so far (a timeout loses only the rest)."""
+        record["seconds"] = time.perf_counter() - t0
+        runs.atomic_write_json(out / "gpu_check.json", record)
+        runs.atomic_write_text(out / "gpu_check.md", markdown(record))
+        print(f"{what} done ({record['seconds']:.0f} s)", flush=True)
+
+    def bench_part(*args, **kwargs) -> list[dict]:
+        part = run_bench(*args, device=a.device, log=lambda m: print(m, flush=True), **kwargs)
+        record["environment"].update(part["environment"])
+        return part["results"]
 
     if "s4d" in sections:
         record["numerics"] = numerics(a.device, 64 if a.smoke else 4096, H, N, 2)
         done("numerics")
         for L, B in shapes:
-            part = run_bench([L], B, H, N, ["s4d"], a.reps, a.device, memory=not a.smoke, reference=a.reference,
-                             precisions=("fp32", "bf16"), log=lambda m: print(m, flush=True))
-            record["environment"] = part["environment"]
-            record["layer"] += part["results"]
+            record["layer"] += bench_part([L], B, H, N, ["s4d"], a.reps, memory=not a.smoke, reference=a.reference,
+                                          precisions=("fp32", "bf16"))
         done("layer table")
         for name in TASKS:
             for cuda_graphs in (False, True):  # on the CPU (--smoke) the field is ignored: both rows run eager
@@ -253,22 +268,10 @@ def main(argv: list[str] | None = None) -> dict:
                     record["stu_recipes"].append(time_recipe(name, a.device, 2 if a.smoke else 6, 2 if a.smoke else 10,
                                                              a.smoke, cuda_graphs, model))
                 done(f"{name} {model}")
-        part = run_bench([64] if a.smoke else STU_LENGTHS, 2 if a.smoke else STU_BATCH, H, N,
-                         ["stu", "stu-tensordot", "ar-stu"], 1 if a.smoke else 3, a.device, memory=not a.smoke, stu_d_model=8 if a.smoke else STU_D_MODEL,
-                         log=lambda m: print(m, flush=True))
-        record["environment"] = part["environment"]
-        record["stu_layer"] = part["results"]
+        record["stu_layer"] = bench_part([64] if a.smoke else STU_LENGTHS, 2 if a.smoke else STU_BATCH, H, N,
+                                         ["stu", "stu-tensordot", "ar-stu"], 1 if a.smoke else 3, memory=not a.smoke,
+                                         stu_d_model=8 if a.smoke else STU_D_MODEL)
         done("STU block table")
-    try:
-        import triton
-
-        record["environment"]["triton"] = triton.__version__
-    except ImportError:
-        record["environment"]["triton"] = None
-    record["environment"]["cuda"] = torch.version.cuda
-    record["seconds"] = time.perf_counter() - t0
-    runs.atomic_write_json(out / "gpu_check.json", record)
-    (out / "gpu_check.md").write_text(markdown(record))
     print((out / "gpu_check.md").read_text())
     return record
 
