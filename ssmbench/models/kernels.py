@@ -50,7 +50,10 @@ def discretize(A: torch.Tensor, B: torch.Tensor, dt: torch.Tensor, method: str) 
     raise ValueError(f"unknown discretization {method!r}; known: zoh, bilinear")
 
 
-def limit_growth(log_A_bar: torch.Tensor, L: int, max_log_growth: float = 10.0) -> torch.Tensor:
+MAX_LOG_GROWTH = 10.0  # the overflow guard's bound on Re(log A_bar) L
+
+
+def limit_growth(log_A_bar: torch.Tensor, L: int, max_log_growth: float = MAX_LOG_GROWTH) -> torch.Tensor:
     """Overflow guard for unstable modes (docs/methods.md §D "Pitfalls": Re(A) > 0 grows like e^{dt Re(A) L}).
 
     Clamps Re(log A_bar) from above at max_log_growth / L, so |A_bar^l| <= e^{max_log_growth} (2.2e4 by default)

@@ -9,8 +9,9 @@ channel h uses row h mod n_ssm (state-spaces/s4 `n_ssm`); dt, C and D stay per c
 Two computation paths (`path`), held equal by tests/test_kernels.py:
 - "fast" (default): blocked Vandermonde kernel (no (H, M, L) tensor, docs/methods.md §F.2), FFT size `fft_size(L)`
   (2L rounded up to a 7-smooth size), FFTs along the contiguous axis, D u folded into the kernel spectrum.
-  On CUDA, float32 layers compute the kernel with one fused Triton kernel in real arithmetic instead
-  (models/vandermonde_triton.py, forward and backward; `triton=False` keeps the PyTorch kernel).
+  On CUDA, float32 layers compute the kernel from the raw parameters (transforms, discretization, overflow guard
+  and Vandermonde sum) in fused Triton kernels in real arithmetic instead (models/vandermonde_triton.py, one
+  launch forward, two backward; `triton=False` keeps the PyTorch kernel).
 - "direct": the straightforward path (materialized Vandermonde, FFT of size 2L along dim 1, D u added after).
 Mixed precision: the SSM/FFT part always runs in float32 (float64 if the layer is float64) with autocast off;
 the position-wise Linear runs in the autocast dtype (bf16/fp16).
@@ -20,15 +21,16 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import os
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from ssmbench.models.dropout import sequence_dropout
-from ssmbench.models.kernels import (at_least_float32, bidirectional_kernel, blocked_vandermonde_kernel, discretize,
-                                     fft_conv, fft_conv_direct, fft_size, limit_growth, sobolev_weights,
-                                     vandermonde_kernel)
+from ssmbench.models.kernels import (MAX_LOG_GROWTH, at_least_float32, bidirectional_kernel,
+                                     blocked_vandermonde_kernel, discretize, fft_conv, fft_conv_direct, fft_size,
+                                     limit_growth, sobolev_weights, vandermonde_kernel)
 from ssmbench.registry import INITIALIZERS
 
 # -Re(A) = f(A_re) and its inverse (state-spaces `param_transform` / `inv_transform`); `none` can reach and cross 0.
@@ -48,11 +50,14 @@ DEFAULT_WEIGHT_DECAY = {"dt": 0.0, "A": 0.0, "B": 0.0, "C": None}
 
 
 TRITON_INSTALLED = importlib.util.find_spec("triton") is not None  # looked up once, not at every forward
+# Triton's interpreter runs the kernels on the CPU: the same launches as on CUDA (tests, `ssmbench bench` op counts).
+TRITON_INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 
 
 def fused_kernel_available(x: torch.Tensor) -> bool:
-    """Whether the fused Triton kernel serves tensors like `x`: complex64/float32 on CUDA, Triton installed."""
-    return x.is_cuda and x.dtype in (torch.float32, torch.complex64) and TRITON_INSTALLED
+    """Whether the fused Triton kernel serves parameters like `x`: float32 on CUDA (or on the CPU under
+    TRITON_INTERPRET=1), Triton installed."""
+    return (x.is_cuda or TRITON_INTERPRETED) and x.dtype == torch.float32 and TRITON_INSTALLED
 
 
 def tag_optim(param: nn.Parameter, lr: float | None, weight_decay: float | None = 0.0) -> nn.Parameter:
@@ -150,12 +155,15 @@ class S4D(nn.Module):
         return limit_growth(log_A_bar, L), torch.view_as_complex(self.C) * B_bar
 
     def kernel(self, L: int) -> torch.Tensor:
-        """The SSM convolution kernel K, real (c, H, L) (blocked Vandermonde on the fast path)."""
-        log_A_bar, W = self.discrete(L)
-        if self.path == "fast" and self.triton and fused_kernel_available(W):
-            from ssmbench.models.vandermonde_triton import fused_vandermonde_kernel
+        """The SSM convolution kernel K, real (c, H, L): blocked Vandermonde on the fast path, or there the fused
+        Triton kernel from the raw parameters (one launch forward, two backward) where it is available."""
+        if self.path == "fast" and self.triton and fused_kernel_available(self.C):
+            from ssmbench.models.vandermonde_triton import fused_s4d_kernel
 
-            return fused_vandermonde_kernel(W, log_A_bar, L, self.conjugate_pairs)
+            return fused_s4d_kernel(self.A_re, self.A_im, self.linear_real, self.log_dt, self.B, self.C, L,
+                                    self.real_transform, self.dt_transform, self.discretization,
+                                    self.conjugate_pairs, MAX_LOG_GROWTH)
+        log_A_bar, W = self.discrete(L)
         kernel_fn = blocked_vandermonde_kernel if self.path == "fast" else vandermonde_kernel
         return kernel_fn(W, log_A_bar, L, self.conjugate_pairs)
 
