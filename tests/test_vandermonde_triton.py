@@ -76,22 +76,30 @@ def kernel_cases() -> dict:
     return out
 
 
-def block_case() -> dict:
-    """A bidirectional S4D block on the fused path vs the same block on the PyTorch path: output, all gradients."""
+# (bidirectional, beta, L): the fused path writes the filter of length n_fft itself (D at lag 0 unless a Sobolev
+# filter follows); L = 149 has n_fft = 300 > 2L (zeros between the two directions), 150 has n_fft = 2L.
+BLOCKS = [(True, None, 150), (True, 0.5, 149), (False, None, 149), (False, -0.3, 150)]
+
+
+def block_cases() -> dict:
+    """S4D blocks on the fused path vs the same blocks on the PyTorch path: output and all gradients."""
     from ssmbench.models import s4d
 
-    torch.manual_seed(0)
-    ref = s4d.S4D(6, d_state=10, bidirectional=True, triton=False)
-    fused = s4d.S4D(6, d_state=10, bidirectional=True)
-    fused.load_state_dict(ref.state_dict())
-    x = torch.randn(2, 150, 6)
-    grads = []
-    for block in (ref, fused):
-        xi = x.clone().requires_grad_()
-        y = block(xi)
-        y.square().sum().backward()
-        grads.append([y.detach(), xi.grad] + [p.grad for p in block.parameters()])
-    return {"block": [rel(a, b) for a, b in zip(grads[1], grads[0])]}
+    out = {}
+    for bidirectional, beta, L in BLOCKS:
+        torch.manual_seed(0)
+        ref = s4d.S4D(6, d_state=10, bidirectional=bidirectional, beta=beta, triton=False)
+        fused = s4d.S4D(6, d_state=10, bidirectional=bidirectional, beta=beta)
+        fused.load_state_dict(ref.state_dict())
+        x = torch.randn(2, L, 6)
+        grads = []
+        for block in (ref, fused):
+            xi = x.clone().requires_grad_()
+            y = block(xi)
+            y.square().sum().backward()
+            grads.append([y.detach(), xi.grad] + [p.grad for p in block.parameters()])
+        out[f"block {bidirectional, beta, L}"] = [rel(a, b) for a, b in zip(grads[1], grads[0])]
+    return out
 
 
 def test_triton_kernel_matches_pytorch_and_float64():
@@ -99,8 +107,9 @@ def test_triton_kernel_matches_pytorch_and_float64():
     proc = subprocess.run([sys.executable, __file__], capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     errors = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert len(errors) == 4 * len(CASES) + 1
-    assert max(errors.pop("block")) < 1e-5  # the whole block, output and every gradient
+    assert len(errors) == 4 * len(CASES) + len(BLOCKS)
+    for block in BLOCKS:  # the whole block, output and every gradient
+        assert max(errors.pop(f"block {block}")) < 1e-5, block
     for case in map(str, CASES):
         # one launch forward, two backward, and no ATen op: the whole kernel and its gradients are Triton's
         assert errors[f"{case} launches"] == [0, {"_forward": 1, "_backward_lags": 1, "_backward_parameters": 1}]
@@ -129,4 +138,4 @@ def test_compiled_triton_kernel_on_cuda():
 
 
 if __name__ == "__main__":
-    print(json.dumps({**kernel_cases(), **block_case()}))
+    print(json.dumps({**kernel_cases(), **block_cases()}))

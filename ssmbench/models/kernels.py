@@ -13,6 +13,7 @@ All functions here are pure tensor math so tests can hold each against an indepe
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -141,6 +142,17 @@ def fft_size(L: int) -> int:
         n += 1
 
 
+@functools.lru_cache(maxsize=32)
+def bin_weights(n: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """c_k / n for the rfft bins k = 0..n//2: c_k = 1 for the DC bin (and the Nyquist bin when n is even), 2 for the
+    others (`fft_conv`'s backward). Cached per (n, dtype, device): built once, not at every backward."""
+    weight = torch.full((n // 2 + 1,), 2.0 / n, dtype=dtype, device=device)
+    weight[0] = 1.0 / n
+    if n % 2 == 0:
+        weight[-1] = 1.0 / n
+    return weight
+
+
 class _FFTConv(torch.autograd.Function):
     """y = irfft(rfft(u, n) * K_f, n)[:L] on (B, H, L) with a hand-written backward (formulas in `fft_conv`)."""
 
@@ -160,11 +172,7 @@ class _FFTConv(torch.autograd.Function):
         grad_u = torch.fft.irfft(g_f * k_f.conj(), n=n)[..., :L] if ctx.needs_input_grad[0] else None
         grad_k = None
         if ctx.needs_input_grad[1]:
-            weight = torch.full((k_f.shape[-1],), 2.0 / n, dtype=g_f.real.dtype, device=g_f.device)
-            weight[0] = 1.0 / n
-            if n % 2 == 0:
-                weight[-1] = 1.0 / n
-            grad_k = (g_f * u_f.conj()).sum(0) * weight
+            grad_k = (g_f * u_f.conj()).sum(0) * bin_weights(n, g_f.real.dtype, g_f.device)
         return grad_u, grad_k, None
 
 

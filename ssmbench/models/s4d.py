@@ -154,33 +154,46 @@ class S4D(nn.Module):
         log_A_bar, B_bar = discretize(self.A, self.per_channel(torch.view_as_complex(self.B)), self.dt, self.discretization)
         return limit_growth(log_A_bar, L), torch.view_as_complex(self.C) * B_bar
 
+    def fused(self) -> bool:
+        """Whether this layer computes its kernel with the fused Triton kernels (fast path, float32, CUDA)."""
+        return self.path == "fast" and self.triton and fused_kernel_available(self.C)
+
+    def _fused_kernel(self, L: int, n_fft: int | None = None, D: torch.Tensor | None = None) -> torch.Tensor:
+        from ssmbench.models.vandermonde_triton import fused_s4d_kernel
+
+        return fused_s4d_kernel(self.A_re, self.A_im, self.linear_real, self.log_dt, self.B, self.C, L,
+                                self.real_transform, self.dt_transform, self.discretization, self.conjugate_pairs,
+                                MAX_LOG_GROWTH, n_fft, D)
+
     def kernel(self, L: int) -> torch.Tensor:
         """The SSM convolution kernel K, real (c, H, L): blocked Vandermonde on the fast path, or there the fused
         Triton kernel from the raw parameters (one launch forward, two backward) where it is available."""
-        if self.path == "fast" and self.triton and fused_kernel_available(self.C):
-            from ssmbench.models.vandermonde_triton import fused_s4d_kernel
-
-            return fused_s4d_kernel(self.A_re, self.A_im, self.linear_real, self.log_dt, self.B, self.C, L,
-                                    self.real_transform, self.dt_transform, self.discretization,
-                                    self.conjugate_pairs, MAX_LOG_GROWTH)
+        if self.fused():
+            return self._fused_kernel(L)
         log_A_bar, W = self.discrete(L)
         kernel_fn = blocked_vandermonde_kernel if self.path == "fast" else vandermonde_kernel
         return kernel_fn(W, log_A_bar, L, self.conjugate_pairs)
 
-    def kernel_spectrum(self, L: int, n_fft: int) -> torch.Tensor:
-        """rfft of the (combined, filtered) kernel at size n_fft >= 2L, complex (H, n_fft//2 + 1).
+    def kernel_spectrum(self, L: int, n_fft: int, D: torch.Tensor | None = None) -> torch.Tensor:
+        """rfft of the (combined, filtered) kernel at size n_fft >= 2L, complex (H, n_fft//2 + 1), plus D (H,) at
+        every bin when given (the rfft of D at lag 0).
 
         The Sobolev weights sit on the k/n_fft grid of this n_fft (docs/methods.md §B). A numeric kappa is given for the
         2L grid of the published code, so it is rescaled by n_fft/(2L): the filter of physical frequency
-        f = k/n_fft is (1 + 2L f/kappa)^beta whatever n_fft is.
+        f = k/n_fft is (1 + 2L f/kappa)^beta whatever n_fft is. The fused Triton kernel writes the combined filter
+        of length n_fft itself, with D at lag 0 when no Sobolev filter follows.
         """
-        k = at_least_float32(self.kernel(L))
-        k = bidirectional_kernel(k, L, n_fft) if self.bidirectional else k[0]
+        fold_D = D is not None and self.beta is None and self.fused()
+        if self.fused():
+            k = self._fused_kernel(L, n_fft, D if fold_D else None)
+        else:
+            k = at_least_float32(self.kernel(L))
+            k = bidirectional_kernel(k, L, n_fft) if self.bidirectional else k[0]
         k_f = torch.fft.rfft(k, n=n_fft)
         if self.beta is not None:
             kappa = None if self.kappa is None else self.kappa * n_fft / (2 * L)
             k_f = k_f * sobolev_weights(self.beta, n_fft, kappa).to(k.dtype)
-        return k_f
+        return k_f if D is None or fold_D else k_f + D[:, None]
 
     def ssm(self, u: torch.Tensor) -> torch.Tensor:
         """y = K * u + D u, in float32 (or float64) whatever the autocast state (half-precision FFTs are unsafe).
@@ -193,7 +206,7 @@ class S4D(nn.Module):
             u = at_least_float32(u)
             if self.path == "fast":
                 n_fft = fft_size(L)
-                return fft_conv(u, self.kernel_spectrum(L, n_fft) + self.D[:, None], n_fft)
+                return fft_conv(u, self.kernel_spectrum(L, n_fft, self.D), n_fft)
             return fft_conv_direct(u, self.kernel_spectrum(L, 2 * L), 2 * L) + u * self.D
 
     def forward(self, u: torch.Tensor) -> torch.Tensor:

@@ -193,30 +193,52 @@ def _phase_terms(a_re, a_im, lags):
 
 
 @triton.jit
-def _forward(a_re_ptr, a_im_ptr, lin_ptr, log_dt_ptr, b_ptr, c_ptr, k_ptr, S, H, M, L, scale, max_re,
-             C: tl.constexpr, REAL: tl.constexpr, DT: tl.constexpr, ZOH: tl.constexpr,
-             BLOCK_M: tl.constexpr, BLOCK_L: tl.constexpr):
-    h = tl.program_id(0)
-    offs_l = tl.program_id(1) * BLOCK_L + tl.arange(0, BLOCK_L)
-    offs_m = tl.arange(0, BLOCK_M)
-    mask_m = offs_m < M
-    a_re, a_im, _, dt, _, b_re, b_im = _parameters(a_re_ptr, a_im_ptr, lin_ptr, log_dt_ptr, b_ptr, h % S, h, M,
-                                                   offs_m, mask_m, REAL, DT)
-    la_re, la_im, bb_re, bb_im = _discretize(a_re, a_im, dt, b_re, b_im, max_re, ZOH)
-    mag, cos, sin = _phase_terms(la_re, la_im, offs_l.to(tl.float32))
-    for c in tl.static_range(C):
-        cw = (c * H + h) * M + offs_m
-        c_re = tl.load(c_ptr + cw * 2, mask=mask_m, other=0.0)  # padded modes: C = 0, so W = 0
-        c_im = tl.load(c_ptr + cw * 2 + 1, mask=mask_m, other=0.0)
-        w_re, w_im = _cmul(c_re, c_im, bb_re, bb_im)
-        k = tl.sum(mag * (w_re[:, None] * cos - w_im[:, None] * sin), axis=0) * scale
-        tl.store(k_ptr + (c * H + h) * L + offs_l, k, mask=offs_l < L)
+def _position(c, h, offs_l, N, stride_c, stride_h, stride_l, COMBINE: tl.constexpr):
+    """Offset of K_{c,h,l} in a (c, H, N) tensor with these strides, or with COMBINE in the (H, N) filter: direction
+    0 at index l, direction 1 (anti-causal, lag -(l+1)) at index N - 1 - l."""
+    if not COMBINE:
+        return c * stride_c + h * stride_h + offs_l * stride_l
+    if c == 0:
+        return h * stride_h + offs_l * stride_l
+    return h * stride_h + (N - 1 - offs_l) * stride_l
 
 
 @triton.jit
-def _backward_lags(a_re_ptr, a_im_ptr, lin_ptr, log_dt_ptr, b_ptr, c_ptr, g_ptr, gw_ptr, ga_ptr, S, H, M, L, scale,
-                   max_re, C: tl.constexpr, REAL: tl.constexpr, DT: tl.constexpr, ZOH: tl.constexpr,
-                   BLOCK_M: tl.constexpr, BLOCK_L: tl.constexpr):
+def _forward(a_re_ptr, a_im_ptr, lin_ptr, log_dt_ptr, b_ptr, c_ptr, d_ptr, k_ptr, S, H, M, L, N, scale, max_re,
+             C: tl.constexpr, REAL: tl.constexpr, DT: tl.constexpr, ZOH: tl.constexpr, COMBINE: tl.constexpr,
+             HAS_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_L: tl.constexpr):
+    """One block of lags of channel h; with COMBINE the blocks past L write the zeros of the filter's middle."""
+    h = tl.program_id(0)
+    offs_l = tl.program_id(1) * BLOCK_L + tl.arange(0, BLOCK_L)
+    if tl.program_id(1) * BLOCK_L >= L:  # only with COMBINE: indices L .. N - (C-1) L - 1 are 0
+        tl.store(k_ptr + h * N + offs_l, tl.zeros([BLOCK_L], dtype=tl.float32), mask=offs_l < N - (C - 1) * L)
+    else:
+        offs_m = tl.arange(0, BLOCK_M)
+        mask_m = offs_m < M
+        a_re, a_im, _, dt, _, b_re, b_im = _parameters(a_re_ptr, a_im_ptr, lin_ptr, log_dt_ptr, b_ptr, h % S, h, M,
+                                                       offs_m, mask_m, REAL, DT)
+        la_re, la_im, bb_re, bb_im = _discretize(a_re, a_im, dt, b_re, b_im, max_re, ZOH)
+        mag, cos, sin = _phase_terms(la_re, la_im, offs_l.to(tl.float32))
+        for c in tl.static_range(C):
+            cw = (c * H + h) * M + offs_m
+            c_re = tl.load(c_ptr + cw * 2, mask=mask_m, other=0.0)  # padded modes: C = 0, so W = 0
+            c_im = tl.load(c_ptr + cw * 2 + 1, mask=mask_m, other=0.0)
+            w_re, w_im = _cmul(c_re, c_im, bb_re, bb_im)
+            k = tl.sum(mag * (w_re[:, None] * cos - w_im[:, None] * sin), axis=0) * scale
+            if HAS_D and c == 0:
+                k += tl.where(offs_l == 0, tl.load(d_ptr + h), 0.0)
+            if COMBINE and c == 0:  # direction 0 also writes the zeros after lag L - 1 in this block
+                k = tl.where(offs_l < L, k, 0.0)
+                mask = offs_l < N - (C - 1) * L
+            else:
+                mask = offs_l < L
+            tl.store(k_ptr + _position(c, h, offs_l, N, H * N, N, 1, COMBINE), k, mask=mask)
+
+
+@triton.jit
+def _backward_lags(a_re_ptr, a_im_ptr, lin_ptr, log_dt_ptr, b_ptr, c_ptr, g_ptr, gw_ptr, ga_ptr, S, H, M, L, N,
+                   g_stride_c, g_stride_h, g_stride_l, scale, max_re, C: tl.constexpr, REAL: tl.constexpr, DT: tl.constexpr, ZOH: tl.constexpr,
+                   COMBINE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_L: tl.constexpr):
     """Partial sums of one block of lags b: gw[b, 0/1, c, h, :] (W^re, W^im) and ga[b, 0/1, h, :] (a^re, a^im)."""
     h = tl.program_id(0)
     b = tl.program_id(1)
@@ -231,7 +253,8 @@ def _backward_lags(a_re_ptr, a_im_ptr, lin_ptr, log_dt_ptr, b_ptr, c_ptr, g_ptr,
     ga_re = tl.zeros([BLOCK_M], dtype=tl.float32)
     ga_im = tl.zeros([BLOCK_M], dtype=tl.float32)
     for c in tl.static_range(C):
-        g = tl.load(g_ptr + (c * H + h) * L + offs_l, mask=offs_l < L, other=0.0)
+        g = tl.load(g_ptr + _position(c, h, offs_l, N, g_stride_c, g_stride_h, g_stride_l, COMBINE), mask=offs_l < L,
+                    other=0.0)
         ge = g[None, :] * mag  # (BLOCK_M, BLOCK_L)
         ge_cos = ge * cos
         ge_sin = ge * sin
@@ -252,9 +275,9 @@ def _backward_lags(a_re_ptr, a_im_ptr, lin_ptr, log_dt_ptr, b_ptr, c_ptr, g_ptr,
 
 
 @triton.jit
-def _backward_parameters(a_re_ptr, a_im_ptr, lin_ptr, log_dt_ptr, b_ptr, c_ptr, gw_ptr, ga_ptr,
-                         g_a_re_ptr, g_a_im_ptr, g_log_dt_ptr, g_b_ptr, g_c_ptr, S, H, M,
-                         REPEATS: tl.constexpr, BLOCKS: tl.constexpr, C: tl.constexpr, REAL: tl.constexpr, DT: tl.constexpr, ZOH: tl.constexpr,
+def _backward_parameters(a_re_ptr, a_im_ptr, lin_ptr, log_dt_ptr, b_ptr, c_ptr, g_ptr, gw_ptr, ga_ptr,
+                         g_a_re_ptr, g_a_im_ptr, g_log_dt_ptr, g_b_ptr, g_c_ptr, g_d_ptr, g_stride_h, S, H, M,
+                         REPEATS: tl.constexpr, BLOCKS: tl.constexpr, C: tl.constexpr, HAS_D: tl.constexpr, REAL: tl.constexpr, DT: tl.constexpr, ZOH: tl.constexpr,
                          BLOCK_M: tl.constexpr):
     """Gradients of the raw parameters of shared row s from the partial sums of `_backward_lags` (module docstring)."""
     s = tl.program_id(0)
@@ -323,6 +346,8 @@ def _backward_parameters(a_re_ptr, a_im_ptr, lin_ptr, log_dt_ptr, b_ptr, c_ptr, 
         # dLoss/d dt: through z = dt A and the explicit factor dt (ZOH) or dt/(1 - z/2) (bilinear) of B_bar
         g_dt = tl.sum(gz_re * a_re + gz_im * a_im + g_bb_re * bb_r + g_bb_im * bb_i, axis=0)
         tl.store(g_log_dt_ptr + h, g_dt * dt_slope)
+        if HAS_D:  # D sits at lag 0 of the filter
+            tl.store(g_d_ptr + h, tl.load(g_ptr + h * g_stride_h))
         acc_a_re += dt * gz_re * re_slope
         acc_a_im += dt * gz_im
     tl.store(g_a_re_ptr + s * M + offs_m, acc_a_re, mask=mask_m)
@@ -334,13 +359,19 @@ def _backward_parameters(a_re_ptr, a_im_ptr, lin_ptr, log_dt_ptr, b_ptr, c_ptr, 
 class _FusedS4DKernel(torch.autograd.Function):
     @staticmethod
     def forward(ctx, A_re: torch.Tensor, A_im: torch.Tensor, linear_real: torch.Tensor, log_dt: torch.Tensor,
-                B: torch.Tensor, C: torch.Tensor, L: int, config: tuple) -> torch.Tensor:
+                B: torch.Tensor, C: torch.Tensor, D: torch.Tensor | None, L: int, N: int | None,
+                config: tuple) -> torch.Tensor:
         c, H, M, _ = C.shape
-        k = torch.empty(c, H, L, device=C.device, dtype=torch.float32)
-        _launch(_forward, (H, triton.cdiv(L, BLOCK_L)), A_re, A_im, linear_real, log_dt, B, C, k, A_re.shape[0], H,
-                M, L, *config[:2], C=c, **config[2], BLOCK_M=triton.next_power_of_2(M), BLOCK_L=BLOCK_L)
+        combine = N is not None
+        N = N if combine else L
+        k = torch.empty((H, N) if combine else (c, H, L), device=C.device, dtype=torch.float32)
+        filled = N - (c - 1) * L if combine else L  # the lags written by direction 0 (with the zeros)
+        scale, max_re, meta = config
+        _launch(_forward, (H, triton.cdiv(filled, BLOCK_L)), A_re, A_im, linear_real, log_dt, B, C, D, k,
+                A_re.shape[0], H, M, L, N, scale, max_re, C=c, **meta, COMBINE=combine, HAS_D=D is not None,
+                BLOCK_M=triton.next_power_of_2(M), BLOCK_L=BLOCK_L)
         ctx.save_for_backward(A_re, A_im, linear_real, log_dt, B, C)
-        ctx.L, ctx.config = L, config
+        ctx.L, ctx.N, ctx.combine, ctx.has_d, ctx.config = L, N, combine, D is not None, config
         return k
 
     @staticmethod
@@ -351,23 +382,36 @@ class _FusedS4DKernel(torch.autograd.Function):
         gw = torch.empty(blocks, 2, c, H, M, device=C.device, dtype=torch.float32)
         ga = torch.empty(blocks, 2, H, M, device=C.device, dtype=torch.float32)
         params = (A_re, A_im, linear_real, log_dt, B, C)
+        grad_k = grad_k.float()  # read in place, with its strides (rfft's backward gives a strided one)
+        strides = grad_k.stride() if not ctx.combine else (0, *grad_k.stride())
         block_m = triton.next_power_of_2(M)
-        _launch(_backward_lags, (H, blocks), *params, grad_k.float().contiguous(), gw, ga, S, H, M, ctx.L, scale,
-                max_re, C=c, **meta, BLOCK_M=block_m, BLOCK_L=BLOCK_L_BACKWARD)
+        _launch(_backward_lags, (H, blocks), *params, grad_k, gw, ga, S, H, M, ctx.L, ctx.N, *strides, scale, max_re,
+                C=c,
+                **meta, COMBINE=ctx.combine, BLOCK_M=block_m, BLOCK_L=BLOCK_L_BACKWARD)
         grads = [torch.empty_like(p) for p in (A_re, A_im, log_dt, B, C)]
-        _launch(_backward_parameters, (S,), *params, gw, ga, *grads, S, H, M, REPEATS=H // S, BLOCKS=blocks, C=c, **meta, BLOCK_M=block_m)
+        g_d = torch.empty_like(log_dt) if ctx.has_d else None
+        _launch(_backward_parameters, (S,), *params, grad_k, gw, ga, *grads, g_d, strides[1], S, H, M, REPEATS=H // S,
+                BLOCKS=blocks, C=c, HAS_D=ctx.has_d, **meta, BLOCK_M=block_m)
         g_a_re, g_a_im, g_log_dt, g_b, g_c = grads
-        return g_a_re, g_a_im, None, g_log_dt, g_b, g_c, None, None
+        return g_a_re, g_a_im, None, g_log_dt, g_b, g_c, g_d, None, None, None
 
 
 def fused_s4d_kernel(A_re: torch.Tensor, A_im: torch.Tensor, linear_real: torch.Tensor, log_dt: torch.Tensor,
                      B: torch.Tensor, C: torch.Tensor, L: int, real_transform: str, dt_transform: str,
-                     discretization: str, conjugate_pairs: bool, max_log_growth: float) -> torch.Tensor:
-    """The S4D kernel K, real float32 (c, H, L), from an S4D layer's float32 parameters: A_re, A_im (n_ssm, M),
-    linear_real (n_ssm,) bool, log_dt (H,), B (n_ssm, M, 2) and C (c, H, M, 2) (real views of complex tensors)."""
+                     discretization: str, conjugate_pairs: bool, max_log_growth: float, n_fft: int | None = None,
+                     D: torch.Tensor | None = None) -> torch.Tensor:
+    """The S4D kernel K from an S4D layer's float32 parameters: A_re, A_im (n_ssm, M), linear_real (n_ssm,) bool,
+    log_dt (H,), B (n_ssm, M, 2) and C (c, H, M, 2) (real views of complex tensors).
+
+    Without n_fft: K, real float32 (c, H, L). With n_fft >= c L: the convolution filter of length n_fft, (H, n_fft),
+    that `kernels.bidirectional_kernel` makes of K (direction 0 at lags 0..L-1, direction 1 at index n_fft - 1 - l,
+    zeros between), plus D (H,) at lag 0 when given (its rfft is D at every bin)."""
     if discretization not in ("zoh", "bilinear"):
         raise ValueError(f"unknown discretization {discretization!r}; known: zoh, bilinear")
+    if n_fft is None and D is not None:
+        raise ValueError("fused_s4d_kernel: D is added to the filter of length n_fft; give n_fft")
     meta = {"REAL": REAL_TRANSFORM_CODES[real_transform], "DT": DT_TRANSFORM_CODES[dt_transform],
             "ZOH": discretization == "zoh"}
     config = (2.0 if conjugate_pairs else 1.0, max_log_growth / L, meta)
-    return _FusedS4DKernel.apply(*(p.contiguous() for p in (A_re, A_im, linear_real, log_dt, B, C)), L, config)
+    params = (p.contiguous() for p in (A_re, A_im, linear_real, log_dt, B, C))
+    return _FusedS4DKernel.apply(*params, None if D is None else D.contiguous(), L, n_fft, config)
