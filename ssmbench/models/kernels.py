@@ -154,14 +154,16 @@ def bin_weights(n: int, dtype: torch.dtype, device: torch.device) -> torch.Tenso
 
 
 class _FFTConv(torch.autograd.Function):
-    """y = irfft(rfft(u, n) * K_f, n)[:L] on (B, H, L) with a hand-written backward (formulas in `fft_conv`)."""
+    """y = irfft(rfft(u, n) * K_f, n)[:L] on (B, H, L) with a hand-written backward (formulas in `fft_conv`);
+    with `time_domain` the kernel comes as the real filter k of length n and K_f = rfft(k)."""
 
     @staticmethod
-    def forward(ctx, u: torch.Tensor, k_f: torch.Tensor, n_fft: int) -> torch.Tensor:
+    def forward(ctx, u: torch.Tensor, k: torch.Tensor, n_fft: int, time_domain: bool) -> torch.Tensor:
         L = u.shape[-1]
         u_f = torch.fft.rfft(u, n=n_fft)
+        k_f = torch.fft.rfft(k) if time_domain else k
         ctx.save_for_backward(u_f, k_f)
-        ctx.n_fft = n_fft
+        ctx.n_fft, ctx.time_domain = n_fft, time_domain
         return torch.fft.irfft(u_f * k_f, n=n_fft)[..., :L]
 
     @staticmethod
@@ -172,15 +174,19 @@ class _FFTConv(torch.autograd.Function):
         grad_u = torch.fft.irfft(g_f * k_f.conj(), n=n)[..., :L] if ctx.needs_input_grad[0] else None
         grad_k = None
         if ctx.needs_input_grad[1]:
-            grad_k = (g_f * u_f.conj()).sum(0) * bin_weights(n, g_f.real.dtype, g_f.device)
-        return grad_u, grad_k, None
+            correlation = (g_f * u_f.conj()).sum(0)
+            if ctx.time_domain:
+                grad_k = torch.fft.irfft(correlation, n=n)
+            else:
+                grad_k = correlation * bin_weights(n, g_f.real.dtype, g_f.device)
+        return grad_u, grad_k, None, None
 
 
-def fft_conv(u: torch.Tensor, k_f: torch.Tensor, n_fft: int) -> torch.Tensor:
+def fft_conv(u: torch.Tensor, k: torch.Tensor, n_fft: int, time_domain: bool = False) -> torch.Tensor:
     """Convolution by real FFTs: y = irfft(rfft(u, n) * K_f, n)[:L] along the length axis, in float32 (or float64).
 
-    u: (B, L, H); k_f: (H, n_fft//2 + 1), the rfft of the kernel at the same size (n_fft >= 2L: causal, no
-    wrap-around). The FFTs run along the last axis of the (B, H, L) view of u; the result is copied once into a
+    u: (B, L, H); k: K_f (H, n_fft//2 + 1), the rfft of the kernel at the same size (n_fft >= 2L: causal, no
+    wrap-around), or with `time_domain` the real filter itself, (H, n_fft), and K_f = rfft(k). The FFTs run along the last axis of the (B, H, L) view of u; the result is copied once into a
     contiguous (B, L, H) tensor, because the position-wise ops that follow (GELU and its backward, the linear)
     are several times slower on the strided layout.
 
@@ -188,9 +194,11 @@ def fft_conv(u: torch.Tensor, k_f: torch.Tensor, n_fft: int) -> torch.Tensor:
     gradient g and U = rfft(u, n): the operator is "zero-pad, circular convolution, truncate", whose adjoint is
     "zero-pad, circular correlation, truncate", so dL/du = irfft(G conj(K_f), n)[:L]; and with torch's convention
     for complex inputs (dL/dRe + i dL/dIm), dL/dK_f = sum_batch G conj(U) c_k / n, c_k = 1 for the DC bin (and
-    the Nyquist bin when n is even) and 2 for the others, which irfft counts twice (Hermitian symmetry).
+    the Nyquist bin when n is even) and 2 for the others, which irfft counts twice (Hermitian symmetry). For the
+    filter k itself, y_t = sum_j k_j u_{t-j mod n} (u zero-padded) gives dL/dk_j = sum_{batch,t} g_t u_{t-j mod n},
+    the circular correlation: dL/dk = irfft(sum_batch G conj(U), n), with no rfft backward after it.
     """
-    y = _FFTConv.apply(at_least_float32(u).transpose(1, 2), k_f, n_fft)
+    y = _FFTConv.apply(at_least_float32(u).transpose(1, 2), k, n_fft, time_domain)
     return y.transpose(1, 2).contiguous()
 
 

@@ -174,18 +174,15 @@ class S4D(nn.Module):
         kernel_fn = blocked_vandermonde_kernel if self.path == "fast" else vandermonde_kernel
         return kernel_fn(W, log_A_bar, L, self.conjugate_pairs)
 
-    def kernel_spectrum(self, L: int, n_fft: int, D: torch.Tensor | None = None) -> torch.Tensor:
-        """rfft of the (combined, filtered) kernel at size n_fft >= 2L, complex (H, n_fft//2 + 1), plus D (H,) at
-        every bin when given (the rfft of D at lag 0).
+    def kernel_spectrum(self, L: int, n_fft: int) -> torch.Tensor:
+        """rfft of the (combined, filtered) kernel at size n_fft >= 2L, complex (H, n_fft//2 + 1).
 
         The Sobolev weights sit on the k/n_fft grid of this n_fft (docs/methods.md §B). A numeric kappa is given for the
         2L grid of the published code, so it is rescaled by n_fft/(2L): the filter of physical frequency
-        f = k/n_fft is (1 + 2L f/kappa)^beta whatever n_fft is. The fused Triton kernel writes the combined filter
-        of length n_fft itself, with D at lag 0 when no Sobolev filter follows.
+        f = k/n_fft is (1 + 2L f/kappa)^beta whatever n_fft is.
         """
-        fold_D = D is not None and self.beta is None and self.fused()
         if self.fused():
-            k = self._fused_kernel(L, n_fft, D if fold_D else None)
+            k = self._fused_kernel(L, n_fft)  # the combined filter of length n_fft, written by the Triton kernel
         else:
             k = at_least_float32(self.kernel(L))
             k = bidirectional_kernel(k, L, n_fft) if self.bidirectional else k[0]
@@ -193,20 +190,24 @@ class S4D(nn.Module):
         if self.beta is not None:
             kappa = None if self.kappa is None else self.kappa * n_fft / (2 * L)
             k_f = k_f * sobolev_weights(self.beta, n_fft, kappa).to(k.dtype)
-        return k_f if D is None or fold_D else k_f + D[:, None]
+        return k_f
 
     def ssm(self, u: torch.Tensor) -> torch.Tensor:
         """y = K * u + D u, in float32 (or float64) whatever the autocast state (half-precision FFTs are unsafe).
 
         Fast path: the rfft of D at lag 0 is D at every bin, so D u rides along in the spectrum,
-        irfft((K_f w + D) U_f) = (filtered K) * u + D u, saving a pass over (B, L, H) and its backward.
+        irfft((K_f w + D) U_f) = (filtered K) * u + D u, saving a pass over (B, L, H) and its backward. With the
+        fused Triton kernel and no Sobolev filter, the kernel writes the filter of length n_fft with D at lag 0,
+        and the convolution takes it in the time domain (its rfft inside, the gradient by one irfft).
         """
         L = u.shape[1]
         with torch.autocast(device_type=u.device.type, enabled=False):
             u = at_least_float32(u)
             if self.path == "fast":
                 n_fft = fft_size(L)
-                return fft_conv(u, self.kernel_spectrum(L, n_fft, self.D), n_fft)
+                if self.fused() and self.beta is None:
+                    return fft_conv(u, self._fused_kernel(L, n_fft, self.D), n_fft, time_domain=True)
+                return fft_conv(u, self.kernel_spectrum(L, n_fft) + self.D[:, None], n_fft)
             return fft_conv_direct(u, self.kernel_spectrum(L, 2 * L), 2 * L) + u * self.D
 
     def forward(self, u: torch.Tensor) -> torch.Tensor:
