@@ -360,11 +360,12 @@ def lower_bound(case: Case, peaks: dict[str, Any]) -> dict[str, float]:
 def run_bench(lengths: list[int], batch: int, d_model: int, d_state: int, blocks: list[str], reps: int,
               device: str = "auto", threads: int | None = None, memory: bool = True, stu_d_model: int | None = None,
               log: Callable[[str], None] = print, reference: str | None = None,
-              precisions: tuple[str, ...] = ("fp32",), ops_only: bool = False) -> dict:
+              precisions: tuple[str, ...] = ("fp32",), ops_only: bool = False, bidirectional: bool = False) -> dict:
     """Time (and measure) every block x path x precision x length; returns the JSON-ready record. With
     `reference`, the reference S4D of that file is timed beside ssmbench's S4D paths in the same rounds.
     Every case also gets its kernel-launch count (`count_ops`); `ops_only` counts without timing, memory and
-    differences (for the fused kernel in Triton's slow CPU interpreter, TRITON_INTERPRET=1)."""
+    differences (for the fused kernel in Triton's slow CPU interpreter, TRITON_INTERPRET=1). `bidirectional`
+    builds the S4D blocks bidirectional (the STU blocks and the reference are causal)."""
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
@@ -387,7 +388,8 @@ def run_bench(lengths: list[int], batch: int, d_model: int, d_state: int, blocks
             for L in lengths:
                 common = dict(L=L, batch=batch, d_model=H, d_state=d_state, device=device,
                               threads=torch.get_num_threads(), precision=precision)
-                cases = [Case(block, p, **common) for p in paths]
+                cases = [Case(block, p, **common, options={"bidirectional": True} if bidirectional else {})
+                         for p in paths]
                 if block == "s4d" and reference is not None:
                     cases.append(Case("reference", "reference", **common, options={"reference": reference}))
                 log(f"bench: {block} L={L} B={batch} H={H} {precision}: "
@@ -408,7 +410,7 @@ def run_bench(lengths: list[int], batch: int, d_model: int, d_state: int, blocks
     return {"environment": {**environment(device, torch.get_num_threads()), "peaks": peaks},
             "config": {"lengths": lengths, "batch": batch, "d_model": d_model, "d_state": d_state, "reps": reps,
                        "blocks": blocks, "stu_d_model": stu_d_model, "reference": reference,
-                       "precisions": list(precisions), "ops_only": ops_only},
+                       "precisions": list(precisions), "ops_only": ops_only, "bidirectional": bidirectional},
             "results": results}
 
 
@@ -470,7 +472,8 @@ def parse_list(text: str, option: str, cast: Callable = str) -> list:
 
 def bench(lengths: str, batch: int, d_model: int, d_state: int, blocks: str, reps: int, device: str,
           threads: int | None, memory: bool, stu_d_model: int | None, out: Path, console=None,
-          reference: Path | None = None, precision: str = "fp32", ops_only: bool = False) -> dict:
+          reference: Path | None = None, precision: str = "fp32", ops_only: bool = False,
+          bidirectional: bool = False) -> dict:
     """The `ssmbench bench` command: run, print the table, write the JSON record to `out`."""
     Ls = parse_list(lengths, "--lengths", int)
     if min(Ls) < 1:
@@ -489,10 +492,12 @@ def bench(lengths: str, batch: int, d_model: int, d_state: int, blocks: str, rep
         raise SSMBenchError(f"bench --precision: {precision!r}; use fp32, bf16 or both (fp32,bf16)")
     if reference is not None and "s4d" not in names:
         raise SSMBenchError("bench --reference: the reference is an S4D block; add s4d to --blocks")
+    if reference is not None and bidirectional:
+        raise SSMBenchError("bench --reference: the reference S4D is causal; drop --bidirectional to compare with it")
     log = console.print if console else print
     record = run_bench(Ls, batch, d_model, d_state, names, reps, device, threads, memory, stu_d_model, log=log,
                        reference=None if reference is None else str(reference), precisions=tuple(precisions),
-                       ops_only=ops_only)
+                       ops_only=ops_only, bidirectional=bidirectional)
     print_table(record, console)
     write_json(record, out)
     log(f"wrote {out}")

@@ -40,6 +40,9 @@ def test_ops_only_counts_every_case_without_timing():
     fast, direct = record["results"]
     assert "median_s" not in fast and "peak_bytes" not in fast and fast["max_abs_diff"] is None
     assert fast["ops"] == fast["aten_ops"] + fast["triton_launches"] > 50 and direct["ops"] > 50
+    both = run_bench([16], batch=1, d_model=4, d_state=8, blocks=["s4d"], reps=1, device="cpu", memory=False,
+                     log=lambda *a: None, ops_only=True, bidirectional=True)
+    assert both["results"][0]["ops"] > fast["ops"]  # the backward kernel: flip, pad and add, and their gradients
 
 
 def test_memory_worker_reports_bytes():
