@@ -12,7 +12,10 @@ s = h mod n_ssm the shared row of A and B,
              = s_c * sum_n exp(l a^re) (W^re cos(l a^im) - W^im sin(l a^im)).
 
 This is `S4D.discrete` + `kernels.vandermonde_kernel` (the reference the tests hold it to), computed tile by tile
-in registers: no complex tensor, no (H, M, L) Vandermonde matrix, no intermediate of the discretization.
+in registers: no complex tensor, no (H, M, L) Vandermonde matrix, no intermediate of the discretization. The
+output is K (c, H, L), or directly the convolution filter of length n_fft (H, n_fft) that
+`kernels.bidirectional_kernel` makes of it (direction 1 at index n_fft - 1 - l, zeros between), with D at lag 0
+when given (dD_h = G_{h,0}): no pad, flip, add or select, nor their backwards, in the S4D block.
 The backward takes two launches. The first recomputes each tile and reduces one block of lags: with
 E = exp(l a^re), P = W^re cos - W^im sin, Q = -W^re sin - W^im cos and G = dLoss/dK,
     dW^re = s sum_l G E cos,   dW^im = -s sum_l G E sin,   da^re = s sum_{c,l} G l E P,   da^im = s sum_{c,l} G l E Q.
@@ -30,7 +33,7 @@ phi1 and phi1' use their Taylor series for |z| < 1/2 (9 terms, error < 1e-9), so
 phase l a^im is reduced to [-pi, pi] before cos/sin. Cost: H M L exp + sin + cos per pass, memory O(c H L) for K
 and O(H M L / BLOCK_L_BACKWARD) for the partial sums.
 
-Used by `S4D.kernel` for float32 layers on CUDA (`s4d.fused_kernel_available`); on the CPU it runs under
+Used by `S4D.kernel` and `S4D.ssm` for float32 layers on CUDA (`s4d.fused_kernel_available`); on the CPU it runs under
 TRITON_INTERPRET=1 (the tests; `ssmbench bench` counts its launches there). Importing this module needs Triton.
 """
 
