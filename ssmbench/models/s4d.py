@@ -155,7 +155,8 @@ class S4D(nn.Module):
         return limit_growth(log_A_bar, L), torch.view_as_complex(self.C) * B_bar
 
     def fused(self) -> bool:
-        """Whether this layer computes its kernel with the fused Triton kernels (fast path, float32, CUDA)."""
+        """Whether this layer computes its kernel with the fused Triton kernels (fast path, float32, CUDA or the
+        Triton interpreter)."""
         return self.path == "fast" and self.triton and fused_kernel_available(self.C)
 
     def _fused_kernel(self, L: int, n_fft: int | None = None, D: torch.Tensor | None = None) -> torch.Tensor:
