@@ -7,8 +7,8 @@
    largest |difference| of the output and of every gradient (input and parameters), relative to the largest
    |value| of that tensor.
 2. layer: `ssmbench.bench.run_bench` at the issue's shapes (L = 1024 B = 32, L = 4096 B = 8, L = 16384 B = 8;
-   H = 256, N = 64; fp32 and bf16), with the reference s4d.py timed in the same rounds, the lower bound and the
-   peak memory of each case.
+   H = 256, N = 64; fp32 and bf16), with the reference s4d.py timed in the same rounds, the lower bound, the
+   kernel launches per forward+backward (`ops`) and the peak memory of each case.
 3. recipes: the training step of recipes/lra/{image,text,pathx}/s4d.yaml on synthetic data of the task's shape
    (random pixels or bytes, random labels: no dataset files), through `Trainer.train_step` as `ssmbench train`
    runs it (precision auto = bf16), eager and with `train.cuda_graphs` (the warm-up then includes the 3 warm-up
@@ -176,8 +176,8 @@ def markdown(record: dict) -> str:
                   for r in record["numerics"]]
     if record["layer"]:
         lines += ["", "## S4D block forward+backward (ref/t > 1: faster than the reference; t/bound: x the lower bound)",
-                  "", "| case | L | B | precision | median ms | ref/t | t/bound | peak MB | memory vs reference |",
-                  "|---|---|---|---|---|---|---|---|---|"]
+                  "", "| case | L | B | precision | median ms | ref/t | t/bound | ops | peak MB | memory vs reference |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
     rows = record["layer"]
     for r in rows:
         ref = next((q for q in rows if q["block"] == "reference" and q["L"] == r["L"]
@@ -189,7 +189,7 @@ def markdown(record: dict) -> str:
         memory = f"{mem / ref['peak_bytes']:.2f}" if mem and ref and ref.get("peak_bytes") else "-"
         case = r["block"] if r["block"] == r["path"] else f"{r['block']} {r['path']}"
         lines.append(f"| {case} | {r['L']} | {r['batch']} | {r['precision']} | "
-                     f"{milliseconds(r['median_s'])} | {speed} | {bound} | {peak} | {memory} |")
+                     f"{milliseconds(r['median_s'])} | {speed} | {bound} | {r.get('ops', '-')} | {peak} | {memory} |")
     lines += ["", "## Training step on synthetic data of the task's shape", "",
               "| recipe | L | B | layers x H | precision | CUDA graph | s/step | samples/s | peak GiB | reserved GiB "
               "| status |", "|---|---|---|---|---|---|---|---|---|---|---|"]

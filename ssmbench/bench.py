@@ -43,14 +43,17 @@ import subprocess
 import sys
 import time
 import types
-from contextlib import nullcontext
+from collections import Counter
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode, _disable_current_modes
 
 from ssmbench.errors import SSMBenchError
+from ssmbench.models.s4d import TRITON_INSTALLED, TRITON_INTERPRETED
 
 PATHS = {"s4d": ("fast", "direct"), "stu": ("fast",), "ar-stu": ("chunked", "loop"), "stu-tensordot": ("fast",)}
 STU_BLOCKS = ("stu", "ar-stu", "stu-tensordot")
@@ -67,7 +70,7 @@ class Case:
     device: str = "cpu"
     threads: int | None = None
     seed: int = 0
-    options: dict = field(default_factory=dict)  # passed through to external builders
+    options: dict = field(default_factory=dict)  # passed through to external builders; s4d: {"bidirectional": True}
     precision: str = "fp32"  # or "bf16": the step under torch.autocast
 
 
@@ -78,7 +81,8 @@ def build_block(case: Case) -> tuple[torch.nn.Module, str]:
         from ssmbench.models.s4d import S4D
 
         path = "fast" if case.path == "blocked" else case.path
-        return S4D(case.d_model, d_state=case.d_state, path=path, triton=case.path != "blocked"), "BLH"
+        return S4D(case.d_model, d_state=case.d_state, path=path, triton=case.path != "blocked",
+                   bidirectional=case.options.get("bidirectional", False)), "BLH"
     if case.block == "reference":
         ref = load_reference(case.options["reference"])
         torch.manual_seed(case.seed)
@@ -206,6 +210,58 @@ def max_differences(cases: list[Case]) -> dict[str, float]:
     return out
 
 
+# ATen ops that launch no kernel on CUDA: allocations and aliases (view ops are recognized by `OpOverload.is_view`).
+NO_KERNEL_OPS = frozenset({"empty", "empty_strided", "empty_like", "new_empty", "new_empty_strided", "detach", "alias",
+                           "lift_fresh"})
+
+
+class OpCounter(TorchDispatchMode):
+    """Counts what one piece of code launches: the ATen ops dispatched below autograd (forward and backward), each
+    roughly one kernel launch on CUDA, except views and allocations (`NO_KERNEL_OPS`); and the launches of the
+    fused Triton kernels (`models.vandermonde_triton.launch_observer`), which bypass the dispatcher. The tensor ops
+    of Triton's interpreter inside a launch (TRITON_INTERPRET=1 on the CPU) are not counted."""
+
+    def __init__(self):
+        super().__init__()
+        self.aten: Counter = Counter()
+        self.triton: Counter = Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = func.overloadpacket.__name__
+        if not func.is_view and name not in NO_KERNEL_OPS:
+            self.aten[name] += 1
+        return func(*args, **(kwargs or {}))
+
+    @contextmanager
+    def launch(self, kernel: str):
+        self.triton[kernel] += 1
+        with _disable_current_modes():
+            yield
+
+    def __enter__(self):
+        self._observed = importlib.import_module("ssmbench.models.vandermonde_triton") if TRITON_INSTALLED else None
+        if self._observed is not None:
+            self._observed.launch_observer = self.launch
+        return super().__enter__()
+
+    def __exit__(self, *exc):
+        if self._observed is not None:
+            self._observed.launch_observer = None
+        return super().__exit__(*exc)
+
+
+def count_ops(case: Case) -> dict[str, Any]:
+    """Kernel launches of one forward+backward step of `case` (after a warm-up step): `ops` = ATen ops + Triton
+    launches (`OpCounter`), and the most frequent ATen ops."""
+    module, x, g = _prepare(case)
+    step(module, x, g, case.precision)
+    with OpCounter() as counter:
+        step(module, x, g, case.precision)
+    aten, triton = sum(counter.aten.values()), sum(counter.triton.values())
+    return {"ops": aten + triton, "aten_ops": aten, "triton_launches": triton,
+            "top_ops": dict(counter.aten.most_common(8))}
+
+
 def _rss_bytes(field_name: str) -> int | None:
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
@@ -306,9 +362,12 @@ def lower_bound(case: Case, peaks: dict[str, Any]) -> dict[str, float]:
 def run_bench(lengths: list[int], batch: int, d_model: int, d_state: int, blocks: list[str], reps: int,
               device: str = "auto", threads: int | None = None, memory: bool = True, stu_d_model: int | None = None,
               log: Callable[[str], None] = print, reference: str | None = None,
-              precisions: tuple[str, ...] = ("fp32",)) -> dict:
+              precisions: tuple[str, ...] = ("fp32",), ops_only: bool = False, bidirectional: bool = False) -> dict:
     """Time (and measure) every block x path x precision x length; returns the JSON-ready record. With
-    `reference`, the reference S4D of that file is timed beside ssmbench's S4D paths in the same rounds."""
+    `reference`, the reference S4D of that file is timed beside ssmbench's S4D paths in the same rounds.
+    Every case also gets its kernel-launch count (`count_ops`); `ops_only` counts without timing, memory and
+    differences (for the fused kernel in Triton's slow CPU interpreter, TRITON_INTERPRET=1). `bidirectional`
+    builds the S4D blocks bidirectional (the STU blocks and the reference are causal)."""
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
@@ -325,33 +384,35 @@ def run_bench(lengths: list[int], batch: int, d_model: int, d_state: int, blocks
             continue
         H = stu_d_model if (block in STU_BLOCKS and stu_d_model) else d_model
         paths = list(PATHS[block])
-        if block == "s4d" and device.startswith("cuda"):
+        if block == "s4d" and TRITON_INSTALLED and (device.startswith("cuda") or TRITON_INTERPRETED):
             paths.insert(1, "blocked")  # the fast path with the PyTorch kernel instead of the Triton one
         for precision in precisions:
             for L in lengths:
                 common = dict(L=L, batch=batch, d_model=H, d_state=d_state, device=device,
                               threads=torch.get_num_threads(), precision=precision)
-                cases = [Case(block, p, **common) for p in paths]
+                cases = [Case(block, p, **common, options={"bidirectional": True} if bidirectional else {})
+                         for p in paths]
                 if block == "s4d" and reference is not None:
                     cases.append(Case("reference", "reference", **common, options={"reference": reference}))
-                log(f"bench: {block} L={L} B={batch} H={H} {precision}: timing "
-                    f"{', '.join(c.path for c in cases)} ({reps} rounds)")
-                timing = time_cases(cases, reps)
+                log(f"bench: {block} L={L} B={batch} H={H} {precision}: "
+                    f"{'counting' if ops_only else 'timing'} {', '.join(c.path for c in cases)}"
+                    f"{'' if ops_only else f' ({reps} rounds)'}")
+                timing = [{}] * len(cases) if ops_only else time_cases(cases, reps)
                 ours = [c for c in cases if c.block == block]
-                diffs = max_differences(ours) if len(ours) > 1 else None
+                diffs = max_differences(ours) if len(ours) > 1 and not ops_only else None
                 for case, t in zip(cases, timing):
                     row = {"group": f"{block} L={L} {precision}", "block": case.block, "path": case.path, "L": L,
                            "batch": batch, "d_model": H, "d_state": d_state, "precision": precision, **t,
-                           "max_abs_diff": diffs if case.block == block else None}
+                           "max_abs_diff": diffs if case.block == block else None, **count_ops(case)}
                     if peaks is not None and block == "s4d":
                         row.update(lower_bound(case, peaks))
-                    if memory:
+                    if memory and not ops_only:
                         row.update(peak_memory(case))
                     results.append(row)
     return {"environment": {**environment(device, torch.get_num_threads()), "peaks": peaks},
             "config": {"lengths": lengths, "batch": batch, "d_model": d_model, "d_state": d_state, "reps": reps,
                        "blocks": blocks, "stu_d_model": stu_d_model, "reference": reference,
-                       "precisions": list(precisions)},
+                       "precisions": list(precisions), "ops_only": ops_only, "bidirectional": bidirectional},
             "results": results}
 
 
@@ -361,15 +422,16 @@ def milliseconds(seconds: float) -> str:
 
 def print_table(record: dict, console=None) -> None:
     """Rich table: time and memory per case, ratios against the first case of its group, the reference's time
-    over the case's (ref/t, > 1: faster than the reference), the time over the lower bound, differences."""
+    over the case's (ref/t, > 1: faster than the reference), the time over the lower bound, kernel launches per
+    forward+backward (ops), differences. Without timings (ops_only) the time columns show "-"."""
     from rich.console import Console
     from rich.table import Table
 
     env = record["environment"]
     table = Table(title=f"forward+backward on {env['device']} ({env['device_name']}), {env['torch_threads']} threads, "
                         f"torch {env['torch']}")
-    for col in ("case", "L", "prec", "med ms", "min ms", "t/1st", "ref/t", "t/bound", "MB", "MB/1st", "dy rel",
-                "dgrad rel"):
+    for col in ("case", "L", "prec", "med ms", "min ms", "t/1st", "ref/t", "t/bound", "ops", "MB", "MB/1st",
+                "dy rel", "dgrad rel"):
         table.add_column(col, justify="left" if col == "case" else "right", no_wrap=True)
     first: dict[str, dict] = {}
     references = {r["group"]: r for r in record["results"] if r["block"] == "reference"}
@@ -378,11 +440,14 @@ def print_table(record: dict, console=None) -> None:
         mem = r.get("peak_bytes")
         d = r.get("max_abs_diff") or {}
         case = r["block"] if r["block"] == r["path"] else f"{r['block']} {r['path']}"
-        reference = references.get(r["group"])
-        table.add_row(case, str(r["L"]), r.get("precision", "fp32"), milliseconds(r["median_s"]),
-                      milliseconds(r["min_s"]), f"{r['median_s'] / ref['median_s']:.2f}",
+        timed_row = "median_s" in r
+        reference = references.get(r["group"]) if timed_row else None
+        table.add_row(case, str(r["L"]), r.get("precision", "fp32"), milliseconds(r["median_s"]) if timed_row else "-",
+                      milliseconds(r["min_s"]) if timed_row else "-",
+                      f"{r['median_s'] / ref['median_s']:.2f}" if timed_row else "-",
                       f"{reference['median_s'] / r['median_s']:.2f}" if reference else "-",
-                      f"{r['median_s'] / r['bound_s']:.1f}" if r.get("bound_s") else "-",
+                      f"{r['median_s'] / r['bound_s']:.1f}" if timed_row and r.get("bound_s") else "-",
+                      str(r["ops"]) if "ops" in r else "-",
                       "-" if mem is None else f"{mem / 2**20:.0f}",
                       "-" if not (mem and ref.get("peak_bytes")) else f"{mem / ref['peak_bytes']:.2f}",
                       f"{d['output_rel']:.1e}" if d else "-", f"{d['grad_rel']:.1e}" if d else "-")
@@ -409,7 +474,8 @@ def parse_list(text: str, option: str, cast: Callable = str) -> list:
 
 def bench(lengths: str, batch: int, d_model: int, d_state: int, blocks: str, reps: int, device: str,
           threads: int | None, memory: bool, stu_d_model: int | None, out: Path, console=None,
-          reference: Path | None = None, precision: str = "fp32") -> dict:
+          reference: Path | None = None, precision: str = "fp32", ops_only: bool = False,
+          bidirectional: bool = False) -> dict:
     """The `ssmbench bench` command: run, print the table, write the JSON record to `out`."""
     Ls = parse_list(lengths, "--lengths", int)
     if min(Ls) < 1:
@@ -428,9 +494,12 @@ def bench(lengths: str, batch: int, d_model: int, d_state: int, blocks: str, rep
         raise SSMBenchError(f"bench --precision: {precision!r}; use fp32, bf16 or both (fp32,bf16)")
     if reference is not None and "s4d" not in names:
         raise SSMBenchError("bench --reference: the reference is an S4D block; add s4d to --blocks")
+    if reference is not None and bidirectional:
+        raise SSMBenchError("bench --reference: the reference S4D is causal; drop --bidirectional to compare with it")
     log = console.print if console else print
     record = run_bench(Ls, batch, d_model, d_state, names, reps, device, threads, memory, stu_d_model, log=log,
-                       reference=None if reference is None else str(reference), precisions=tuple(precisions))
+                       reference=None if reference is None else str(reference), precisions=tuple(precisions),
+                       ops_only=ops_only, bidirectional=bidirectional)
     print_table(record, console)
     write_json(record, out)
     log(f"wrote {out}")

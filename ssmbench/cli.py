@@ -160,13 +160,15 @@ def bench(
     out: Path = typer.Option(Path("bench.json"), "--out", help="JSON file for the results"),
     reference: Optional[Path] = typer.Option(None, "--reference", help="a reference s4d.py (e.g. state-spaces/s4 models/s4/s4d.py), timed beside the S4D block"),
     precision: str = typer.Option("fp32", "--precision", help="comma-separated: fp32, bf16 (autocast)"),
+    bidirectional: bool = typer.Option(False, "--bidirectional", help="bidirectional S4D blocks (the reference stays causal: not with --reference)"),
+    ops_only: bool = typer.Option(False, "--ops-only", help="only count kernel launches per forward+backward (no timing, memory or differences); with TRITON_INTERPRET=1 on the CPU the S4D fast path runs the Triton kernels"),
 ) -> None:
     """Time forward+backward of the S4D, STU and AR-STU blocks, fast vs straightforward path, with peak memory."""
     from ssmbench.bench import bench as run
 
     output_file(out, "--out")
     run(lengths, batch, d_model, d_state, blocks, reps, device, threads, memory, stu_d_model, out, console,
-        reference=reference, precision=precision)
+        reference=reference, precision=precision, ops_only=ops_only, bidirectional=bidirectional)
 
 
 @app.command()

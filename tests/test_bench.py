@@ -5,7 +5,9 @@ import json
 
 import pytest
 
-from ssmbench.bench import Case, bench, lower_bound, peak_memory_here, run_bench
+import torch
+
+from ssmbench.bench import Case, OpCounter, bench, lower_bound, peak_memory_here, run_bench
 from ssmbench.errors import SSMBenchError
 from ssmbench.models.stu import chunk_length
 
@@ -21,6 +23,26 @@ def test_run_bench_record(tmp_path):
         assert d["output_rel"] < 1e-5 and d["grad_rel"] < 1e-4
     env = record["environment"]
     assert env["device"] == "cpu" and env["torch_threads"] >= 1 and env["torch"]
+
+
+def test_op_counter_counts_ops_that_launch_kernels():
+    x = torch.randn(4, 3, requires_grad=True)
+    with OpCounter() as counter:
+        y = (x.t().exp() * 2).sum()  # the transpose is a view: no kernel
+        torch.empty(5)  # an allocation: no kernel
+        y.backward()  # seed ones_like; sum -> expand (a view); mul, exp -> mul; the transposed grad: one copy_
+    assert dict(counter.aten) == {"exp": 1, "mul": 3, "sum": 1, "ones_like": 1, "copy_": 1} and not counter.triton
+
+
+def test_ops_only_counts_every_case_without_timing():
+    record = run_bench([16], batch=1, d_model=4, d_state=8, blocks=["s4d"], reps=1, device="cpu", memory=True,
+                       log=lambda *a: None, ops_only=True)
+    fast, direct = record["results"]
+    assert "median_s" not in fast and "peak_bytes" not in fast and fast["max_abs_diff"] is None
+    assert fast["ops"] == fast["aten_ops"] + fast["triton_launches"] > 50 and direct["ops"] > 50
+    both = run_bench([16], batch=1, d_model=4, d_state=8, blocks=["s4d"], reps=1, device="cpu", memory=False,
+                     log=lambda *a: None, ops_only=True, bidirectional=True)
+    assert both["results"][0]["ops"] > fast["ops"]  # the backward kernel: flip, pad and add, and their gradients
 
 
 def test_memory_worker_reports_bytes():

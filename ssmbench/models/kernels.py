@@ -13,6 +13,7 @@ All functions here are pure tensor math so tests can hold each against an indepe
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -50,7 +51,10 @@ def discretize(A: torch.Tensor, B: torch.Tensor, dt: torch.Tensor, method: str) 
     raise ValueError(f"unknown discretization {method!r}; known: zoh, bilinear")
 
 
-def limit_growth(log_A_bar: torch.Tensor, L: int, max_log_growth: float = 10.0) -> torch.Tensor:
+MAX_LOG_GROWTH = 10.0  # the overflow guard's bound on Re(log A_bar) L
+
+
+def limit_growth(log_A_bar: torch.Tensor, L: int, max_log_growth: float = MAX_LOG_GROWTH) -> torch.Tensor:
     """Overflow guard for unstable modes (docs/methods.md §D "Pitfalls": Re(A) > 0 grows like e^{dt Re(A) L}).
 
     Clamps Re(log A_bar) from above at max_log_growth / L, so |A_bar^l| <= e^{max_log_growth} (2.2e4 by default)
@@ -138,15 +142,28 @@ def fft_size(L: int) -> int:
         n += 1
 
 
+@functools.lru_cache(maxsize=32)
+def bin_weights(n: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """c_k / n for the rfft bins k = 0..n//2: c_k = 1 for the DC bin (and the Nyquist bin when n is even), 2 for the
+    others (`fft_conv`'s backward). Cached per (n, dtype, device): built once, not at every backward."""
+    weight = torch.full((n // 2 + 1,), 2.0 / n, dtype=dtype, device=device)
+    weight[0] = 1.0 / n
+    if n % 2 == 0:
+        weight[-1] = 1.0 / n
+    return weight
+
+
 class _FFTConv(torch.autograd.Function):
-    """y = irfft(rfft(u, n) * K_f, n)[:L] on (B, H, L) with a hand-written backward (formulas in `fft_conv`)."""
+    """y = irfft(rfft(u, n) * K_f, n)[:L] on (B, H, L) with a hand-written backward (formulas in `fft_conv`);
+    with `time_domain` the kernel comes as the real filter k of length n and K_f = rfft(k)."""
 
     @staticmethod
-    def forward(ctx, u: torch.Tensor, k_f: torch.Tensor, n_fft: int) -> torch.Tensor:
+    def forward(ctx, u: torch.Tensor, k: torch.Tensor, n_fft: int, time_domain: bool) -> torch.Tensor:
         L = u.shape[-1]
         u_f = torch.fft.rfft(u, n=n_fft)
+        k_f = torch.fft.rfft(k) if time_domain else k
         ctx.save_for_backward(u_f, k_f)
-        ctx.n_fft = n_fft
+        ctx.n_fft, ctx.time_domain = n_fft, time_domain
         return torch.fft.irfft(u_f * k_f, n=n_fft)[..., :L]
 
     @staticmethod
@@ -157,19 +174,19 @@ class _FFTConv(torch.autograd.Function):
         grad_u = torch.fft.irfft(g_f * k_f.conj(), n=n)[..., :L] if ctx.needs_input_grad[0] else None
         grad_k = None
         if ctx.needs_input_grad[1]:
-            weight = torch.full((k_f.shape[-1],), 2.0 / n, dtype=g_f.real.dtype, device=g_f.device)
-            weight[0] = 1.0 / n
-            if n % 2 == 0:
-                weight[-1] = 1.0 / n
-            grad_k = (g_f * u_f.conj()).sum(0) * weight
-        return grad_u, grad_k, None
+            correlation = (g_f * u_f.conj()).sum(0)
+            if ctx.time_domain:
+                grad_k = torch.fft.irfft(correlation, n=n)
+            else:
+                grad_k = correlation * bin_weights(n, g_f.real.dtype, g_f.device)
+        return grad_u, grad_k, None, None
 
 
-def fft_conv(u: torch.Tensor, k_f: torch.Tensor, n_fft: int) -> torch.Tensor:
+def fft_conv(u: torch.Tensor, k: torch.Tensor, n_fft: int, time_domain: bool = False) -> torch.Tensor:
     """Convolution by real FFTs: y = irfft(rfft(u, n) * K_f, n)[:L] along the length axis, in float32 (or float64).
 
-    u: (B, L, H); k_f: (H, n_fft//2 + 1), the rfft of the kernel at the same size (n_fft >= 2L: causal, no
-    wrap-around). The FFTs run along the last axis of the (B, H, L) view of u; the result is copied once into a
+    u: (B, L, H); k: K_f (H, n_fft//2 + 1), the rfft of the kernel at the same size (n_fft >= 2L: causal, no
+    wrap-around), or with `time_domain` the real filter itself, (H, n_fft), and K_f = rfft(k). The FFTs run along the last axis of the (B, H, L) view of u; the result is copied once into a
     contiguous (B, L, H) tensor, because the position-wise ops that follow (GELU and its backward, the linear)
     are several times slower on the strided layout.
 
@@ -177,9 +194,11 @@ def fft_conv(u: torch.Tensor, k_f: torch.Tensor, n_fft: int) -> torch.Tensor:
     gradient g and U = rfft(u, n): the operator is "zero-pad, circular convolution, truncate", whose adjoint is
     "zero-pad, circular correlation, truncate", so dL/du = irfft(G conj(K_f), n)[:L]; and with torch's convention
     for complex inputs (dL/dRe + i dL/dIm), dL/dK_f = sum_batch G conj(U) c_k / n, c_k = 1 for the DC bin (and
-    the Nyquist bin when n is even) and 2 for the others, which irfft counts twice (Hermitian symmetry).
+    the Nyquist bin when n is even) and 2 for the others, which irfft counts twice (Hermitian symmetry). For the
+    filter k itself, y_t = sum_j k_j u_{t-j mod n} (u zero-padded) gives dL/dk_j = sum_{batch,t} g_t u_{t-j mod n},
+    the circular correlation: dL/dk = irfft(sum_batch G conj(U), n), with no rfft backward after it.
     """
-    y = _FFTConv.apply(at_least_float32(u).transpose(1, 2), k_f, n_fft)
+    y = _FFTConv.apply(at_least_float32(u).transpose(1, 2), k, n_fft, time_domain)
     return y.transpose(1, 2).contiguous()
 
 

@@ -9,8 +9,9 @@ channel h uses row h mod n_ssm (state-spaces/s4 `n_ssm`); dt, C and D stay per c
 Two computation paths (`path`), held equal by tests/test_kernels.py:
 - "fast" (default): blocked Vandermonde kernel (no (H, M, L) tensor, docs/methods.md §F.2), FFT size `fft_size(L)`
   (2L rounded up to a 7-smooth size), FFTs along the contiguous axis, D u folded into the kernel spectrum.
-  On CUDA, float32 layers compute the kernel with one fused Triton kernel in real arithmetic instead
-  (models/vandermonde_triton.py, forward and backward; `triton=False` keeps the PyTorch kernel).
+  On CUDA, float32 layers compute the kernel from the raw parameters (transforms, discretization, overflow guard
+  and Vandermonde sum) in fused Triton kernels in real arithmetic instead (models/vandermonde_triton.py, one
+  launch forward, two backward; `triton=False` keeps the PyTorch kernel).
 - "direct": the straightforward path (materialized Vandermonde, FFT of size 2L along dim 1, D u added after).
 Mixed precision: the SSM/FFT part always runs in float32 (float64 if the layer is float64) with autocast off;
 the position-wise Linear runs in the autocast dtype (bf16/fp16).
@@ -20,15 +21,16 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import os
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from ssmbench.models.dropout import sequence_dropout
-from ssmbench.models.kernels import (at_least_float32, bidirectional_kernel, blocked_vandermonde_kernel, discretize,
-                                     fft_conv, fft_conv_direct, fft_size, limit_growth, sobolev_weights,
-                                     vandermonde_kernel)
+from ssmbench.models.kernels import (MAX_LOG_GROWTH, at_least_float32, bidirectional_kernel,
+                                     blocked_vandermonde_kernel, discretize, fft_conv, fft_conv_direct, fft_size,
+                                     limit_growth, sobolev_weights, vandermonde_kernel)
 from ssmbench.registry import INITIALIZERS
 
 # -Re(A) = f(A_re) and its inverse (state-spaces `param_transform` / `inv_transform`); `none` can reach and cross 0.
@@ -48,11 +50,14 @@ DEFAULT_WEIGHT_DECAY = {"dt": 0.0, "A": 0.0, "B": 0.0, "C": None}
 
 
 TRITON_INSTALLED = importlib.util.find_spec("triton") is not None  # looked up once, not at every forward
+# Triton's interpreter runs the kernels on the CPU: the same launches as on CUDA (tests, `ssmbench bench` op counts).
+TRITON_INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 
 
 def fused_kernel_available(x: torch.Tensor) -> bool:
-    """Whether the fused Triton kernel serves tensors like `x`: complex64/float32 on CUDA, Triton installed."""
-    return x.is_cuda and x.dtype in (torch.float32, torch.complex64) and TRITON_INSTALLED
+    """Whether the fused Triton kernel serves parameters like `x`: float32 on CUDA (or on the CPU under
+    TRITON_INTERPRET=1), Triton installed."""
+    return (x.is_cuda or TRITON_INTERPRETED) and x.dtype == torch.float32 and TRITON_INSTALLED
 
 
 def tag_optim(param: nn.Parameter, lr: float | None, weight_decay: float | None = 0.0) -> nn.Parameter:
@@ -149,13 +154,24 @@ class S4D(nn.Module):
         log_A_bar, B_bar = discretize(self.A, self.per_channel(torch.view_as_complex(self.B)), self.dt, self.discretization)
         return limit_growth(log_A_bar, L), torch.view_as_complex(self.C) * B_bar
 
-    def kernel(self, L: int) -> torch.Tensor:
-        """The SSM convolution kernel K, real (c, H, L) (blocked Vandermonde on the fast path)."""
-        log_A_bar, W = self.discrete(L)
-        if self.path == "fast" and self.triton and fused_kernel_available(W):
-            from ssmbench.models.vandermonde_triton import fused_vandermonde_kernel
+    def fused(self) -> bool:
+        """Whether this layer computes its kernel with the fused Triton kernels (fast path, float32, CUDA or the
+        Triton interpreter)."""
+        return self.path == "fast" and self.triton and fused_kernel_available(self.C)
 
-            return fused_vandermonde_kernel(W, log_A_bar, L, self.conjugate_pairs)
+    def _fused_kernel(self, L: int, n_fft: int | None = None, D: torch.Tensor | None = None) -> torch.Tensor:
+        from ssmbench.models.vandermonde_triton import fused_s4d_kernel
+
+        return fused_s4d_kernel(self.A_re, self.A_im, self.linear_real, self.log_dt, self.B, self.C, L,
+                                self.real_transform, self.dt_transform, self.discretization, self.conjugate_pairs,
+                                MAX_LOG_GROWTH, n_fft, D)
+
+    def kernel(self, L: int) -> torch.Tensor:
+        """The SSM convolution kernel K, real (c, H, L): blocked Vandermonde on the fast path, or there the fused
+        Triton kernel from the raw parameters (one launch forward, two backward) where it is available."""
+        if self.fused():
+            return self._fused_kernel(L)
+        log_A_bar, W = self.discrete(L)
         kernel_fn = blocked_vandermonde_kernel if self.path == "fast" else vandermonde_kernel
         return kernel_fn(W, log_A_bar, L, self.conjugate_pairs)
 
@@ -166,8 +182,11 @@ class S4D(nn.Module):
         2L grid of the published code, so it is rescaled by n_fft/(2L): the filter of physical frequency
         f = k/n_fft is (1 + 2L f/kappa)^beta whatever n_fft is.
         """
-        k = at_least_float32(self.kernel(L))
-        k = bidirectional_kernel(k, L, n_fft) if self.bidirectional else k[0]
+        if self.fused():
+            k = self._fused_kernel(L, n_fft)  # the combined filter of length n_fft, written by the Triton kernel
+        else:
+            k = at_least_float32(self.kernel(L))
+            k = bidirectional_kernel(k, L, n_fft) if self.bidirectional else k[0]
         k_f = torch.fft.rfft(k, n=n_fft)
         if self.beta is not None:
             kappa = None if self.kappa is None else self.kappa * n_fft / (2 * L)
@@ -178,13 +197,17 @@ class S4D(nn.Module):
         """y = K * u + D u, in float32 (or float64) whatever the autocast state (half-precision FFTs are unsafe).
 
         Fast path: the rfft of D at lag 0 is D at every bin, so D u rides along in the spectrum,
-        irfft((K_f w + D) U_f) = (filtered K) * u + D u, saving a pass over (B, L, H) and its backward.
+        irfft((K_f w + D) U_f) = (filtered K) * u + D u, saving a pass over (B, L, H) and its backward. With the
+        fused Triton kernel and no Sobolev filter, the kernel writes the filter of length n_fft with D at lag 0,
+        and the convolution takes it in the time domain (its rfft inside, the gradient by one irfft).
         """
         L = u.shape[1]
         with torch.autocast(device_type=u.device.type, enabled=False):
             u = at_least_float32(u)
             if self.path == "fast":
                 n_fft = fft_size(L)
+                if self.fused() and self.beta is None:
+                    return fft_conv(u, self._fused_kernel(L, n_fft, self.D), n_fft, time_domain=True)
                 return fft_conv(u, self.kernel_spectrum(L, n_fft) + self.D[:, None], n_fft)
             return fft_conv_direct(u, self.kernel_spectrum(L, 2 * L), 2 * L) + u * self.D
 

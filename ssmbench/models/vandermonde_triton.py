@@ -1,23 +1,46 @@
-"""The S4D kernel as one fused Triton kernel in real arithmetic, forward and backward (a torch.autograd.Function).
+"""The S4D kernel from the raw parameters in fused Triton kernels, real arithmetic, forward and backward.
 
-    K_{c,h,l} = s * Re sum_n W_{c,h,n} exp(l a_{h,n})
-              = s * sum_n exp(l a^re_{h,n}) (W^re_{c,h,n} cos(l a^im_{h,n}) - W^im_{c,h,n} sin(l a^im_{h,n}))
+One launch computes K from the layer's parameters (docs/methods.md §A, §D, §F.3): per channel h and mode n, with
+s = h mod n_ssm the shared row of A and B,
 
-with a = log A_bar (after the overflow guard), W = C * B_bar and s = 2 for conjugate pairs, else 1: the same
-function as `kernels.vandermonde_kernel` (the reference the tests hold this to), computed tile by tile in
-registers, so neither the (H, M, L) Vandermonde matrix nor a complex tensor is ever stored. With
-E = exp(l a^re), P = W^re cos - W^im sin, Q = -W^re sin - W^im cos and G = dLoss/dK, the backward is
-    dW^re_{c,h,n} = s sum_l G_{c,h,l} E cos,      dW^im_{c,h,n} = -s sum_l G_{c,h,l} E sin,
-    da^re_{h,n} = s sum_{c,l} G_{c,h,l} l E P,   da^im_{h,n} = s sum_{c,l} G_{c,h,l} l E Q,
-recomputing E, cos and sin (nothing of size L is saved): each program reduces one block of lags, and the
-partial sums of the blocks are added by torch. The phase l a^im is reduced to [-pi, pi] before cos/sin.
-Cost: H M L exp + sin + cos per pass, memory O(c H L) for K and O(H M L / BLOCK_L) for the partial sums.
+    A = -f(A_re[s]) + i A_im[s]  (f = exp, relu + 1e-4 or identity; identity on `linear_real` rows),
+    dt = exp(log_dt[h]) or softplus(log_dt[h]),  z = dt A,
+    ZOH:      a = z,                          B_bar = dt phi1(z) B[s],   phi1(z) = (e^z - 1)/z
+    bilinear: a = log((1 + z/2)/(1 - z/2)),   B_bar = dt B[s] / (1 - z/2),
+    a^re <- min(a^re, max_log_growth / L)  (the overflow guard, straight-through in the backward),
+    K_{c,h,l} = s_c * Re sum_n W_{c,h,n} exp(l a_{h,n}),  W = C * B_bar,  s_c = 2 for conjugate pairs, else 1,
+             = s_c * sum_n exp(l a^re) (W^re cos(l a^im) - W^im sin(l a^im)).
 
-Used by `S4D.kernel` on CUDA for float32 layers (`s4d.fused_kernel_available`); on the CPU it runs under
-TRITON_INTERPRET=1 (the tests). Importing this module needs Triton.
+This is `S4D.discrete` + `kernels.vandermonde_kernel` (the reference the tests hold it to), computed tile by tile
+in registers: no complex tensor, no (H, M, L) Vandermonde matrix, no intermediate of the discretization. The
+output is K (c, H, L), or directly the convolution filter of length n_fft (H, n_fft) that
+`kernels.bidirectional_kernel` makes of it (direction 1 at index n_fft - 1 - l, zeros between), with D at lag 0
+when given (dD_h = G_{h,0}): no pad, flip, add or select, nor their backwards, in the S4D block.
+The backward takes two launches. The first recomputes each tile and reduces one block of lags: with
+E = exp(l a^re), P = W^re cos - W^im sin, Q = -W^re sin - W^im cos and G = dLoss/dK,
+    dW^re = s sum_l G E cos,   dW^im = -s sum_l G E sin,   da^re = s sum_{c,l} G l E P,   da^im = s sum_{c,l} G l E Q.
+The second (one program per shared row s) adds the blocks' partial sums and applies the chain rule to the raw
+parameters, summing A's and B's gradients over the channels h = s, s + n_ssm, ... that share the row. For complex
+w = u(x) and torch's convention for gradients of complex tensors (dLoss/dRe + i dLoss/dIm), a holomorphic map
+passes g_x = g_w conj(u'(x)) and a real x gets Re(g_w conj(du/dx)):
+    dC = dW conj(B_bar),  g_Bbar = sum_c dW conj(C),
+    ZOH:      dB = dt g_Bbar conj(phi1),  g_z = da + g_Bbar conj(dt B phi1'(z)),  phi1' = (e^z - phi1)/z,
+              dL/d dt = sum_n Re(g_z conj(A)) + Re(g_Bbar conj(phi1 B)),
+    bilinear: dB = g_Bbar conj(dt / (1 - z/2)),  g_z = da conj(1/(1 - z^2/4)) + g_Bbar conj(dt B / (2 (1 - z/2)^2)),
+              dL/d dt = sum_n Re(g_z conj(A)) + Re(g_Bbar conj(B / (1 - z/2))),
+    dA = dt g_z,  dA_re = -Re(dA) f'(A_re),  dA_im = Im(dA),  dlog_dt = dL/d dt * (dt or sigmoid(log_dt)).
+phi1 and phi1' use their Taylor series for |z| < 1/2 (9 terms, error < 1e-9), so neither cancels at small z; the
+phase l a^im is reduced to [-pi, pi] before cos/sin. Cost: H M L exp + sin + cos per pass, memory O(c H L) for K
+and O(H M L / BLOCK_L_BACKWARD) for the partial sums.
+
+Used by `S4D.kernel` and `S4D.ssm` for float32 layers on CUDA (`s4d.fused_kernel_available`); on the CPU it runs under
+TRITON_INTERPRET=1 (the tests; `ssmbench bench` counts its launches there). Importing this module needs Triton.
 """
 
 from __future__ import annotations
+
+from contextlib import nullcontext
+from typing import Callable, ContextManager
 
 import torch
 import triton
@@ -27,6 +50,140 @@ BLOCK_L = 128  # lags per program in the forward
 BLOCK_L_BACKWARD = 64  # smaller: the backward keeps six (BLOCK_M, BLOCK_L) tiles live
 TWO_PI = tl.constexpr(6.283185307179586)
 INV_TWO_PI = tl.constexpr(0.15915494309189535)
+REAL_TRANSFORM_CODES = {"exp": 0, "relu": 1, "none": 2}  # s4d.REAL_TRANSFORMS
+DT_TRANSFORM_CODES = {"exp": 0, "softplus": 1}  # s4d.DT_TRANSFORMS
+
+# Set by `ssmbench bench` to count launches: called with the kernel's name, its context manager wraps the launch.
+launch_observer: Callable[[str], ContextManager] | None = None
+
+
+def _launch(kernel, grid: tuple, *args, **meta) -> None:
+    """kernel[grid](*args, **meta), seen by `launch_observer` when one is set."""
+    with nullcontext() if launch_observer is None else launch_observer(kernel.fn.__name__):
+        kernel[grid](*args, **meta)
+
+
+@triton.jit
+def _cmul(ar, ai, br, bi):
+    return ar * br - ai * bi, ar * bi + ai * br
+
+
+@triton.jit
+def _cdiv(ar, ai, br, bi):
+    d = br * br + bi * bi
+    return (ar * br + ai * bi) / d, (ai * br - ar * bi) / d
+
+
+@triton.jit
+def _atan2(y, x):
+    """atan2 in float32: atan of t = min/max(|x|, |y|) in [0, 1], reduced to |t| <= tan(pi/8) and a degree-9 odd
+    polynomial (relative error ~1e-7), then mapped to the octant and quadrant of (x, y)."""
+    ax = tl.abs(x)
+    ay = tl.abs(y)
+    big = tl.maximum(ax, ay)
+    t = tl.minimum(ax, ay) / tl.where(big == 0.0, 1.0, big)
+    reduce = t > 0.41421356237309503
+    t = tl.where(reduce, (t - 1.0) / (t + 1.0), t)
+    t2 = t * t
+    r = (((0.0805374449538 * t2 - 0.138776856032) * t2 + 0.199777106478) * t2 - 0.333329491539) * t2 * t + t
+    r = tl.where(reduce, r + 0.7853981633974483, r)
+    r = tl.where(ay > ax, 1.5707963267948966 - r, r)
+    r = tl.where(x < 0.0, 3.141592653589793 - r, r)
+    return tl.where(y < 0.0, -r, r)
+
+
+@triton.jit
+def _log1p(u):
+    """log(1 + u) without cancellation (log(w) u / (w - 1), w = 1 + u rounded)."""
+    w = 1.0 + u
+    return tl.where(w == 1.0, u, tl.log(w) * u / tl.where(w == 1.0, 1.0, w - 1.0))
+
+
+@triton.jit
+def _hstep(pr, pi, zr, zi, c):
+    """One Horner step p z + c for complex p, z and a real coefficient c."""
+    return pr * zr - pi * zi + c, pr * zi + pi * zr
+
+
+@triton.jit
+def _horner(zr, zi, c0, c1, c2, c3, c4, c5, c6, c7, c8):
+    """sum_k c_k z^k for complex z, k = 0..8."""
+    pr, pi = _hstep(tl.zeros_like(zr) + c8, tl.zeros_like(zi), zr, zi, c7)
+    pr, pi = _hstep(pr, pi, zr, zi, c6)
+    pr, pi = _hstep(pr, pi, zr, zi, c5)
+    pr, pi = _hstep(pr, pi, zr, zi, c4)
+    pr, pi = _hstep(pr, pi, zr, zi, c3)
+    pr, pi = _hstep(pr, pi, zr, zi, c2)
+    pr, pi = _hstep(pr, pi, zr, zi, c1)
+    return _hstep(pr, pi, zr, zi, c0)
+
+
+@triton.jit
+def _phi1(zr, zi):
+    """(phi1(z), phi1'(z)) with phi1 = (e^z - 1)/z and phi1' = (e^z - phi1)/z, as four reals. For |z| < 1/2, where
+    the quotients cancel, their Taylor series: phi1 = sum_k z^k/(k+1)!, phi1' = sum_k (k+1) z^k/(k+2)!, k <= 8."""
+    small = zr * zr + zi * zi < 0.25
+    sr, si = _horner(zr, zi, 1.0, 1 / 2, 1 / 6, 1 / 24, 1 / 120, 1 / 720, 1 / 5040, 1 / 40320, 1 / 362880)
+    dr, di = _horner(zr, zi, 1 / 2, 2 / 6, 3 / 24, 4 / 120, 5 / 720, 6 / 5040, 7 / 40320, 8 / 362880, 9 / 3628800)
+    mag = tl.exp(zr)
+    er = mag * tl.cos(zi)
+    ei = mag * tl.sin(zi)
+    safe_r = tl.where(small, 1.0, zr)
+    safe_i = tl.where(small, 0.0, zi)
+    qr, qi = _cdiv(er - 1.0, ei, safe_r, safe_i)
+    phi_r = tl.where(small, sr, qr)
+    phi_i = tl.where(small, si, qi)
+    qr, qi = _cdiv(er - phi_r, ei - phi_i, safe_r, safe_i)
+    return phi_r, phi_i, tl.where(small, dr, qr), tl.where(small, di, qi)
+
+
+@triton.jit
+def _parameters(a_re_ptr, a_im_ptr, lin_ptr, log_dt_ptr, b_ptr, s, h, M, offs_m, mask_m,
+                REAL: tl.constexpr, DT: tl.constexpr):
+    """Channel h (shared row s): A^re, A^im, dA^re/dA_re, dt, d dt/d log_dt, B^re, B^im."""
+    raw = tl.load(a_re_ptr + s * M + offs_m, mask=mask_m, other=0.0)
+    if REAL == 0:
+        neg_re = tl.exp(raw)
+        slope = neg_re
+    elif REAL == 1:
+        neg_re = tl.maximum(raw, 0.0) + 1e-4
+        slope = tl.where(raw > 0.0, 1.0, 0.0)
+    else:
+        neg_re = raw
+        slope = tl.zeros_like(raw) + 1.0
+    linear = tl.load(lin_ptr + s) != 0
+    neg_re = tl.where(linear, raw, neg_re)
+    slope = tl.where(linear, 1.0, slope)
+    a_im = tl.load(a_im_ptr + s * M + offs_m, mask=mask_m, other=0.0)
+    x = tl.load(log_dt_ptr + h)
+    if DT == 0:
+        dt = tl.exp(x)
+        dt_slope = dt
+    else:  # softplus with torch's threshold 20 (identity above)
+        e = tl.exp(tl.minimum(x, 20.0))
+        dt = tl.where(x > 20.0, x, _log1p(e))
+        dt_slope = tl.where(x > 20.0, 1.0, e / (1.0 + e))
+    b_re = tl.load(b_ptr + (s * M + offs_m) * 2, mask=mask_m, other=0.0)
+    b_im = tl.load(b_ptr + (s * M + offs_m) * 2 + 1, mask=mask_m, other=0.0)
+    return -neg_re, a_im, -slope, dt, dt_slope, b_re, b_im
+
+
+@triton.jit
+def _discretize(a_re, a_im, dt, b_re, b_im, max_re, ZOH: tl.constexpr):
+    """(a^re clamped at max_re, a^im, B_bar^re, B_bar^im): ZOH or bilinear of the continuous A, B with step dt."""
+    zr = dt * a_re
+    zi = dt * a_im
+    if ZOH:
+        phi_r, phi_i, _, _ = _phi1(zr, zi)
+        bb_r, bb_i = _cmul(phi_r, phi_i, b_re, b_im)
+        lr = zr
+        li = zi
+    else:
+        qr, qi = _cdiv(1.0 + zr / 2, zi / 2, 1.0 - zr / 2, -zi / 2)
+        lr = 0.5 * tl.log(qr * qr + qi * qi)
+        li = _atan2(qi, qr)
+        bb_r, bb_i = _cdiv(b_re, b_im, 1.0 - zr / 2, -zi / 2)
+    return tl.minimum(lr, max_re), li, dt * bb_r, dt * bb_i
 
 
 @triton.jit
@@ -39,44 +196,75 @@ def _phase_terms(a_re, a_im, lags):
 
 
 @triton.jit
-def _forward(a_re_ptr, a_im_ptr, w_re_ptr, w_im_ptr, k_ptr, H, M, L, scale,
-             C: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_L: tl.constexpr):
-    h = tl.program_id(0)
-    offs_l = tl.program_id(1) * BLOCK_L + tl.arange(0, BLOCK_L)
-    offs_m = tl.arange(0, BLOCK_M)
-    mask_m = offs_m < M
-    a_re = tl.load(a_re_ptr + h * M + offs_m, mask=mask_m, other=0.0)
-    a_im = tl.load(a_im_ptr + h * M + offs_m, mask=mask_m, other=0.0)
-    mag, cos, sin = _phase_terms(a_re, a_im, offs_l.to(tl.float32))
-    for c in tl.static_range(C):
-        w_re = tl.load(w_re_ptr + (c * H + h) * M + offs_m, mask=mask_m, other=0.0)  # padded modes: W = 0
-        w_im = tl.load(w_im_ptr + (c * H + h) * M + offs_m, mask=mask_m, other=0.0)
-        k = tl.sum(mag * (w_re[:, None] * cos - w_im[:, None] * sin), axis=0) * scale
-        tl.store(k_ptr + (c * H + h) * L + offs_l, k, mask=offs_l < L)
+def _position(c, h, offs_l, N, stride_c, stride_h, stride_l, COMBINE: tl.constexpr):
+    """Offset of K_{c,h,l} in a (c, H, N) tensor with these strides, or with COMBINE in the (H, N) filter: direction
+    0 at index l, direction 1 (anti-causal, lag -(l+1)) at index N - 1 - l."""
+    if not COMBINE:
+        return c * stride_c + h * stride_h + offs_l * stride_l
+    if c == 0:
+        return h * stride_h + offs_l * stride_l
+    return h * stride_h + (N - 1 - offs_l) * stride_l
 
 
 @triton.jit
-def _backward(a_re_ptr, a_im_ptr, w_re_ptr, w_im_ptr, g_ptr, gw_ptr, ga_ptr, H, M, L, scale,
-              C: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_L: tl.constexpr):
+def _forward(a_re_ptr, a_im_ptr, lin_ptr, log_dt_ptr, b_ptr, c_ptr, d_ptr, k_ptr, S, H, M, L, N, scale, max_re,
+             C: tl.constexpr, REAL: tl.constexpr, DT: tl.constexpr, ZOH: tl.constexpr, COMBINE: tl.constexpr,
+             HAS_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_L: tl.constexpr):
+    """One block of lags of channel h; with COMBINE the blocks past L write the zeros of the filter's middle."""
+    h = tl.program_id(0)
+    offs_l = tl.program_id(1) * BLOCK_L + tl.arange(0, BLOCK_L)
+    if tl.program_id(1) * BLOCK_L >= L:  # only with COMBINE: indices L .. N - (C-1) L - 1 are 0
+        tl.store(k_ptr + h * N + offs_l, tl.zeros([BLOCK_L], dtype=tl.float32), mask=offs_l < N - (C - 1) * L)
+    else:
+        offs_m = tl.arange(0, BLOCK_M)
+        mask_m = offs_m < M
+        a_re, a_im, _, dt, _, b_re, b_im = _parameters(a_re_ptr, a_im_ptr, lin_ptr, log_dt_ptr, b_ptr, h % S, h, M,
+                                                       offs_m, mask_m, REAL, DT)
+        la_re, la_im, bb_re, bb_im = _discretize(a_re, a_im, dt, b_re, b_im, max_re, ZOH)
+        mag, cos, sin = _phase_terms(la_re, la_im, offs_l.to(tl.float32))
+        for c in tl.static_range(C):
+            cw = (c * H + h) * M + offs_m
+            c_re = tl.load(c_ptr + cw * 2, mask=mask_m, other=0.0)  # padded modes: C = 0, so W = 0
+            c_im = tl.load(c_ptr + cw * 2 + 1, mask=mask_m, other=0.0)
+            w_re, w_im = _cmul(c_re, c_im, bb_re, bb_im)
+            k = tl.sum(mag * (w_re[:, None] * cos - w_im[:, None] * sin), axis=0) * scale
+            if HAS_D and c == 0:
+                k += tl.where(offs_l == 0, tl.load(d_ptr + h), 0.0)
+            if COMBINE and c == 0:  # direction 0 also writes the zeros after lag L - 1 in this block
+                k = tl.where(offs_l < L, k, 0.0)
+                mask = offs_l < N - (C - 1) * L
+            else:
+                mask = offs_l < L
+            tl.store(k_ptr + _position(c, h, offs_l, N, H * N, N, 1, COMBINE), k, mask=mask)
+
+
+@triton.jit
+def _backward_lags(a_re_ptr, a_im_ptr, lin_ptr, log_dt_ptr, b_ptr, c_ptr, g_ptr, gw_ptr, ga_ptr, S, H, M, L, N,
+                   g_stride_c, g_stride_h, g_stride_l, scale, max_re, C: tl.constexpr, REAL: tl.constexpr, DT: tl.constexpr, ZOH: tl.constexpr,
+                   COMBINE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_L: tl.constexpr):
     """Partial sums of one block of lags b: gw[b, 0/1, c, h, :] (W^re, W^im) and ga[b, 0/1, h, :] (a^re, a^im)."""
     h = tl.program_id(0)
     b = tl.program_id(1)
     offs_l = b * BLOCK_L + tl.arange(0, BLOCK_L)
     offs_m = tl.arange(0, BLOCK_M)
     mask_m = offs_m < M
-    a_re = tl.load(a_re_ptr + h * M + offs_m, mask=mask_m, other=0.0)
-    a_im = tl.load(a_im_ptr + h * M + offs_m, mask=mask_m, other=0.0)
+    a_re, a_im, _, dt, _, b_re, b_im = _parameters(a_re_ptr, a_im_ptr, lin_ptr, log_dt_ptr, b_ptr, h % S, h, M,
+                                                   offs_m, mask_m, REAL, DT)
+    la_re, la_im, bb_re, bb_im = _discretize(a_re, a_im, dt, b_re, b_im, max_re, ZOH)
     lags = offs_l.to(tl.float32)
-    mag, cos, sin = _phase_terms(a_re, a_im, lags)
+    mag, cos, sin = _phase_terms(la_re, la_im, lags)
     ga_re = tl.zeros([BLOCK_M], dtype=tl.float32)
     ga_im = tl.zeros([BLOCK_M], dtype=tl.float32)
     for c in tl.static_range(C):
-        g = tl.load(g_ptr + (c * H + h) * L + offs_l, mask=offs_l < L, other=0.0)
+        g = tl.load(g_ptr + _position(c, h, offs_l, N, g_stride_c, g_stride_h, g_stride_l, COMBINE), mask=offs_l < L,
+                    other=0.0)
         ge = g[None, :] * mag  # (BLOCK_M, BLOCK_L)
         ge_cos = ge * cos
         ge_sin = ge * sin
-        w_re = tl.load(w_re_ptr + (c * H + h) * M + offs_m, mask=mask_m, other=0.0)
-        w_im = tl.load(w_im_ptr + (c * H + h) * M + offs_m, mask=mask_m, other=0.0)
+        cw = (c * H + h) * M + offs_m
+        c_re = tl.load(c_ptr + cw * 2, mask=mask_m, other=0.0)
+        c_im = tl.load(c_ptr + cw * 2 + 1, mask=mask_m, other=0.0)
+        w_re, w_im = _cmul(c_re, c_im, bb_re, bb_im)
         gw = (b * 2 * C + c) * H * M + h * M + offs_m
         tl.store(gw_ptr + gw, tl.sum(ge_cos, axis=1) * scale, mask=mask_m)
         tl.store(gw_ptr + gw + C * H * M, -tl.sum(ge_sin, axis=1) * scale, mask=mask_m)
@@ -89,34 +277,144 @@ def _backward(a_re_ptr, a_im_ptr, w_re_ptr, w_im_ptr, g_ptr, gw_ptr, ga_ptr, H, 
     tl.store(ga_ptr + ga + H * M, ga_im * scale, mask=mask_m)
 
 
-class _FusedVandermonde(torch.autograd.Function):
+@triton.jit
+def _backward_parameters(a_re_ptr, a_im_ptr, lin_ptr, log_dt_ptr, b_ptr, c_ptr, g_ptr, gw_ptr, ga_ptr,
+                         g_a_re_ptr, g_a_im_ptr, g_log_dt_ptr, g_b_ptr, g_c_ptr, g_d_ptr, g_stride_h, S, H, M,
+                         REPEATS: tl.constexpr, BLOCKS: tl.constexpr, C: tl.constexpr, HAS_D: tl.constexpr, REAL: tl.constexpr, DT: tl.constexpr, ZOH: tl.constexpr,
+                         BLOCK_M: tl.constexpr):
+    """Gradients of the raw parameters of shared row s from the partial sums of `_backward_lags` (module docstring)."""
+    s = tl.program_id(0)
+    offs_m = tl.arange(0, BLOCK_M)
+    mask_m = offs_m < M
+    acc_a_re = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc_a_im = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc_b_re = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc_b_im = tl.zeros([BLOCK_M], dtype=tl.float32)
+    for r in range(REPEATS):  # the channels h = s, s + S, ... (REPEATS = H / S) that share row s
+        h = r * S + s
+        a_re, a_im, re_slope, dt, dt_slope, b_re, b_im = _parameters(a_re_ptr, a_im_ptr, lin_ptr, log_dt_ptr, b_ptr,
+                                                                     s, h, M, offs_m, mask_m, REAL, DT)
+        zr = dt * a_re
+        zi = dt * a_im
+        # dLoss/d log A_bar (the clamp is straight-through) and g_Bbar = sum_c dW conj(C); dC = dW conj(B_bar)
+        gz_re = tl.zeros([BLOCK_M], dtype=tl.float32)
+        gz_im = tl.zeros([BLOCK_M], dtype=tl.float32)
+        for b in range(BLOCKS):
+            ga = b * 2 * H * M + h * M + offs_m
+            gz_re += tl.load(ga_ptr + ga, mask=mask_m, other=0.0)
+            gz_im += tl.load(ga_ptr + ga + H * M, mask=mask_m, other=0.0)
+        if ZOH:
+            phi_r, phi_i, dphi_r, dphi_i = _phi1(zr, zi)
+            bb_r, bb_i = _cmul(phi_r, phi_i, b_re, b_im)  # B_bar / dt
+            db_r, db_i = _cmul(dphi_r, dphi_i, b_re, b_im)  # dB_bar/dz / dt
+            dbar_r = dt * phi_r  # dB_bar/dB
+            dbar_i = dt * phi_i
+        else:
+            den_r = 1.0 - zr / 2
+            den_i = -zi / 2
+            inv_r, inv_i = _cdiv(1.0, 0.0, den_r, den_i)
+            bb_r, bb_i = _cmul(b_re, b_im, inv_r, inv_i)  # B_bar / dt
+            sq_r, sq_i = _cmul(inv_r, inv_i, inv_r, inv_i)
+            db_r, db_i = _cmul(b_re, b_im, 0.5 * sq_r, 0.5 * sq_i)  # dB_bar/dz / dt
+            dbar_r = dt * inv_r
+            dbar_i = dt * inv_i
+            # d log A_bar / dz = 1 / (1 - z^2/4): g_z starts as da conj(1 / (1 - z^2/4))
+            z2_r, z2_i = _cmul(zr, zi, zr, zi)
+            dl_r, dl_i = _cdiv(1.0, 0.0, 1.0 - z2_r / 4, -z2_i / 4)
+            gz_re, gz_im = _cmul(gz_re, gz_im, dl_r, -dl_i)
+        g_bb_re = tl.zeros([BLOCK_M], dtype=tl.float32)
+        g_bb_im = tl.zeros([BLOCK_M], dtype=tl.float32)
+        for c in tl.static_range(C):
+            gw_re = tl.zeros([BLOCK_M], dtype=tl.float32)
+            gw_im = tl.zeros([BLOCK_M], dtype=tl.float32)
+            for b in range(BLOCKS):
+                gw = (b * 2 * C + c) * H * M + h * M + offs_m
+                gw_re += tl.load(gw_ptr + gw, mask=mask_m, other=0.0)
+                gw_im += tl.load(gw_ptr + gw + C * H * M, mask=mask_m, other=0.0)
+            cw = (c * H + h) * M + offs_m
+            c_re = tl.load(c_ptr + cw * 2, mask=mask_m, other=0.0)
+            c_im = tl.load(c_ptr + cw * 2 + 1, mask=mask_m, other=0.0)
+            gc_re, gc_im = _cmul(gw_re, gw_im, dt * bb_r, -dt * bb_i)
+            tl.store(g_c_ptr + cw * 2, gc_re, mask=mask_m)
+            tl.store(g_c_ptr + cw * 2 + 1, gc_im, mask=mask_m)
+            t_re, t_im = _cmul(gw_re, gw_im, c_re, -c_im)
+            g_bb_re += t_re
+            g_bb_im += t_im
+        t_re, t_im = _cmul(g_bb_re, g_bb_im, dbar_r, -dbar_i)
+        acc_b_re += t_re
+        acc_b_im += t_im
+        t_re, t_im = _cmul(g_bb_re, g_bb_im, dt * db_r, -dt * db_i)
+        gz_re += t_re
+        gz_im += t_im
+        # dLoss/d dt: through z = dt A and the explicit factor dt (ZOH) or dt/(1 - z/2) (bilinear) of B_bar
+        g_dt = tl.sum(gz_re * a_re + gz_im * a_im + g_bb_re * bb_r + g_bb_im * bb_i, axis=0)
+        tl.store(g_log_dt_ptr + h, g_dt * dt_slope)
+        if HAS_D:  # D sits at lag 0 of the filter
+            tl.store(g_d_ptr + h, tl.load(g_ptr + h * g_stride_h))
+        acc_a_re += dt * gz_re * re_slope
+        acc_a_im += dt * gz_im
+    tl.store(g_a_re_ptr + s * M + offs_m, acc_a_re, mask=mask_m)
+    tl.store(g_a_im_ptr + s * M + offs_m, acc_a_im, mask=mask_m)
+    tl.store(g_b_ptr + (s * M + offs_m) * 2, acc_b_re, mask=mask_m)
+    tl.store(g_b_ptr + (s * M + offs_m) * 2 + 1, acc_b_im, mask=mask_m)
+
+
+class _FusedS4DKernel(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, a_re: torch.Tensor, a_im: torch.Tensor, w_re: torch.Tensor, w_im: torch.Tensor, L: int,
-                scale: float) -> torch.Tensor:
-        C, H, M = w_re.shape
-        k = torch.empty(C, H, L, device=a_re.device, dtype=torch.float32)
-        _forward[(H, triton.cdiv(L, BLOCK_L))](a_re, a_im, w_re, w_im, k, H, M, L, scale, C=C,
-                                               BLOCK_M=triton.next_power_of_2(M), BLOCK_L=BLOCK_L)
-        ctx.save_for_backward(a_re, a_im, w_re, w_im)
-        ctx.L, ctx.scale = L, scale
+    def forward(ctx, A_re: torch.Tensor, A_im: torch.Tensor, linear_real: torch.Tensor, log_dt: torch.Tensor,
+                B: torch.Tensor, C: torch.Tensor, D: torch.Tensor | None, L: int, N: int | None,
+                config: tuple) -> torch.Tensor:
+        c, H, M, _ = C.shape
+        combine = N is not None
+        N = N if combine else L
+        k = torch.empty((H, N) if combine else (c, H, L), device=C.device, dtype=torch.float32)
+        filled = N - (c - 1) * L if combine else L  # the lags written by direction 0 (with the zeros)
+        scale, max_re, meta = config
+        _launch(_forward, (H, triton.cdiv(filled, BLOCK_L)), A_re, A_im, linear_real, log_dt, B, C, D, k,
+                A_re.shape[0], H, M, L, N, scale, max_re, C=c, **meta, COMBINE=combine, HAS_D=D is not None,
+                BLOCK_M=triton.next_power_of_2(M), BLOCK_L=BLOCK_L)
+        ctx.save_for_backward(A_re, A_im, linear_real, log_dt, B, C)
+        ctx.L, ctx.N, ctx.combine, ctx.has_d, ctx.config = L, N, combine, D is not None, config
         return k
 
     @staticmethod
     def backward(ctx, grad_k: torch.Tensor):
-        a_re, a_im, w_re, w_im = ctx.saved_tensors
-        C, H, M = w_re.shape
+        A_re, A_im, linear_real, log_dt, B, C = ctx.saved_tensors
+        (c, H, M, _), S, (scale, max_re, meta) = C.shape, A_re.shape[0], ctx.config
         blocks = triton.cdiv(ctx.L, BLOCK_L_BACKWARD)
-        gw = torch.empty(blocks, 2, C, H, M, device=a_re.device, dtype=torch.float32)
-        ga = torch.empty(blocks, 2, H, M, device=a_re.device, dtype=torch.float32)
-        _backward[(H, blocks)](a_re, a_im, w_re, w_im, grad_k.float().contiguous(), gw, ga, H, M, ctx.L, ctx.scale,
-                               C=C, BLOCK_M=triton.next_power_of_2(M), BLOCK_L=BLOCK_L_BACKWARD)
-        gw, ga = gw.sum(0), ga.sum(0)
-        return ga[0], ga[1], gw[0], gw[1], None, None
+        gw = torch.empty(blocks, 2, c, H, M, device=C.device, dtype=torch.float32)
+        ga = torch.empty(blocks, 2, H, M, device=C.device, dtype=torch.float32)
+        params = (A_re, A_im, linear_real, log_dt, B, C)
+        grad_k = grad_k.float()  # read in place, with its strides (rfft's backward gives a strided one)
+        strides = grad_k.stride() if not ctx.combine else (0, *grad_k.stride())
+        block_m = triton.next_power_of_2(M)
+        _launch(_backward_lags, (H, blocks), *params, grad_k, gw, ga, S, H, M, ctx.L, ctx.N, *strides, scale, max_re,
+                C=c,
+                **meta, COMBINE=ctx.combine, BLOCK_M=block_m, BLOCK_L=BLOCK_L_BACKWARD)
+        grads = [torch.empty_like(p) for p in (A_re, A_im, log_dt, B, C)]
+        g_d = torch.empty_like(log_dt) if ctx.has_d else None
+        _launch(_backward_parameters, (S,), *params, grad_k, gw, ga, *grads, g_d, strides[1], S, H, M, REPEATS=H // S,
+                BLOCKS=blocks, C=c, HAS_D=ctx.has_d, **meta, BLOCK_M=block_m)
+        g_a_re, g_a_im, g_log_dt, g_b, g_c = grads
+        return g_a_re, g_a_im, None, g_log_dt, g_b, g_c, g_d, None, None, None
 
 
-def fused_vandermonde_kernel(W: torch.Tensor, log_A_bar: torch.Tensor, L: int,
-                             conjugate_pairs: bool = True) -> torch.Tensor:
-    """`kernels.vandermonde_kernel` (W (c, H, M), log A_bar (H, M), both complex) by the fused Triton kernel:
-    real float32 (c, H, L)."""
-    parts = [t.float().contiguous() for t in (log_A_bar.real, log_A_bar.imag, W.real, W.imag)]
-    return _FusedVandermonde.apply(*parts, L, 2.0 if conjugate_pairs else 1.0)
+def fused_s4d_kernel(A_re: torch.Tensor, A_im: torch.Tensor, linear_real: torch.Tensor, log_dt: torch.Tensor,
+                     B: torch.Tensor, C: torch.Tensor, L: int, real_transform: str, dt_transform: str,
+                     discretization: str, conjugate_pairs: bool, max_log_growth: float, n_fft: int | None = None,
+                     D: torch.Tensor | None = None) -> torch.Tensor:
+    """The S4D kernel K from an S4D layer's float32 parameters: A_re, A_im (n_ssm, M), linear_real (n_ssm,) bool,
+    log_dt (H,), B (n_ssm, M, 2) and C (c, H, M, 2) (real views of complex tensors).
+
+    Without n_fft: K, real float32 (c, H, L). With n_fft >= c L: the convolution filter of length n_fft, (H, n_fft),
+    that `kernels.bidirectional_kernel` makes of K (direction 0 at lags 0..L-1, direction 1 at index n_fft - 1 - l,
+    zeros between), plus D (H,) at lag 0 when given (its rfft is D at every bin)."""
+    if discretization not in ("zoh", "bilinear"):
+        raise ValueError(f"unknown discretization {discretization!r}; known: zoh, bilinear")
+    if n_fft is None and D is not None:
+        raise ValueError("fused_s4d_kernel: D is added to the filter of length n_fft; give n_fft")
+    meta = {"REAL": REAL_TRANSFORM_CODES[real_transform], "DT": DT_TRANSFORM_CODES[dt_transform],
+            "ZOH": discretization == "zoh"}
+    config = (2.0 if conjugate_pairs else 1.0, max_log_growth / L, meta)
+    params = (p.contiguous() for p in (A_re, A_im, linear_real, log_dt, B, C))
+    return _FusedS4DKernel.apply(*params, None if D is None else D.contiguous(), L, n_fft, config)
