@@ -19,8 +19,10 @@ when given (dD_h = G_{h,0}): no pad, flip, add or select, nor their backwards, i
 The backward takes two launches. The first recomputes each tile and reduces one block of lags: with
 E = exp(l a^re), P = W^re cos - W^im sin, Q = -W^re sin - W^im cos and G = dLoss/dK,
     dW^re = s sum_l G E cos,   dW^im = -s sum_l G E sin,   da^re = s sum_{c,l} G l E P,   da^im = s sum_{c,l} G l E Q.
-The second (one program per shared row s) adds the blocks' partial sums and applies the chain rule to the raw
-parameters, summing A's and B's gradients over the channels h = s, s + n_ssm, ... that share the row. For complex
+torch adds the blocks' partial sums (one reduction); the second launch (one program per channel h) applies the
+chain rule to the raw parameters: log_dt[h], C[:, h], D[h], and channel h's share of the gradients of its row
+s = h mod n_ssm of A_re, A_im and B, which torch sums over the channels h = s, s + n_ssm, ... that share the row
+(one more reduction, only when n_ssm < H; a program per row looping over its channels would be serial for n_ssm = 1). For complex
 w = u(x) and torch's convention for gradients of complex tensors (dLoss/dRe + i dLoss/dIm), a holomorphic map
 passes g_x = g_w conj(u'(x)) and a real x gets Re(g_w conj(du/dx)):
     dC = dW conj(B_bar),  g_Bbar = sum_c dW conj(C),
@@ -239,10 +241,11 @@ def _forward(a_re_ptr, a_im_ptr, lin_ptr, log_dt_ptr, b_ptr, c_ptr, d_ptr, k_ptr
 
 
 @triton.jit
-def _backward_lags(a_re_ptr, a_im_ptr, lin_ptr, log_dt_ptr, b_ptr, c_ptr, g_ptr, gw_ptr, ga_ptr, S, H, M, L, N,
+def _backward_lags(a_re_ptr, a_im_ptr, lin_ptr, log_dt_ptr, b_ptr, c_ptr, g_ptr, partial_ptr, S, H, M, L, N,
                    g_stride_c, g_stride_h, g_stride_l, scale, max_re, C: tl.constexpr, REAL: tl.constexpr, DT: tl.constexpr, ZOH: tl.constexpr,
                    COMBINE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_L: tl.constexpr):
-    """Partial sums of one block of lags b: gw[b, 0/1, c, h, :] (W^re, W^im) and ga[b, 0/1, h, :] (a^re, a^im)."""
+    """Partial sums of one block of lags b into partial[b, row, h, :] of a (blocks, 2C + 2, H, M) tensor: rows c and
+    C + c for dW^re and dW^im of direction c, rows 2C and 2C + 1 for da^re and da^im."""
     h = tl.program_id(0)
     b = tl.program_id(1)
     offs_l = b * BLOCK_L + tl.arange(0, BLOCK_L)
@@ -265,98 +268,84 @@ def _backward_lags(a_re_ptr, a_im_ptr, lin_ptr, log_dt_ptr, b_ptr, c_ptr, g_ptr,
         c_re = tl.load(c_ptr + cw * 2, mask=mask_m, other=0.0)
         c_im = tl.load(c_ptr + cw * 2 + 1, mask=mask_m, other=0.0)
         w_re, w_im = _cmul(c_re, c_im, bb_re, bb_im)
-        gw = (b * 2 * C + c) * H * M + h * M + offs_m
-        tl.store(gw_ptr + gw, tl.sum(ge_cos, axis=1) * scale, mask=mask_m)
-        tl.store(gw_ptr + gw + C * H * M, -tl.sum(ge_sin, axis=1) * scale, mask=mask_m)
+        gw = (b * (2 * C + 2) + c) * H * M + h * M + offs_m
+        tl.store(partial_ptr + gw, tl.sum(ge_cos, axis=1) * scale, mask=mask_m)
+        tl.store(partial_ptr + gw + C * H * M, -tl.sum(ge_sin, axis=1) * scale, mask=mask_m)
         l_cos = tl.sum(ge_cos * lags[None, :], axis=1)
         l_sin = tl.sum(ge_sin * lags[None, :], axis=1)
         ga_re += w_re * l_cos - w_im * l_sin
         ga_im += -w_re * l_sin - w_im * l_cos
-    ga = b * 2 * H * M + h * M + offs_m
-    tl.store(ga_ptr + ga, ga_re * scale, mask=mask_m)
-    tl.store(ga_ptr + ga + H * M, ga_im * scale, mask=mask_m)
+    ga = (b * (2 * C + 2) + 2 * C) * H * M + h * M + offs_m
+    tl.store(partial_ptr + ga, ga_re * scale, mask=mask_m)
+    tl.store(partial_ptr + ga + H * M, ga_im * scale, mask=mask_m)
 
 
 @triton.jit
-def _backward_parameters(a_re_ptr, a_im_ptr, lin_ptr, log_dt_ptr, b_ptr, c_ptr, g_ptr, gw_ptr, ga_ptr,
-                         g_a_re_ptr, g_a_im_ptr, g_log_dt_ptr, g_b_ptr, g_c_ptr, g_d_ptr, g_stride_h, S, H, M,
-                         REPEATS: tl.constexpr, BLOCKS: tl.constexpr, C: tl.constexpr, HAS_D: tl.constexpr, REAL: tl.constexpr, DT: tl.constexpr, ZOH: tl.constexpr,
-                         BLOCK_M: tl.constexpr):
-    """Gradients of the raw parameters of shared row s from the partial sums of `_backward_lags` (module docstring)."""
-    s = tl.program_id(0)
+def _backward_parameters(a_re_ptr, a_im_ptr, lin_ptr, log_dt_ptr, b_ptr, c_ptr, g_ptr, partial_ptr, g_a_ptr, g_b_ptr,
+                         g_log_dt_ptr, g_c_ptr, g_d_ptr, g_stride_h, S, H, M, C: tl.constexpr, HAS_D: tl.constexpr,
+                         REAL: tl.constexpr, DT: tl.constexpr, ZOH: tl.constexpr, BLOCK_M: tl.constexpr):
+    """Gradients of channel h's raw parameters from the lag sums (2C + 2, H, M) of `_backward_lags`, summed over the
+    blocks (module docstring): log_dt[h], C[:, h], D[h], and channel h's share of the gradients of its row
+    s = h mod n_ssm: g_a[0, h], g_a[1, h] of a (2, H, M) tensor for A_re, A_im; g_b[h] of an (H, M, 2) one for B."""
+    h = tl.program_id(0)
+    s = h % S
     offs_m = tl.arange(0, BLOCK_M)
     mask_m = offs_m < M
-    acc_a_re = tl.zeros([BLOCK_M], dtype=tl.float32)
-    acc_a_im = tl.zeros([BLOCK_M], dtype=tl.float32)
-    acc_b_re = tl.zeros([BLOCK_M], dtype=tl.float32)
-    acc_b_im = tl.zeros([BLOCK_M], dtype=tl.float32)
-    for r in range(REPEATS):  # the channels h = s, s + S, ... (REPEATS = H / S) that share row s
-        h = r * S + s
-        a_re, a_im, re_slope, dt, dt_slope, b_re, b_im = _parameters(a_re_ptr, a_im_ptr, lin_ptr, log_dt_ptr, b_ptr,
-                                                                     s, h, M, offs_m, mask_m, REAL, DT)
-        zr = dt * a_re
-        zi = dt * a_im
-        # dLoss/d log A_bar (the clamp is straight-through) and g_Bbar = sum_c dW conj(C); dC = dW conj(B_bar)
-        gz_re = tl.zeros([BLOCK_M], dtype=tl.float32)
-        gz_im = tl.zeros([BLOCK_M], dtype=tl.float32)
-        for b in range(BLOCKS):
-            ga = b * 2 * H * M + h * M + offs_m
-            gz_re += tl.load(ga_ptr + ga, mask=mask_m, other=0.0)
-            gz_im += tl.load(ga_ptr + ga + H * M, mask=mask_m, other=0.0)
-        if ZOH:
-            phi_r, phi_i, dphi_r, dphi_i = _phi1(zr, zi)
-            bb_r, bb_i = _cmul(phi_r, phi_i, b_re, b_im)  # B_bar / dt
-            db_r, db_i = _cmul(dphi_r, dphi_i, b_re, b_im)  # dB_bar/dz / dt
-            dbar_r = dt * phi_r  # dB_bar/dB
-            dbar_i = dt * phi_i
-        else:
-            den_r = 1.0 - zr / 2
-            den_i = -zi / 2
-            inv_r, inv_i = _cdiv(1.0, 0.0, den_r, den_i)
-            bb_r, bb_i = _cmul(b_re, b_im, inv_r, inv_i)  # B_bar / dt
-            sq_r, sq_i = _cmul(inv_r, inv_i, inv_r, inv_i)
-            db_r, db_i = _cmul(b_re, b_im, 0.5 * sq_r, 0.5 * sq_i)  # dB_bar/dz / dt
-            dbar_r = dt * inv_r
-            dbar_i = dt * inv_i
-            # d log A_bar / dz = 1 / (1 - z^2/4): g_z starts as da conj(1 / (1 - z^2/4))
-            z2_r, z2_i = _cmul(zr, zi, zr, zi)
-            dl_r, dl_i = _cdiv(1.0, 0.0, 1.0 - z2_r / 4, -z2_i / 4)
-            gz_re, gz_im = _cmul(gz_re, gz_im, dl_r, -dl_i)
-        g_bb_re = tl.zeros([BLOCK_M], dtype=tl.float32)
-        g_bb_im = tl.zeros([BLOCK_M], dtype=tl.float32)
-        for c in tl.static_range(C):
-            gw_re = tl.zeros([BLOCK_M], dtype=tl.float32)
-            gw_im = tl.zeros([BLOCK_M], dtype=tl.float32)
-            for b in range(BLOCKS):
-                gw = (b * 2 * C + c) * H * M + h * M + offs_m
-                gw_re += tl.load(gw_ptr + gw, mask=mask_m, other=0.0)
-                gw_im += tl.load(gw_ptr + gw + C * H * M, mask=mask_m, other=0.0)
-            cw = (c * H + h) * M + offs_m
-            c_re = tl.load(c_ptr + cw * 2, mask=mask_m, other=0.0)
-            c_im = tl.load(c_ptr + cw * 2 + 1, mask=mask_m, other=0.0)
-            gc_re, gc_im = _cmul(gw_re, gw_im, dt * bb_r, -dt * bb_i)
-            tl.store(g_c_ptr + cw * 2, gc_re, mask=mask_m)
-            tl.store(g_c_ptr + cw * 2 + 1, gc_im, mask=mask_m)
-            t_re, t_im = _cmul(gw_re, gw_im, c_re, -c_im)
-            g_bb_re += t_re
-            g_bb_im += t_im
-        t_re, t_im = _cmul(g_bb_re, g_bb_im, dbar_r, -dbar_i)
-        acc_b_re += t_re
-        acc_b_im += t_im
-        t_re, t_im = _cmul(g_bb_re, g_bb_im, dt * db_r, -dt * db_i)
-        gz_re += t_re
-        gz_im += t_im
-        # dLoss/d dt: through z = dt A and the explicit factor dt (ZOH) or dt/(1 - z/2) (bilinear) of B_bar
-        g_dt = tl.sum(gz_re * a_re + gz_im * a_im + g_bb_re * bb_r + g_bb_im * bb_i, axis=0)
-        tl.store(g_log_dt_ptr + h, g_dt * dt_slope)
-        if HAS_D:  # D sits at lag 0 of the filter
-            tl.store(g_d_ptr + h, tl.load(g_ptr + h * g_stride_h))
-        acc_a_re += dt * gz_re * re_slope
-        acc_a_im += dt * gz_im
-    tl.store(g_a_re_ptr + s * M + offs_m, acc_a_re, mask=mask_m)
-    tl.store(g_a_im_ptr + s * M + offs_m, acc_a_im, mask=mask_m)
-    tl.store(g_b_ptr + (s * M + offs_m) * 2, acc_b_re, mask=mask_m)
-    tl.store(g_b_ptr + (s * M + offs_m) * 2 + 1, acc_b_im, mask=mask_m)
+    a_re, a_im, re_slope, dt, dt_slope, b_re, b_im = _parameters(a_re_ptr, a_im_ptr, lin_ptr, log_dt_ptr, b_ptr,
+                                                                 s, h, M, offs_m, mask_m, REAL, DT)
+    zr = dt * a_re
+    zi = dt * a_im
+    # dLoss/d log A_bar (the clamp is straight-through) and g_Bbar = sum_c dW conj(C); dC = dW conj(B_bar)
+    ga = 2 * C * H * M + h * M + offs_m
+    gz_re = tl.load(partial_ptr + ga, mask=mask_m, other=0.0)
+    gz_im = tl.load(partial_ptr + ga + H * M, mask=mask_m, other=0.0)
+    if ZOH:
+        phi_r, phi_i, dphi_r, dphi_i = _phi1(zr, zi)
+        bb_r, bb_i = _cmul(phi_r, phi_i, b_re, b_im)  # B_bar / dt
+        db_r, db_i = _cmul(dphi_r, dphi_i, b_re, b_im)  # dB_bar/dz / dt
+        dbar_r = dt * phi_r  # dB_bar/dB
+        dbar_i = dt * phi_i
+    else:
+        den_r = 1.0 - zr / 2
+        den_i = -zi / 2
+        inv_r, inv_i = _cdiv(1.0, 0.0, den_r, den_i)
+        bb_r, bb_i = _cmul(b_re, b_im, inv_r, inv_i)  # B_bar / dt
+        sq_r, sq_i = _cmul(inv_r, inv_i, inv_r, inv_i)
+        db_r, db_i = _cmul(b_re, b_im, 0.5 * sq_r, 0.5 * sq_i)  # dB_bar/dz / dt
+        dbar_r = dt * inv_r
+        dbar_i = dt * inv_i
+        # d log A_bar / dz = 1 / (1 - z^2/4): g_z starts as da conj(1 / (1 - z^2/4))
+        z2_r, z2_i = _cmul(zr, zi, zr, zi)
+        dl_r, dl_i = _cdiv(1.0, 0.0, 1.0 - z2_r / 4, -z2_i / 4)
+        gz_re, gz_im = _cmul(gz_re, gz_im, dl_r, -dl_i)
+    g_bb_re = tl.zeros([BLOCK_M], dtype=tl.float32)
+    g_bb_im = tl.zeros([BLOCK_M], dtype=tl.float32)
+    for c in tl.static_range(C):
+        gw = c * H * M + h * M + offs_m
+        gw_re = tl.load(partial_ptr + gw, mask=mask_m, other=0.0)
+        gw_im = tl.load(partial_ptr + gw + C * H * M, mask=mask_m, other=0.0)
+        cw = (c * H + h) * M + offs_m
+        c_re = tl.load(c_ptr + cw * 2, mask=mask_m, other=0.0)
+        c_im = tl.load(c_ptr + cw * 2 + 1, mask=mask_m, other=0.0)
+        gc_re, gc_im = _cmul(gw_re, gw_im, dt * bb_r, -dt * bb_i)
+        tl.store(g_c_ptr + cw * 2, gc_re, mask=mask_m)
+        tl.store(g_c_ptr + cw * 2 + 1, gc_im, mask=mask_m)
+        t_re, t_im = _cmul(gw_re, gw_im, c_re, -c_im)
+        g_bb_re += t_re
+        g_bb_im += t_im
+    g_b_re, g_b_im = _cmul(g_bb_re, g_bb_im, dbar_r, -dbar_i)
+    t_re, t_im = _cmul(g_bb_re, g_bb_im, dt * db_r, -dt * db_i)
+    gz_re += t_re
+    gz_im += t_im
+    # dLoss/d dt: through z = dt A and the explicit factor dt (ZOH) or dt/(1 - z/2) (bilinear) of B_bar
+    g_dt = tl.sum(gz_re * a_re + gz_im * a_im + g_bb_re * bb_r + g_bb_im * bb_i, axis=0)
+    tl.store(g_log_dt_ptr + h, g_dt * dt_slope)
+    if HAS_D:  # D sits at lag 0 of the filter
+        tl.store(g_d_ptr + h, tl.load(g_ptr + h * g_stride_h))
+    tl.store(g_a_ptr + h * M + offs_m, dt * gz_re * re_slope, mask=mask_m)
+    tl.store(g_a_ptr + (H + h) * M + offs_m, dt * gz_im, mask=mask_m)
+    tl.store(g_b_ptr + (h * M + offs_m) * 2, g_b_re, mask=mask_m)
+    tl.store(g_b_ptr + (h * M + offs_m) * 2 + 1, g_b_im, mask=mask_m)
 
 
 class _FusedS4DKernel(torch.autograd.Function):
@@ -382,20 +371,24 @@ class _FusedS4DKernel(torch.autograd.Function):
         A_re, A_im, linear_real, log_dt, B, C = ctx.saved_tensors
         (c, H, M, _), S, (scale, max_re, meta) = C.shape, A_re.shape[0], ctx.config
         blocks = triton.cdiv(ctx.L, BLOCK_L_BACKWARD)
-        gw = torch.empty(blocks, 2, c, H, M, device=C.device, dtype=torch.float32)
-        ga = torch.empty(blocks, 2, H, M, device=C.device, dtype=torch.float32)
+        partial = torch.empty(blocks, 2 * c + 2, H, M, device=C.device, dtype=torch.float32)
         params = (A_re, A_im, linear_real, log_dt, B, C)
         grad_k = grad_k.float()  # read in place, with its strides (rfft's backward gives a strided one)
         strides = grad_k.stride() if not ctx.combine else (0, *grad_k.stride())
         block_m = triton.next_power_of_2(M)
-        _launch(_backward_lags, (H, blocks), *params, grad_k, gw, ga, S, H, M, ctx.L, ctx.N, *strides, scale, max_re,
-                C=c,
-                **meta, COMBINE=ctx.combine, BLOCK_M=block_m, BLOCK_L=BLOCK_L_BACKWARD)
-        grads = [torch.empty_like(p) for p in (A_re, A_im, log_dt, B, C)]
+        _launch(_backward_lags, (H, blocks), *params, grad_k, partial, S, H, M, ctx.L, ctx.N, *strides, scale, max_re,
+                C=c, **meta, COMBINE=ctx.combine, BLOCK_M=block_m, BLOCK_L=BLOCK_L_BACKWARD)
+        partial = partial.sum(0)  # (2c + 2, H, M): one reduction over the blocks of lags
+        # channel h's share of the gradients of its row of A (A_re, A_im) and of B, contiguous like the parameters
+        g_a = torch.empty(2, H, M, device=C.device, dtype=torch.float32)
+        g_b = torch.empty(H, M, 2, device=C.device, dtype=torch.float32)
+        g_log_dt, g_c = torch.empty_like(log_dt), torch.empty_like(C)
         g_d = torch.empty_like(log_dt) if ctx.has_d else None
-        _launch(_backward_parameters, (S,), *params, grad_k, gw, ga, *grads, g_d, strides[1], S, H, M, REPEATS=H // S,
-                BLOCKS=blocks, C=c, HAS_D=ctx.has_d, **meta, BLOCK_M=block_m)
-        g_a_re, g_a_im, g_log_dt, g_b, g_c = grads
+        _launch(_backward_parameters, (H,), *params, grad_k, partial, g_a, g_b, g_log_dt, g_c, g_d, strides[1], S, H,
+                M, C=c, HAS_D=ctx.has_d, **meta, BLOCK_M=block_m)
+        if S < H:  # channel h = r S + s uses row s: sum over r
+            g_a, g_b = g_a.view(2, H // S, S, M).sum(1), g_b.view(H // S, S, M, 2).sum(0)
+        g_a_re, g_a_im = g_a
         return g_a_re, g_a_im, None, g_log_dt, g_b, g_c, g_d, None, None, None
 
 
