@@ -36,6 +36,7 @@ run that never started leaves no record.
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import math
 import random
@@ -709,5 +710,7 @@ def train(recipe: Recipe | None = None, runs_root: str | Path = "runs", resume: 
                     close_all(trainer.loggers)
         return results
     finally:
-        if started:
+        if started:  # DDP's reducer holds the process group: release it (and any cycle around it) before the group
+            trainer = None  # is destroyed, so its threads stop there rather than at interpreter exit
+            gc.collect()
             distributed.teardown()
