@@ -186,9 +186,10 @@ def fft_conv(u: torch.Tensor, k: torch.Tensor, n_fft: int, time_domain: bool = F
     """Convolution by real FFTs: y = irfft(rfft(u, n) * K_f, n)[:L] along the length axis, in float32 (or float64).
 
     u: (B, L, H); k: K_f (H, n_fft//2 + 1), the rfft of the kernel at the same size (n_fft >= 2L: causal, no
-    wrap-around), or with `time_domain` the real filter itself, (H, n_fft), and K_f = rfft(k). The FFTs run along the last axis of the (B, H, L) view of u; the result is copied once into a
-    contiguous (B, L, H) tensor, because the position-wise ops that follow (GELU and its backward, the linear)
-    are several times slower on the strided layout.
+    wrap-around), or with `time_domain` the real filter itself, (H, n_fft), and K_f = rfft(k). The FFTs run along
+    the last axis of the (B, H, L) view of u; the result is copied once into a contiguous (B, L, H) tensor, because
+    the position-wise ops that follow (GELU and its backward, the linear) are several times slower on the strided
+    layout.
 
     Backward by hand, without autograd's zero-filled slice and pad gradients. With G = rfft(g, n) of the output
     gradient g and U = rfft(u, n): the operator is "zero-pad, circular convolution, truncate", whose adjoint is

@@ -22,9 +22,9 @@ E = exp(l a^re), P = W^re cos - W^im sin, Q = -W^re sin - W^im cos and G = dLoss
 torch adds the blocks' partial sums (one reduction); the second launch (one program per channel h) applies the
 chain rule to the raw parameters: log_dt[h], C[:, h], D[h], and channel h's share of the gradients of its row
 s = h mod n_ssm of A_re, A_im and B, which torch sums over the channels h = s, s + n_ssm, ... that share the row
-(one more reduction, only when n_ssm < H; a program per row looping over its channels would be serial for n_ssm = 1). For complex
-w = u(x) and torch's convention for gradients of complex tensors (dLoss/dRe + i dLoss/dIm), a holomorphic map
-passes g_x = g_w conj(u'(x)) and a real x gets Re(g_w conj(du/dx)):
+(one more reduction, only when n_ssm < H; a program per row looping over its channels would be serial for
+n_ssm = 1). For complex w = u(x) and torch's convention for gradients of complex tensors (dLoss/dRe + i dLoss/dIm),
+a holomorphic map passes g_x = g_w conj(u'(x)) and a real x gets Re(g_w conj(du/dx)):
     dC = dW conj(B_bar),  g_Bbar = sum_c dW conj(C),
     ZOH:      dB = dt g_Bbar conj(phi1),  g_z = da + g_Bbar conj(dt B phi1'(z)),  phi1' = (e^z - phi1)/z,
               dL/d dt = sum_n Re(g_z conj(A)) + Re(g_Bbar conj(phi1 B)),
@@ -242,8 +242,9 @@ def _forward(a_re_ptr, a_im_ptr, lin_ptr, log_dt_ptr, b_ptr, c_ptr, d_ptr, k_ptr
 
 @triton.jit
 def _backward_lags(a_re_ptr, a_im_ptr, lin_ptr, log_dt_ptr, b_ptr, c_ptr, g_ptr, partial_ptr, S, H, M, L, N,
-                   g_stride_c, g_stride_h, g_stride_l, scale, max_re, C: tl.constexpr, REAL: tl.constexpr, DT: tl.constexpr, ZOH: tl.constexpr,
-                   COMBINE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_L: tl.constexpr):
+                   g_stride_c, g_stride_h, g_stride_l, scale, max_re, C: tl.constexpr, REAL: tl.constexpr,
+                   DT: tl.constexpr, ZOH: tl.constexpr, COMBINE: tl.constexpr, BLOCK_M: tl.constexpr,
+                   BLOCK_L: tl.constexpr):
     """Partial sums of one block of lags b into partial[b, row, h, :] of a (blocks, 2C + 2, H, M) tensor: rows c and
     C + c for dW^re and dW^im of direction c, rows 2C and 2C + 1 for da^re and da^im."""
     h = tl.program_id(0)
