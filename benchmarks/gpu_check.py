@@ -78,7 +78,7 @@ def numerics(device: str, L: int, H: int, N: int, B: int) -> list[dict]:
     exact = forward_backward(ref, x, g, "fp32")
     rows = []
     for kernel in ("triton", "blocked"):
-        block = S4D(H, d_state=N, bidirectional=True, triton=kernel == "triton")
+        block = S4D(H, d_state=N, bidirectional=True, backend="triton" if kernel == "triton" else "torch")
         block.load_state_dict(ref.state_dict())
         block.to(device)
         for precision in ("fp32", "bf16"):

@@ -81,8 +81,8 @@ def build_block(case: Case) -> tuple[torch.nn.Module, str]:
         from ssmbench.models.s4d import S4D
 
         path = "fast" if case.path == "blocked" else case.path
-        return S4D(case.d_model, d_state=case.d_state, path=path, triton=case.path != "blocked",
-                   bidirectional=case.options.get("bidirectional", False)), "BLH"
+        return S4D(case.d_model, d_state=case.d_state, path=path, bidirectional=case.options.get("bidirectional", False),
+                   backend="torch" if case.path == "blocked" else "triton"), "BLH"
     if case.block == "reference":
         ref = load_reference(case.options["reference"])
         torch.manual_seed(case.seed)

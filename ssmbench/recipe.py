@@ -128,6 +128,10 @@ class SSMConfig(Section):
     beta_lr: float = Field(0.01, ge=0.0, le=10.0, description="learning rate of beta (weight decay 0)")
     kappa: Union[Literal["nfft"], float] = Field("nfft", description="frequency scale of the Sobolev filter (1 + k/kappa)^beta")
     path: Literal["fast", "direct"] = Field("fast", description="kernel and FFT path: fast (blocked Vandermonde, FFT-friendly sizes) or direct (materialized Vandermonde, FFT of size 2L); same results")
+    backend: Literal["auto", "triton", "torch"] = Field("auto", description="what computes the kernel on a GPU (fast "
+                                                      "path): auto = the fused Triton kernels if their self-check "
+                                                      "passes on the device, else PyTorch with a warning; triton = "
+                                                      "the fused kernels or stop; torch = never Triton (docs/gpu.md)")
 
     @field_validator("kappa", mode="before")
     @classmethod

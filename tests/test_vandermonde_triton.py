@@ -1,5 +1,5 @@
 """The fused Triton S4D kernel (models/vandermonde_triton.py: raw parameters -> K, and the gradients of every raw
-parameter) against the PyTorch path of the same layer (`S4D(triton=False)`: `discrete` + `vandermonde_kernel`) in
+parameter) against the PyTorch path of the same layer (`S4D(backend="torch")`: `discrete` + `vandermonde_kernel`) in
 float32 and in float64.
 
 Triton runs in its interpreter on the CPU (TRITON_INTERPRET=1 must be set before the kernels are defined; with it
@@ -42,7 +42,7 @@ def layer(case: tuple, triton: bool, dtype: torch.dtype):
     disc, real, dt, bidirectional, n_ssm, init, _ = case
     torch.manual_seed(0)
     m = S4D(4, d_state=10, init=init, discretization=disc, real_transform=real, dt_transform=dt,
-            bidirectional=bidirectional, n_ssm=n_ssm, triton=triton)
+            bidirectional=bidirectional, n_ssm=n_ssm, backend="triton" if triton else "torch")
     with torch.no_grad():
         m.log_dt.uniform_(-4, 0.5)  # dt up to 1.6: |dt A| beyond the series range of phi1 for some modes
         m.linear_real[0] = True
@@ -54,7 +54,9 @@ def kernel_cases() -> dict:
     """Per case: [K, then the gradient of every parameter] relative errors, Triton vs torch32, Triton vs float64,
     torch32 vs float64; and the launches of one forward+backward of the fused kernel."""
     from ssmbench.bench import OpCounter
+    from ssmbench.models.backend import choose
 
+    assert choose("triton", "cpu").backend == "triton"  # the self-check, once, before launches are counted
     out = {}
     for case in CASES:
         L = case[-1]
@@ -88,7 +90,7 @@ def block_cases() -> dict:
     out = {}
     for bidirectional, beta, L in BLOCKS:
         torch.manual_seed(0)
-        ref = s4d.S4D(6, d_state=10, bidirectional=bidirectional, beta=beta, triton=False)
+        ref = s4d.S4D(6, d_state=10, bidirectional=bidirectional, beta=beta, backend="torch")
         fused = s4d.S4D(6, d_state=10, bidirectional=bidirectional, beta=beta)
         fused.load_state_dict(ref.state_dict())
         x = torch.randn(2, L, 6)
@@ -131,7 +133,7 @@ def test_compiled_triton_kernel_on_cuda():
     results = []
     for device, dtype, triton in [("cuda", torch.float32, True), ("cpu", torch.float64, False)]:
         torch.manual_seed(0)
-        m = S4D(64, d_state=64, bidirectional=True, triton=triton).to(device, dtype)
+        m = S4D(64, d_state=64, bidirectional=True, backend="triton" if triton else "torch").to(device, dtype)
         cot = torch.randn(2, 64, 4096, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
         k = m.kernel(4096)
         (k * cot.to(device, dtype)).sum().backward()

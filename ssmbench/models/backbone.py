@@ -91,4 +91,4 @@ def build_s4d(cfg, init_name: str) -> nn.Module:
                dt_min=s.dt_min, dt_max=s.dt_max, discretization=s.discretization, real_transform=s.real_transform,
                lr=s.lr.model_dump(), beta=s.beta, beta_lr=s.beta_lr, kappa=s.kappa, path=s.path,
                weight_decay=s.weight_decay.model_dump(), dt_transform=s.dt_transform, n_ssm=s.n_ssm,
-               tie_dropout=cfg.tie_dropout, dropout_before_gelu=cfg.dropout_before_gelu)
+               tie_dropout=cfg.tie_dropout, dropout_before_gelu=cfg.dropout_before_gelu, backend=s.backend)

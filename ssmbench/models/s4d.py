@@ -11,7 +11,7 @@ Two computation paths (`path`), held equal by tests/test_kernels.py:
   (2L rounded up to a 7-smooth size), FFTs along the contiguous axis, D u folded into the kernel spectrum.
   On CUDA, float32 layers compute the kernel from the raw parameters (transforms, discretization, overflow guard
   and Vandermonde sum) in fused Triton kernels in real arithmetic instead (models/vandermonde_triton.py, one
-  launch forward, two backward; `triton=False` keeps the PyTorch kernel).
+  launch forward, two backward; `backend`: auto | triton | torch, models/backend.py).
 - "direct": the straightforward path (materialized Vandermonde, FFT of size 2L along dim 1, D u added after).
 Mixed precision: the SSM/FFT part always runs in float32 (float64 if the layer is float64) with autocast off;
 the position-wise Linear runs in the autocast dtype (bf16/fp16).
@@ -19,14 +19,13 @@ the position-wise Linear runs in the autocast dtype (bf16/fp16).
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import os
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ssmbench.models.backend import TRITON_INSTALLED, TRITON_INTERPRETED, choose
 from ssmbench.models.dropout import sequence_dropout
 from ssmbench.models.kernels import (MAX_LOG_GROWTH, at_least_float32, bidirectional_kernel,
                                      blocked_vandermonde_kernel, discretize, fft_conv, fft_conv_direct, fft_size,
@@ -49,9 +48,6 @@ DEFAULT_LR = {"dt": 1e-3, "A": 1e-3, "B": 1e-3, "C": None}
 DEFAULT_WEIGHT_DECAY = {"dt": 0.0, "A": 0.0, "B": 0.0, "C": None}
 
 
-TRITON_INSTALLED = importlib.util.find_spec("triton") is not None  # looked up once, not at every forward
-# Triton's interpreter runs the kernels on the CPU: the same launches as on CUDA (tests, `ssmbench bench` op counts).
-TRITON_INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 
 
 def fused_kernel_available(x: torch.Tensor) -> bool:
@@ -74,11 +70,11 @@ class S4D(nn.Module):
                  discretization: str = "zoh", real_transform: str = "exp", lr: dict | None = None,
                  beta: float | None = None, beta_lr: float = 0.01, kappa: float | str = "nfft", path: str = "fast",
                  weight_decay: dict | None = None, dt_transform: str = "exp", n_ssm: int | None = None,
-                 tie_dropout: bool = False, dropout_before_gelu: bool = False, triton: bool = True):
+                 tie_dropout: bool = False, dropout_before_gelu: bool = False, backend: str = "auto"):
         super().__init__()
         if path not in ("fast", "direct"):
             raise ValueError(f"unknown S4D path {path!r}; known: fast, direct")
-        self.path, self.triton = path, triton
+        self.path, self.backend = path, backend
         H, c = d_model, 2 if bidirectional else 1
         S = H if n_ssm is None else n_ssm
         if H % S:
@@ -155,9 +151,11 @@ class S4D(nn.Module):
         return limit_growth(log_A_bar, L), torch.view_as_complex(self.C) * B_bar
 
     def fused(self) -> bool:
-        """Whether this layer computes its kernel with the fused Triton kernels (fast path, float32, CUDA or the
-        Triton interpreter)."""
-        return self.path == "fast" and self.triton and fused_kernel_available(self.C)
+        """Whether this layer computes its kernel with the fused Triton kernels: fast path, float32, CUDA or the
+        Triton interpreter, and the backend (`auto` after its self-check on this device, or `triton`;
+        models/backend.py)."""
+        return (self.path == "fast" and self.backend != "torch" and fused_kernel_available(self.C)
+                and choose(self.backend, self.C.device).backend == "triton")
 
     def _fused_kernel(self, L: int, n_fft: int | None = None, D: torch.Tensor | None = None) -> torch.Tensor:
         from ssmbench.models.vandermonde_triton import fused_s4d_kernel

@@ -33,7 +33,7 @@ a holomorphic map passes g_x = g_w conj(u'(x)) and a real x gets Re(g_w conj(du/
     dA = dt g_z,  dA_re = -Re(dA) f'(A_re),  dA_im = Im(dA),  dlog_dt = dL/d dt * (dt or sigmoid(log_dt)).
 phi1 and phi1' use their Taylor series for |z| < 1/2 (9 terms, error < 1e-9), so neither cancels at small z; the
 phase l a^im is reduced to [-pi, pi] before cos/sin. Cost: H M L exp + sin + cos per pass, memory O(c H L) for K
-and O(H M L / BLOCK_L_BACKWARD) for the partial sums.
+and O(H M L / BLOCK_L) for the partial sums of the backward (`block_lags`).
 
 Used by `S4D.kernel` and `S4D.ssm` for float32 layers on CUDA (`s4d.fused_kernel_available`); on the CPU it runs under
 TRITON_INTERPRET=1 (the tests; `ssmbench bench` counts its launches there). Importing this module needs Triton.
@@ -48,8 +48,13 @@ import torch
 import triton
 import triton.language as tl
 
-BLOCK_L = 128  # lags per program in the forward
-BLOCK_L_BACKWARD = 64  # smaller: the backward keeps six (BLOCK_M, BLOCK_L) tiles live
+# A program holds (BLOCK_M, BLOCK_L) tiles in registers: three live in the forward (E, cos, sin), six in the
+# backward. Their elements per thread, BLOCK_M BLOCK_L / (32 num_warps), must stay small or ptxas spills (255
+# registers and 1.3 KB of spills per thread at BLOCK_M 32, BLOCK_L 128). `block_lags` keeps the tiles at
+# FORWARD_TILE and BACKWARD_TILE elements, so no shipped recipe's specialization spills on sm_75 .. sm_120
+# (benchmarks/README.md, "Compiled kernels"; ssmbench/models/triton_compile.py).
+FORWARD_TILE, MAX_BLOCK_L = 1024, 128
+BACKWARD_TILE, MAX_BLOCK_L_BACKWARD = 2048, 64
 TWO_PI = tl.constexpr(6.283185307179586)
 INV_TWO_PI = tl.constexpr(0.15915494309189535)
 REAL_TRANSFORM_CODES = {"exp": 0, "relu": 1, "none": 2}  # s4d.REAL_TRANSFORMS
@@ -57,6 +62,11 @@ DT_TRANSFORM_CODES = {"exp": 0, "softplus": 1}  # s4d.DT_TRANSFORMS
 
 # Set by `ssmbench bench` to count launches: called with the kernel's name, its context manager wraps the launch.
 launch_observer: Callable[[str], ContextManager] | None = None
+
+
+def block_lags(block_m: int, tile: int, most: int) -> int:
+    """Lags per program for BLOCK_M modes: tile / BLOCK_M, a power of two between 16 and `most`."""
+    return max(16, min(most, tile // block_m))
 
 
 def _launch(kernel, grid: tuple, *args, **meta) -> None:
@@ -208,7 +218,7 @@ def _position(c, h, offs_l, N, stride_c, stride_h, stride_l, COMBINE: tl.constex
     return h * stride_h + (N - 1 - offs_l) * stride_l
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["L", "N"])  # no variant per sequence length: the recipe fixes the compiled set
 def _forward(a_re_ptr, a_im_ptr, lin_ptr, log_dt_ptr, b_ptr, c_ptr, d_ptr, k_ptr, S, H, M, L, N, scale, max_re,
              C: tl.constexpr, REAL: tl.constexpr, DT: tl.constexpr, ZOH: tl.constexpr, COMBINE: tl.constexpr,
              HAS_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_L: tl.constexpr):
@@ -240,7 +250,7 @@ def _forward(a_re_ptr, a_im_ptr, lin_ptr, log_dt_ptr, b_ptr, c_ptr, d_ptr, k_ptr
             tl.store(k_ptr + _position(c, h, offs_l, N, H * N, N, 1, COMBINE), k, mask=mask)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["L", "N", "g_stride_c", "g_stride_h"])
 def _backward_lags(a_re_ptr, a_im_ptr, lin_ptr, log_dt_ptr, b_ptr, c_ptr, g_ptr, partial_ptr, S, H, M, L, N,
                    g_stride_c, g_stride_h, g_stride_l, scale, max_re, C: tl.constexpr, REAL: tl.constexpr,
                    DT: tl.constexpr, ZOH: tl.constexpr, COMBINE: tl.constexpr, BLOCK_M: tl.constexpr,
@@ -281,7 +291,7 @@ def _backward_lags(a_re_ptr, a_im_ptr, lin_ptr, log_dt_ptr, b_ptr, c_ptr, g_ptr,
     tl.store(partial_ptr + ga + H * M, ga_im * scale, mask=mask_m)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["g_stride_h"])
 def _backward_parameters(a_re_ptr, a_im_ptr, lin_ptr, log_dt_ptr, b_ptr, c_ptr, g_ptr, partial_ptr, g_a_ptr, g_b_ptr,
                          g_log_dt_ptr, g_c_ptr, g_d_ptr, g_stride_h, S, H, M, C: tl.constexpr, HAS_D: tl.constexpr,
                          REAL: tl.constexpr, DT: tl.constexpr, ZOH: tl.constexpr, BLOCK_M: tl.constexpr):
@@ -360,9 +370,11 @@ class _FusedS4DKernel(torch.autograd.Function):
         k = torch.empty((H, N) if combine else (c, H, L), device=C.device, dtype=torch.float32)
         filled = N - (c - 1) * L if combine else L  # the lags written by direction 0 (with the zeros)
         scale, max_re, meta = config
-        _launch(_forward, (H, triton.cdiv(filled, BLOCK_L)), A_re, A_im, linear_real, log_dt, B, C, D, k,
+        block_m = triton.next_power_of_2(M)
+        block_l = block_lags(block_m, FORWARD_TILE, MAX_BLOCK_L)
+        _launch(_forward, (H, triton.cdiv(filled, block_l)), A_re, A_im, linear_real, log_dt, B, C, D, k,
                 A_re.shape[0], H, M, L, N, scale, max_re, C=c, **meta, COMBINE=combine, HAS_D=D is not None,
-                BLOCK_M=triton.next_power_of_2(M), BLOCK_L=BLOCK_L)
+                BLOCK_M=block_m, BLOCK_L=block_l)
         ctx.save_for_backward(A_re, A_im, linear_real, log_dt, B, C)
         ctx.L, ctx.N, ctx.combine, ctx.has_d, ctx.config = L, N, combine, D is not None, config
         return k
@@ -371,14 +383,15 @@ class _FusedS4DKernel(torch.autograd.Function):
     def backward(ctx, grad_k: torch.Tensor):
         A_re, A_im, linear_real, log_dt, B, C = ctx.saved_tensors
         (c, H, M, _), S, (scale, max_re, meta) = C.shape, A_re.shape[0], ctx.config
-        blocks = triton.cdiv(ctx.L, BLOCK_L_BACKWARD)
+        block_m = triton.next_power_of_2(M)
+        block_l = block_lags(block_m, BACKWARD_TILE, MAX_BLOCK_L_BACKWARD)
+        blocks = triton.cdiv(ctx.L, block_l)
         partial = torch.empty(blocks, 2 * c + 2, H, M, device=C.device, dtype=torch.float32)
         params = (A_re, A_im, linear_real, log_dt, B, C)
         grad_k = grad_k.float()  # read in place, with its strides (rfft's backward gives a strided one)
         strides = grad_k.stride() if not ctx.combine else (0, *grad_k.stride())
-        block_m = triton.next_power_of_2(M)
         _launch(_backward_lags, (H, blocks), *params, grad_k, partial, S, H, M, ctx.L, ctx.N, *strides, scale, max_re,
-                C=c, **meta, COMBINE=ctx.combine, BLOCK_M=block_m, BLOCK_L=BLOCK_L_BACKWARD)
+                C=c, **meta, COMBINE=ctx.combine, BLOCK_M=block_m, BLOCK_L=block_l)
         partial = partial.sum(0)  # (2c + 2, H, M): one reduction over the blocks of lags
         # channel h's share of the gradients of its row of A (A_re, A_im) and of B, contiguous like the parameters
         g_a = torch.empty(2, H, M, device=C.device, dtype=torch.float32)

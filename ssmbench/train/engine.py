@@ -58,6 +58,7 @@ from ssmbench import runs
 from ssmbench.data import DataBundle, build_data
 from ssmbench.errors import CheckpointError, NonFiniteError, SSMBenchError
 from ssmbench.init import apply_init
+from ssmbench.models import backend as ssm_backend
 from ssmbench.models.backbone import SequenceModel
 from ssmbench.recipe import Recipe, load_recipe
 from ssmbench.train import budget, checkpoint, distributed, graphs
@@ -320,6 +321,7 @@ class Trainer:
                                 f"{self.world} processes, so it must be at least {self.world}")
         self.amp = resolve_precision(t.precision, self.device)
         self.tf32 = set_tf32(t.tf32, self.device)
+        self.ssm_backend = ssm_backend.for_model(recipe.model, self.device)  # the fused kernel's self-check, if any
         seed_everything(recipe.seed)
         self.data = build_data(recipe.data)
         self.task = self.data.task
@@ -367,7 +369,7 @@ class Trainer:
         runs.atomic_write_text(self.run_dir / runs.RECIPE, self.recipe.to_yaml())
         env = runs.environment(str(self.device))
         env.update({"precision": str(self.amp).replace("torch.", "") if self.amp else "fp32", "tf32": self.tf32,
-                    "cuda_graphs": self.graph is not None,
+                    "cuda_graphs": self.graph is not None, "ssm_backend": self.ssm_backend,
                     "data": {"source": self.data.source, "provenance": self.data.provenance,
                              "sizes": self.data.sizes(), "seq_len": self.data.seq_len, **self.data.facts},
                     "init": self.init_facts, "n_params": sum(p.numel() for p in self.model.parameters()),
