@@ -9,11 +9,16 @@ STAMP  := $(VENV)/.ssmbench-installed
 
 install: $(STAMP)
 
-# Re-runs only when the dependency declarations change; installs the tested pins from constraints.txt.
+# Re-runs only when the dependency declarations change; installs the tested pins from constraints.txt. torch comes
+# in the CUDA build this machine's driver runs (nvidia-smi), or the one stated: `make install CUDA=12.6` (12.8,
+# 13.0, cpu); without an NVIDIA GPU, or with a driver >= 580, it is PyPI's default wheel (docs/gpu.md).
+# After a change of driver or CUDA=: `make clean install`.
+CUDA ?=
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -c constraints.txt -e ".[dev,slurm,wandb]"
+	torch="$$($(PY) -m ssmbench.nvidia pip-args --cuda '$(CUDA)')" && if [ -n "$$torch" ]; then $(PY) -m pip install -q $$torch; fi
+	$(PY) -m pip install -q -c constraints.txt -e ".[dev,slurm,wandb,bench]"
 	touch $(STAMP)
 
 demo: install

@@ -54,7 +54,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from ssmbench import runs
+from ssmbench import nvidia, runs
 from ssmbench.data import DataBundle, build_data
 from ssmbench.errors import CheckpointError, NonFiniteError, SSMBenchError
 from ssmbench.init import apply_init
@@ -73,8 +73,15 @@ from ssmbench.train.tally import DeviceTally, Tally
 
 
 def resolve_device(name: str) -> torch.device:
+    """`train.device`; `auto` is CUDA when torch can use it, and the CPU only where nvidia-smi lists no GPU: a GPU
+    torch cannot use (a CPU build, a driver too old for the build) stops the run with the cause and the fix."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        problem = nvidia.cuda_problem()
+        if problem:
+            raise SSMBenchError(f"train.device: auto: {problem}; or train on the CPU with train.device: cpu")
+        return torch.device("cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise SSMBenchError(f"train.device: '{name}' requested but CUDA is not available; use 'auto' or 'cpu'")
     return torch.device(name)
