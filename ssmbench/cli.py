@@ -137,6 +137,21 @@ def smoke(
 
 
 @app.command()
+def doctor() -> None:
+    """Check this machine for GPU training: torch's CUDA build and GPU code vs each GPU, the driver, why CUDA is
+    unusable, native bf16, NCCL, free memory, Triton's compile of the fused kernel and its self-check (docs/gpu.md).
+
+    Exit status 1: nvidia-smi lists a GPU that torch cannot use."""
+    from ssmbench.doctor import diagnose
+
+    lines, unusable = diagnose()
+    for status, text in lines:
+        typer.echo(f"{status:<4}  {text}")
+    if unusable:
+        raise typer.Exit(1)
+
+
+@app.command()
 def components() -> None:
     """List every registered dataset, initializer and sequence layer."""
     from ssmbench.registry import DATASETS, INITIALIZERS, LAYERS
