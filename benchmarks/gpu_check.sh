@@ -8,11 +8,16 @@
 # the LRA STU / AR-STU recipes' steps and peak memory, the STU / AR-STU block table.
 # Writes OUT_DIR/gpu_check.json, OUT_DIR/gpu_check.md and OUT_DIR/tests.txt.
 # An offline machine without pydantic/datasets/soundfile gets them from .whl/ (made by ../shared/gpu/wheels.sh).
+# Python: $PYTHON if set, else the virtualenv of `make install` ($VENV, default .venv), else python3. Before any
+# section runs, a preflight imports the reference as the layer table will (einops, torch.nn.functional, ...:
+# `make install` installs the bench extra) and stops with the missing module named.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 reference=${1:?usage: bash benchmarks/gpu_check.sh PATH/s4d.py [OUT_DIR]}
 out=${2:-gpu-check}
-PY=${PYTHON:-python3}
+venv=${VENV:-.venv}
+if [ -n "${PYTHON:-}" ]; then PY=$PYTHON; elif [ -x "$venv/bin/python" ]; then PY=$venv/bin/python; else PY=python3; fi
+echo "gpu_check: $PY ($("$PY" -c 'import sys; print(sys.prefix)'))"
 mkdir -p "$out"
 if ! "$PY" -c "import pydantic, datasets, soundfile" 2>/dev/null; then
   if ! ls .whl/*.whl >/dev/null 2>&1; then
@@ -23,6 +28,15 @@ if ! "$PY" -c "import pydantic, datasets, soundfile" 2>/dev/null; then
   export PYTHONPATH=/tmp/ssmbench-site${PYTHONPATH:+:$PYTHONPATH}
 fi
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+"$PY" - "$reference" <<'EOF'
+import sys
+from ssmbench.bench import load_reference
+from ssmbench.errors import SSMBenchError
+try:
+    load_reference(sys.argv[1])
+except SSMBenchError as e:
+    sys.exit(f"gpu_check: preflight: {e}; `make install` installs the bench extra, or `pip install einops`")
+EOF
 "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'gpu_check: no CUDA device')"
 # Tests first, but a failure does not stop the figures: both end up in OUT_DIR.
 tests_rc=0

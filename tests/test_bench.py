@@ -61,12 +61,17 @@ def test_bench_command_writes_json_and_rejects_bad_arguments(tmp_path):
 
 
 FAKE_REFERENCE = '''
+import math
 import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from einops import rearrange, repeat
+from src.models.nn import DropoutNd
 
-class S4D(torch.nn.Module):  # the interface of state-spaces/s4 models/s4/s4d.py: (B, H, L) in and out
+class S4D(torch.nn.Module):  # the interface and imports of state-spaces/s4 models/s4/s4d.py: (B, H, L) in and out
     def __init__(self, d_model, d_state=64, dropout=0.0, transposed=True):
         super().__init__()
-        self.scale = torch.nn.Parameter(torch.ones(d_model, 1))
+        self.scale = torch.nn.Parameter(repeat(torch.ones(1), "o -> h o", h=d_model))  # einops, as the real one
 
     def forward(self, u):
         return u * self.scale, None
