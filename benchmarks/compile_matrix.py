@@ -25,8 +25,9 @@ README = ROOT / "benchmarks" / "README.md"
 BEGIN, END = "<!-- compile-matrix:begin -->", "<!-- compile-matrix:end -->"
 
 
-def recipe_models(root: Path = ROOT / "recipes") -> dict[str, tuple]:
-    """{a recipe or sweep run: (model section, init name)} for every recipe file and every run of every sweep."""
+def recipe_models(root: Path = ROOT / "recipes", sweeps: bool = True) -> dict[str, tuple]:
+    """{a recipe or sweep run: (model section, init name)} for every recipe file and (with `sweeps`) every run of
+    every sweep file."""
     from ssmbench.recipe import load_recipe, read_yaml_mapping
     from ssmbench.sweep import expand, spec_recipe
 
@@ -34,7 +35,7 @@ def recipe_models(root: Path = ROOT / "recipes") -> dict[str, tuple]:
     for path in sorted(root.rglob("*.yaml")):
         raw = read_yaml_mapping(path)
         if "grid" in raw and "data" not in raw:
-            for spec in expand(path):
+            for spec in expand(path) if sweeps else ():
                 recipe = spec_recipe(spec)
                 out[f"{path.relative_to(ROOT)}:{spec.name}"] = (recipe.model, recipe.init.name)
         else:
