@@ -91,7 +91,8 @@ def query() -> tuple[list[GPU], str | None]:
         if len(fields) != 6:
             continue
         index, name, driver, cap, free, total = fields
-        gpus.append(GPU(int(index), name, driver, _number(cap), _number(free, int), _number(total, int)))
+        if _number(index, int) is not None and version(driver):
+            gpus.append(GPU(int(index), name, driver, _number(cap), _number(free, int), _number(total, int)))
     return gpus, None if gpus else "nvidia-smi lists no GPU"
 
 

@@ -147,11 +147,13 @@ def capture(layer, lengths: tuple[int, ...] = (1000, 1024)) -> set[Specializatio
     sequence length in `lengths`, captured on the CPU. The layer takes its fused path here as it would on CUDA."""
     found: set[Specialization] = set()
     layer.fused = lambda: layer.path == "fast"  # this layer only: its launches go to the capture driver
-    with capturing(found):
-        for L in lengths:
-            u = torch.zeros(1, L, layer.d_model, requires_grad=True)
-            layer.ssm(u).sum().backward()
-    del layer.fused
+    try:
+        with capturing(found):
+            for L in lengths:
+                u = torch.zeros(1, L, layer.d_model, requires_grad=True)
+                layer.ssm(u).sum().backward()
+    finally:
+        del layer.fused
     return found
 
 
