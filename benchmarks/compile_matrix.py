@@ -64,12 +64,13 @@ def compile_all(specs, targets, jobs: int | None = None) -> list:
     from ssmbench.models.triton_compile import compile_for
 
     work = [(spec, cc) for spec in sorted(specs, key=lambda s: s.label()) for cc in targets]
-    start = time.perf_counter()
+    start, results = time.perf_counter(), []
     with ProcessPoolExecutor(jobs or os.cpu_count() or 1) as pool:
-        results = list(pool.map(compile_for, *zip(*work)))
-    for r in results:
-        print(f"{r.spec.label()} sm_{r.cc}: {r.registers} registers, {r.spill_bytes} B spilled, {r.warps_per_sm} "
-              f"warps/SM" + (f"  {r.error}" if r.error else ""), file=sys.stderr)
+        for r in pool.map(compile_for, *zip(*work)):
+            results.append(r)
+            print(f"[{len(results)}/{len(work)}] {r.spec.label()} sm_{r.cc}: {r.registers} registers, "
+                  f"{r.spill_bytes} B spilled, {r.warps_per_sm} warps/SM" + (f"  {r.error}" if r.error else ""),
+                  file=sys.stderr, flush=True)
     print(f"{len(work)} compilations in {time.perf_counter() - start:.0f} s", file=sys.stderr)
     return results
 
