@@ -1,0 +1,207 @@
+"""`ssmbench data download` against a test HTTP server on 127.0.0.1 (no other address is contacted).
+
+The server serves small archives in the official layouts (written here from ssmbench/data/fixtures.py, without
+the fixtures' GENERATED.json markers, as the real archives have none) and can drop a connection mid-file, hold
+it (so a process can be killed mid-download), ignore Range requests or corrupt a byte. Every downloaded dataset
+is then prepared and trained for 3 steps.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tarfile
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+import yaml
+
+from killpoint import cli_run, one_thread  # noqa: F401 (fixture)
+from ssmbench.data import fixtures, sources
+
+LRA_TASKS = ["listops", "retrieval", "pathfinder", "pathx"]
+
+
+class Server(ThreadingHTTPServer):
+    """Serves `files` {name: bytes}; the switches change how (see the module docstring). Records every request."""
+
+    daemon_threads = True
+
+    def __init__(self):
+        super().__init__(("127.0.0.1", 0), Handler)
+        self.files: dict[str, bytes] = {}
+        self.ranges, self.corrupt = True, False
+        self.drop_at: int | None = None  # the next response stops after this many bytes and closes the connection
+        self.hold: threading.Event | None = None  # the next response sends half its bytes, then waits for this
+        self.requests: list[tuple[str, str | None]] = []
+
+    def url(self, name: str) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}/{name}"
+
+
+class Handler(BaseHTTPRequestHandler):
+    def log_message(self, *args) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        s: Server = self.server
+        name = self.path.lstrip("/")
+        s.requests.append((name, self.headers.get("Range")))
+        if name not in s.files:
+            self.send_error(404)
+            return
+        body = s.files[name]
+        if s.corrupt:
+            body = body[:len(body) // 2] + bytes([body[len(body) // 2] ^ 1]) + body[len(body) // 2 + 1:]
+        start = int(self.headers["Range"][6:-1]) if s.ranges and self.headers.get("Range") else 0
+        self.send_response(206 if start else 200)
+        if start:
+            self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
+        self.send_header("Content-Length", str(len(body) - start))
+        self.end_headers()
+        data = body[start:]
+        drop, s.drop_at = s.drop_at, None
+        hold, s.hold = s.hold, None
+        if drop is not None:
+            self.wfile.write(data[:drop])
+            self.wfile.flush()
+            self.connection.shutdown(socket.SHUT_RDWR)
+            self.close_connection = True
+            return
+        if hold is not None:
+            self.wfile.write(data[:len(data) // 2])
+            self.wfile.flush()
+            hold.wait(60)
+            data = data[len(data) // 2:]
+        try:
+            self.wfile.write(data)
+        except OSError:  # the client was killed
+            pass
+
+
+@pytest.fixture
+def server():
+    s = Server()
+    thread = threading.Thread(target=s.serve_forever, daemon=True)
+    thread.start()
+    yield s
+    s.shutdown()
+    s.server_close()
+
+
+def tar_gz(stage: Path, arcname: str, extra=None) -> bytes:
+    """A .tar.gz of `stage` under `arcname`, without GENERATED.json markers; `extra(tar)` may add members."""
+    for marker in stage.rglob("GENERATED.json"):
+        marker.unlink()
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        tar.add(stage, arcname=arcname)
+        if extra:
+            extra(tar)
+    return buf.getvalue()
+
+
+def lra_archive(tmp: Path) -> bytes:
+    """lra_release.gz in the release layout: lra_release/lra_release/{listops-1000,tsv_data,pathfinder32,128}."""
+    from ssmbench.data.generators import pathfinder
+
+    stage = tmp / "stage-lra" / "lra_release"
+    fixtures.write_listops(stage / "listops-1000")
+    fixtures.write_aan(stage / "tsv_data")
+    for res in (32, 128):
+        pathfinder.write_release(stage, res, 14, n=20, seed=0)
+    return tar_gz(stage, "lra_release/lra_release")
+
+
+def archive_of(task: str, tmp: Path) -> tuple[str, bytes]:
+    """(archive file name, bytes) of the archive the catalog downloads for `task`."""
+    from ssmbench.data.speech import WORDS35
+
+    stage = tmp / f"stage-{task}"
+    if task in LRA_TASKS:
+        return "lra_release.gz", lra_archive(tmp)
+    if task in ("image", "scifar"):
+        fixtures.write_cifar(stage / "cifar-10-batches-py")
+        return "cifar-10-python.tar.gz", tar_gz(stage / "cifar-10-batches-py", "cifar-10-batches-py")
+    if task == "speech":
+        fixtures.write_speech(stage, WORDS35)
+        return "speech_commands_v0.02.tar.gz", tar_gz(stage, ".")  # the release has no top folder
+    fixtures.write_imdb(stage / "aclImdb")
+    return "aclImdb_v1.tar.gz", tar_gz(stage / "aclImdb", "aclImdb")
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def download(server: Server, task: str, name: str, data: bytes, *more: str) -> tuple[int, str]:
+    server.files[name] = data
+    return cli_run("data", "download", task, "--root", "data", "--url", server.url(name), "--sha256", sha(data), *more)
+
+
+def listing(folder: Path) -> set[str]:
+    return {str(p.relative_to(folder)) for p in folder.rglob("*")}
+
+
+def row(task: str) -> list[str]:
+    code, out = cli_run("data", "list", "--root", "data")
+    assert code == 0, out
+    return next(ln for ln in out.splitlines() if ln.startswith(f"{task} ")).split()
+
+
+# Tiny models and short rows, so that 3 steps on each dataset take seconds on a CPU.
+OPTIONS = {"listops": {"max_length": 128}, "retrieval": {"max_length": 128}, "text": {"max_length": 256}}
+
+
+def train_3_steps(task: str, **data) -> dict:
+    recipe = {"name": f"dl-{task}", "data": {"name": task, "root": "data", **OPTIONS.get(task, {}), **data},
+              "model": {"d_model": 8, "n_layers": 1, "ssm": {"d_state": 8}},
+              "train": {"max_steps": 3, "batch_size": 4, "eval_every": 3, "max_eval_batches": 1,
+                        "max_test_batches": 1, "device": "cpu", "lr": 0.01, "warmup_steps": 1}}
+    Path(f"{task}.yaml").write_text(yaml.safe_dump(recipe))
+    code, out = cli_run("train", f"{task}.yaml", "--runs-dir", "runs", "--quiet")
+    assert code == 0, out
+    (run,) = [p for p in Path("runs").iterdir() if p.name.startswith(f"dl-{task}-")]
+    return json.loads((run / "env.json").read_text())
+
+
+@pytest.mark.parametrize("task", ["lra", "scifar", "speech", "text"])
+def test_download_prepare_and_train(task, server, tmp_path, monkeypatch, one_thread):
+    monkeypatch.chdir(tmp_path)
+    tasks = LRA_TASKS if task == "lra" else [task]
+    name, data = archive_of(tasks[0], tmp_path)
+    for t in tasks:
+        code, out = download(server, t, name, data)
+        assert code == 0 and "Traceback" not in out, out
+        assert ("checksum sha256 verified" in out) == (t == tasks[0]), out  # later tasks reuse the verified archive
+        assert row(t)[1:3] == ["present", "official"], out
+        record = json.loads((Path("data") / download_folder(t) / "DOWNLOAD.json").read_text())
+        assert record["sha256"] == sha(data) and record["bytes"] == len(data) and record["files"] > 0
+        code, out = cli_run("data", "prepare", t, "--root", "data", *[f"--set={k}={v}" for k, v in OPTIONS.get(t, {}).items()])
+        assert code == 0 and "(official data)" in out, out
+        env = train_3_steps(t)
+        assert env["data"]["source"] == "official" and sha(data) in env["data"]["provenance"], env["data"]
+    # The LRA tasks share one archive: it was downloaded once and extracted four times.
+    assert [n for n, _ in server.requests] == [name]
+    assert not list(Path("data").rglob(".extract-*")) and not list(Path("data/downloads").glob("*.part"))
+
+
+def default_source(task: str) -> str:
+    from ssmbench.registry import DATASETS
+
+    return DATASETS.get(task).Options().source
+
+
+def download_folder(task: str) -> str:
+    return sources.DOWNLOADS[task].folder.format(source=default_source(task))
