@@ -63,7 +63,7 @@ class TransferLines:
         rate = (done - self.first) / max(now - self.start, 1e-9)
         size = f"{decimal(done)} of {decimal(total)} ({done / total:.0%})" if total else decimal(done)
         left = f", {(total - done) / rate:.0f} s left" if total and rate > 0 else ""
-        self.log(f"{self.what}: {size}, {decimal(rate)}/s{left}" if done > self.first else f"{self.what}: {size}")
+        self.log(f"{self.what}: {size}, {decimal(int(rate))}/s{left}" if done > self.first else f"{self.what}: {size}")
 
 
 @contextlib.contextmanager

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from rich.filesize import decimal
 
 from killpoint import cli_run, one_thread  # noqa: F401 (fixture)
 from ssmbench.data import fixtures, sources
@@ -112,15 +113,26 @@ def tar_gz(stage: Path, arcname: str, extra=None) -> bytes:
     return buf.getvalue()
 
 
+def write_pathfinder(folder: Path, resolution: int, n: int = 20) -> None:
+    """Random-noise PNGs and a metadata file in the Pathfinder release layout (the generator is slow at 128)."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(resolution)
+    (folder / "imgs" / "0").mkdir(parents=True)
+    (folder / "metadata").mkdir()
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 256, (resolution, resolution), dtype=np.uint8)).save(folder / "imgs" / "0" / f"sample_{i}.png")
+    (folder / "metadata" / "0.npy").write_text("".join(f"imgs/0 sample_{i}.png {i} {i % 2} 14\n" for i in range(n)))
+
+
 def lra_archive(tmp: Path) -> bytes:
     """lra_release.gz in the release layout: lra_release/lra_release/{listops-1000,tsv_data,pathfinder32,128}."""
-    from ssmbench.data.generators import pathfinder
-
     stage = tmp / "stage-lra" / "lra_release"
     fixtures.write_listops(stage / "listops-1000")
     fixtures.write_aan(stage / "tsv_data")
     for res in (32, 128):
-        pathfinder.write_release(stage, res, 14, n=20, seed=0)
+        write_pathfinder(stage / f"pathfinder{res}" / "curv_contour_length_14", res)
     return tar_gz(stage, "lra_release/lra_release")
 
 
@@ -205,3 +217,114 @@ def default_source(task: str) -> str:
 
 def download_folder(task: str) -> str:
     return sources.DOWNLOADS[task].folder.format(source=default_source(task))
+
+
+@pytest.fixture
+def imdb(tmp_path, monkeypatch) -> bytes:
+    """The working directory is tmp_path (an allowed data root); returns a small aclImdb_v1.tar.gz."""
+    monkeypatch.chdir(tmp_path)
+    return archive_of("text", tmp_path)[1]
+
+
+def downloaded(data: bytes) -> None:
+    """The IMDB fixture is in place, recorded with its SHA-256, and no partial file or extraction is left."""
+    assert row("text")[1:3] == ["present", "official"]
+    assert json.loads(Path("data/aclImdb/DOWNLOAD.json").read_text())["sha256"] == sha(data)
+    assert Path("data/downloads/aclImdb_v1.tar.gz").read_bytes() == data
+    assert not list(Path("data").rglob("*.part")) and not list(Path("data").rglob(".extract-*"))
+
+
+def test_a_dropped_connection_is_resumed_with_a_range_request(server, imdb):
+    server.drop_at = len(imdb) // 2
+    code, out = download(server, "text", "aclImdb_v1.tar.gz", imdb)
+    assert code == 0 and "connection lost" in out and f"resuming data/downloads/aclImdb_v1.tar.gz.part at byte {len(imdb) // 2:,}" in out, out
+    assert [r for _, r in server.requests] == [None, f"bytes={len(imdb) // 2}-"]
+    downloaded(imdb)
+
+
+def test_a_download_killed_with_sigkill_resumes_where_it_stopped(server, imdb):
+    server.files["aclImdb_v1.tar.gz"] = imdb
+    server.hold = release = threading.Event()
+    part = Path("data/downloads/aclImdb_v1.tar.gz.part")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.Popen([sys.executable, "-m", "ssmbench", "data", "download", "text", "--root", "data", "--url",
+                             server.url("aclImdb_v1.tar.gz"), "--sha256", sha(imdb)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=open("killed.log", "w"))
+    try:
+        deadline = time.monotonic() + 120
+        while not (part.is_file() and part.stat().st_size == len(imdb) // 2):
+            assert proc.poll() is None and time.monotonic() < deadline, Path("killed.log").read_text()
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
+    finally:
+        release.set()
+        if proc.poll() is None:
+            proc.kill()
+    assert row("text")[1] == "missing"
+    code, out = cli_run("data", "download", "text", "--root", "data", "--url", server.url("aclImdb_v1.tar.gz"),
+                        "--sha256", sha(imdb))
+    assert code == 0 and f"{decimal(len(imdb) // 2)} of it already in data/downloads" in out, out
+    assert server.requests[-1] == ("aclImdb_v1.tar.gz", f"bytes={len(imdb) // 2}-"), server.requests
+    downloaded(imdb)
+
+
+def test_a_server_without_range_support_restarts_cleanly(server, imdb):
+    part = Path("data/downloads/aclImdb_v1.tar.gz.part")
+    part.parent.mkdir(parents=True)
+    part.write_bytes(b"\xff" * (len(imdb) // 2))  # junk: kept, it would corrupt the archive
+    server.ranges = False
+    code, out = download(server, "text", "aclImdb_v1.tar.gz", imdb)
+    assert code == 0 and "does not resume downloads (status 200); starting again from byte 0" in out, out
+    assert server.requests == [("aclImdb_v1.tar.gz", f"bytes={len(imdb) // 2}-")]
+    downloaded(imdb)
+
+
+def test_a_corrupted_byte_is_a_checksum_error_and_the_file_is_set_aside(server, imdb):
+    server.corrupt = True
+    code, out = download(server, "text", "aclImdb_v1.tar.gz", imdb)
+    error = [ln for ln in out.splitlines() if ln.startswith("error:")]
+    found = sha(imdb[:len(imdb) // 2] + bytes([imdb[len(imdb) // 2] ^ 1]) + imdb[len(imdb) // 2 + 1:])
+    assert code == 2 and "Traceback" not in out and len(error) == 1, out
+    assert f"data/downloads/aclImdb_v1.tar.gz: checksum mismatch: expected sha256 {sha(imdb)}, found {found}" in error[0]
+    assert Path("data/downloads/aclImdb_v1.tar.gz.bad").is_file() and not Path("data/downloads/aclImdb_v1.tar.gz").exists()
+    assert not Path("data/aclImdb").exists() and row("text")[1] == "missing"
+    server.corrupt = False  # the next run downloads it anew
+    code, out = download(server, "text", "aclImdb_v1.tar.gz", imdb)
+    assert code == 0, out
+    downloaded(imdb)
+
+
+def test_the_published_checksum_applies_to_a_mirror(server, imdb):
+    server.files["aclImdb_v1.tar.gz"] = imdb
+    code, out = cli_run("data", "download", "text", "--root", "data", "--url", server.url("aclImdb_v1.tar.gz"))
+    expected = sources.IMDB.checksum[1]
+    assert code == 2 and f"checksum mismatch: expected sha256 {expected}, found {sha(imdb)}" in out, out
+
+
+def test_offline_names_the_url_and_how_to_place_the_file_by_hand(imdb):
+    with socket.socket() as s:  # a port on 127.0.0.1 that nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"http://127.0.0.1:{port}/aclImdb_v1.tar.gz"
+    code, out = cli_run("data", "download", "text", "--root", "data", "--url", url)
+    assert code == 2 and "Traceback" not in out, out
+    assert f"text: downloading failed: {url}: " in out and "put it at data/downloads/aclImdb_v1.tar.gz" in out, out
+    assert sources.IMDB.url in out and "https_proxy" in out
+    code, out = cli_run("data", "download", "text", "--root", "data", "--url", "ftp://127.0.0.1/x.tar.gz")
+    assert code == 2 and "give an http://, https:// or file:// URL" in out, out
+
+
+def test_a_file_url_and_an_archive_placed_by_hand(imdb, tmp_path):
+    (tmp_path / "mirror").mkdir()
+    (tmp_path / "mirror" / "aclImdb_v1.tar.gz").write_bytes(imdb)
+    code, out = cli_run("data", "download", "text", "--root", "data", "--url",
+                        (tmp_path / "mirror" / "aclImdb_v1.tar.gz").as_uri(), "--sha256", sha(imdb))
+    assert code == 0, out
+    downloaded(imdb)
+    shutil.rmtree("data/aclImdb")
+    code, out = cli_run("data", "download", "text", "--root", "data", "--sha256", sha(imdb))  # no URL is contacted
+    assert code == 0 and "computing the checksum" not in out, out  # the verified archive is reused
+    downloaded(imdb)
+    code, out = cli_run("data", "download", "text", "--root", "data")
+    assert code == 0 and "already holds data; nothing downloaded" in out, out

@@ -94,7 +94,7 @@ def attempt(url: str, part: Path, progress: Progress, log: Callable[[str], None]
     with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=TIMEOUT) as r:
         length = r.headers.get("Content-Length")
         if have and r.status == 206 and (r.headers.get("Content-Range") or "").startswith(f"bytes {have}-"):
-            log(f"resuming {part.name} at byte {have:,}")
+            log(f"resuming {part} at byte {have:,}")
         elif have:
             log(f"{url}: the server does not resume downloads (status {r.status}); starting again from byte 0")
             have = 0
@@ -104,14 +104,15 @@ def attempt(url: str, part: Path, progress: Progress, log: Callable[[str], None]
 
 
 def copy(src, out, done: int, total: int | None, progress: Progress) -> None:
-    """Append `src` to `out` as bytes arrive (`read1`: what is there, at most CHUNK), reporting (done, total);
-    Incomplete if it ends short of `total`."""
+    """Append `src` to `out` as bytes arrive (`read1`: what is there, at most CHUNK), each chunk flushed to the
+    file so that a killed process leaves every byte it received; report (done, total); Incomplete if the bytes
+    end short of `total`."""
     progress(done, total)
     while chunk := src.read1(CHUNK):
         out.write(chunk)
+        out.flush()
         done += len(chunk)
         progress(done, total)
-    out.flush()
     if total is not None and done < total:
         raise Incomplete(f"the connection closed at byte {done:,} of {total:,}")
 
