@@ -182,9 +182,10 @@ def train_3_steps(task: str, **data) -> dict:
               "train": {"max_steps": 3, "batch_size": 4, "eval_every": 3, "max_eval_batches": 1,
                         "max_test_batches": 1, "device": "cpu", "lr": 0.01, "warmup_steps": 1}}
     Path(f"{task}.yaml").write_text(yaml.safe_dump(recipe))
+    before = set(Path("runs").glob(f"dl-{task}-*"))
     code, out = cli_run("train", f"{task}.yaml", "--runs-dir", "runs", "--quiet")
     assert code == 0, out
-    (run,) = [p for p in Path("runs").iterdir() if p.name.startswith(f"dl-{task}-")]
+    (run,) = set(Path("runs").glob(f"dl-{task}-*")) - before
     return json.loads((run / "env.json").read_text())
 
 
@@ -328,3 +329,94 @@ def test_a_file_url_and_an_archive_placed_by_hand(imdb, tmp_path):
     downloaded(imdb)
     code, out = cli_run("data", "download", "text", "--root", "data")
     assert code == 0 and "already holds data; nothing downloaded" in out, out
+
+
+def member(name: str, data: bytes = b"x", **attrs) -> tuple[tarfile.TarInfo, io.BytesIO | None]:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    for k, v in attrs.items():
+        setattr(info, k, v)
+    return info, io.BytesIO(data) if info.isfile() and data else None
+
+
+def hostile(tmp_path: Path, kind: str) -> bytes:
+    """The IMDB fixture with one hostile member (or two: a link out, then a file written through it)."""
+    outside = tmp_path / "outside"
+    members = {
+        "dotdot": [member("aclImdb/train/../../../outside/evil.txt")],
+        "absolute": [member(str(outside / "evil.txt"))],
+        "symlink-out": [member("aclImdb/train/out", type=tarfile.SYMTYPE, linkname="../../../outside", size=0),
+                        member("aclImdb/train/out/evil.txt")],
+        "hardlink": [member("aclImdb/train/pos/passwd", type=tarfile.LNKTYPE, linkname="/etc/passwd", size=0)],
+        "device": [member("aclImdb/train/null", type=tarfile.CHRTYPE, devmajor=1, devminor=3, size=0)],
+        "huge": [member("aclImdb/train/pos/huge.txt", b"", size=10 ** 12)],  # a header declaring 1 TB, no data
+    }[kind] if kind != "sparse" else []
+
+    def extra(tar: tarfile.TarFile) -> None:
+        for info, data in members:
+            tar.addfile(info, data)
+
+    stage = tmp_path / f"stage-{kind}"
+    fixtures.write_imdb(stage / "aclImdb")
+    data = tar_gz(stage / "aclImdb", "aclImdb", extra)
+    if kind == "sparse":  # a 5 GB sparse file, stored in a few bytes by GNU tar (--sparse)
+        with open(stage / "aclImdb" / "train" / "pos" / "sparse.txt", "wb") as f:
+            f.truncate(5 * 10 ** 9)
+        subprocess.run(["tar", "--sparse", "-czf", str(tmp_path / "sparse.tar.gz"), "-C", str(stage), "aclImdb"],
+                       check=True)
+        data = (tmp_path / "sparse.tar.gz").read_bytes()
+    return data
+
+
+@pytest.mark.parametrize("kind", ["dotdot", "absolute", "symlink-out", "hardlink", "device", "huge", "sparse"])
+def test_a_hostile_archive_is_refused_and_writes_nothing_outside(kind, server, tmp_path, monkeypatch):
+    if kind == "sparse" and not shutil.which("tar"):
+        pytest.skip("GNU tar writes the sparse member")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "outside").mkdir()
+    data = hostile(tmp_path, kind)
+    before = listing(tmp_path)
+    code, out = download(server, "text", "aclImdb_v1.tar.gz", data)
+    error = [ln for ln in out.splitlines() if ln.startswith("error:")]
+    assert code == 2 and "Traceback" not in out and len(error) == 1 and "nothing was extracted" in error[0], out
+    assert "data/downloads/aclImdb_v1.tar.gz: member" in error[0], error
+    new = {p for p in listing(tmp_path) - before if not p.startswith("data/downloads/")}
+    assert new == {"data", "data/downloads"}, new  # no extracted file, not even inside the data root
+    assert listing(tmp_path / "outside") == set() and row("text")[1] == "missing"
+
+
+def test_recipe_download_true_uses_the_same_code(server, imdb, monkeypatch, one_thread):
+    server.files["aclImdb_v1.tar.gz"] = imdb
+    mirror = dataclasses.replace(sources.IMDB, url=server.url("aclImdb_v1.tar.gz"), checksum=("sha256", sha(imdb)))
+    monkeypatch.setitem(sources.DOWNLOADS, "text", dataclasses.replace(sources.DOWNLOADS["text"], archive=mirror))
+    env = train_3_steps("text", download=True)
+    assert env["data"]["source"] == "official" and sha(imdb) in env["data"]["provenance"], env["data"]
+    assert server.requests == [("aclImdb_v1.tar.gz", None)]
+    downloaded(imdb)
+    train_3_steps("text", download=True, validation="carve")  # present: nothing downloaded again
+    assert len(server.requests) == 1
+
+
+def test_a_killed_extraction_leaves_nothing_that_counts_as_present(server, imdb):
+    stale = Path("data/.extract-aclImdb-0badc0de/train/pos")
+    stale.mkdir(parents=True)
+    (stale / "1_7.txt").write_text("half of an extraction")
+    assert row("text")[1] == "missing"
+    code, out = download(server, "text", "aclImdb_v1.tar.gz", imdb)
+    assert code == 0, out
+    downloaded(imdb)  # and the stale folder is gone
+
+
+def test_generated_data_is_never_overwritten(server, imdb):
+    fixtures.write_imdb(Path("data/aclImdb"))
+    code, out = download(server, "text", "aclImdb_v1.tar.gz", imdb)
+    assert code == 2 and "holds generated or synthetic data" in out and "move it aside" in out, out
+    assert not server.requests and row("text")[2] == "synthetic"
+
+
+def test_data_list_shows_what_can_be_downloaded_and_its_size(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert row("image")[3:7] == ["170.5", "MB+~190.0", "MB", "-"] and row("listops")[3:6] == ["~7.7", "GB+~800.0", "MB"]
+    assert row("smnist")[3] == "-" and row("synthetic-memory")[3] == "-"
+    code, out = cli_run("data", "download", "smnist", "--root", "data")
+    assert code == 2 and "smnist has no public archive to download; those that do: listops," in out, out

@@ -78,7 +78,10 @@ def extract(archive: Path, members: tuple[str, ...], dest: Path, limit: int, rec
                     continue
                 size = check(member, archive, limit, total, tmp)
                 total += size
-                tar.extract(member.replace(name=str(rel), deep=False), tmp, filter="data")
+                try:
+                    tar.extract(member.replace(name=str(rel), deep=False), tmp, filter="data")
+                except tarfile.FilterError as e:  # the `data` filter: a link out of the folder, a device file
+                    raise DataError(f"{archive}: member '{member.name}': {e}; refused (nothing was extracted).") from None
                 files += member.isfile()
         if not files:
             raise DataError(f"{archive}: no files under {' or '.join(m + '/' for m in members)}; is it the right "
@@ -86,7 +89,7 @@ def extract(archive: Path, members: tuple[str, ...], dest: Path, limit: int, rec
         record = {**record, "files": files, "extracted_bytes": total}
         (tmp / RECORD).write_text(json.dumps(record, indent=1))
         os.replace(tmp, dest)
-    except (tarfile.TarError, EOFError) as e:  # FilterError (the `data` filter) is a TarError
+    except (tarfile.TarError, EOFError) as e:  # a corrupt or truncated archive
         raise DataError(f"{archive}: {type(e).__name__}: {e}; refused (nothing was extracted).") from None
     finally:
         if tmp.exists():
