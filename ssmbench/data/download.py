@@ -25,10 +25,12 @@ from rich.console import Console
 from rich.filesize import decimal
 
 from ssmbench.data.archive import extract
+from ssmbench.data.catalog import present
 from ssmbench.data.fetch import Failed, check_url, fetch, free_bytes, part_of
 from ssmbench.data.layout import MARKER, RECORD, resolve_source
 from ssmbench.data.sources import DOWNLOADS, Download
 from ssmbench.errors import DataError, SSMBenchError
+from ssmbench.paths import escape
 from ssmbench.progress import transfer
 
 DOWNLOADS_DIR = "downloads"
@@ -49,21 +51,14 @@ def default_options(name: str):
 
 def target(name: str, root: Path, options) -> Path:
     """The folder the download of `name` becomes, for the adapter `options` (its `source`), under the data root."""
-    s = spec(name)
-    for key, value in s.fixed:
-        if getattr(options, key) != value:
-            raise DataError(f"{name}: the download holds {key} {value} only (data option `{key}: "
-                            f"{getattr(options, key)}`); put other data under {root} by hand.")
-    return resolve_source(root, s.folder.format(source=options.source), name)
-
-
-def holds_files(folder: Path) -> bool:
-    return folder.is_dir() and any(f.is_file() for f in folder.rglob("*"))
+    return resolve_source(root, spec(name).folder.format(source=options.source), name)
 
 
 def ensure(name: str, root: str | Path, options, console: Console | None = None) -> None:
-    """`data.download: true`: download `name` when the adapter has an archive and its folder holds no files."""
-    if name in DOWNLOADS and not holds_files(target(name, Path(root), options)):
+    """`data.download: true`: download `name` when the adapter has an archive that holds the data these `options`
+    name (e.g. not Pathfinder at resolution 64) and its folder holds no files; otherwise the adapter reports."""
+    s = DOWNLOADS.get(name)
+    if s and all(getattr(options, k) == v for k, v in s.fixed) and not present(target(name, Path(root), options)):
         download(name, root, options=options, console=console)
 
 
@@ -71,6 +66,9 @@ def download(name: str, root: str | Path, url: str | None = None, sha256: str | 
              console: Console | None = None) -> dict:
     """Download, verify and extract adapter `name`'s data under `root`; return the download record."""
     s, root = spec(name), Path(root)
+    problem = escape(root)
+    if problem:
+        raise SSMBenchError(f"data root {problem}")
     console = console or Console(stderr=True, soft_wrap=True)
     log = lambda text: console.print(text, highlight=False, markup=False)  # noqa: E731
     dest = target(name, root, options or default_options(name))
@@ -84,7 +82,7 @@ def download(name: str, root: str | Path, url: str | None = None, sha256: str | 
     downloads.mkdir(parents=True, exist_ok=True)
     with open(downloads / f"{s.archive.filename}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if holds_files(dest):
+        if present(dest):
             return already(dest, log)
         archive = downloads / s.archive.filename
         plan(name, s, archive, dest, log)

@@ -35,7 +35,7 @@ class Download:
     folder: str  # under the data root: the adapter's default `source` (pathfinder: `source`/pathfinder<R>)
     extracted: int  # bytes on disk the extracted folder takes, about (said before starting, checked against free space)
     limit: int  # bytes: a member or the whole extraction beyond this is refused
-    fixed: tuple[tuple[str, object], ...] = ()  # adapter options the archive folders assume, e.g. resolution 32
+    fixed: tuple[tuple[str, object], ...] = ()  # adapter options the folders hold (`data.download` checks them)
 
 
 LRA = Archive("https://storage.googleapis.com/long-range-arena/lra_release.gz", "lra_release.gz", None, 7_700 * MB,
