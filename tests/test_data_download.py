@@ -420,3 +420,37 @@ def test_data_list_shows_what_can_be_downloaded_and_its_size(tmp_path, monkeypat
     assert row("smnist")[3] == "-" and row("synthetic-memory")[3] == "-"
     code, out = cli_run("data", "download", "smnist", "--root", "data")
     assert code == 2 and "smnist has no public archive to download; those that do: listops," in out, out
+
+
+def test_free_space_is_checked_before_download_and_before_each_member(server, imdb, monkeypatch):
+    from ssmbench.data import archive, download as dl
+
+    monkeypatch.setattr(dl, "free_bytes", lambda folder: 10 ** 6)
+    code, out = download(server, "text", "aclImdb_v1.tar.gz", imdb)
+    assert code == 2 and "text: needs about 584.1 MB free on the disk of data, which has 1.0 MB" in out, out
+    assert not server.requests
+    monkeypatch.setattr(dl, "free_bytes", lambda folder: 10 ** 12)
+    monkeypatch.setattr(archive, "free_bytes", lambda folder: archive.RESERVE + 10)
+    code, out = download(server, "text", "aclImdb_v1.tar.gz", imdb)
+    assert code == 2 and "but data has" in out and "free some space and run again" in out, out
+    assert row("text")[1] == "missing" and not list(Path("data").glob(".extract-*"))
+
+
+def test_progress_shows_size_rate_and_eta(monkeypatch):
+    from rich.console import Console
+
+    from ssmbench.progress import TransferLines, transfer
+
+    clock = iter([0.0, 1.0, 2.0, 3.0])
+    monkeypatch.setattr("ssmbench.progress.time.monotonic", lambda: next(clock))
+    lines = []
+    report = TransferLines("a.tar.gz", lines.append)
+    for done in (0, 100_000, 150_000, 400_000):
+        report(done, 400_000)
+    assert lines == ["a.tar.gz: 0 bytes of 400.0 kB (0%)", "a.tar.gz: 100.0 kB of 400.0 kB (25%), 100.0 kB/s, 3 s left",
+                     "a.tar.gz: 150.0 kB of 400.0 kB (38%), 75.0 kB/s, 3 s left",
+                     "a.tar.gz: 400.0 kB of 400.0 kB (100%), 133.3 kB/s, 0 s left"]
+    out = io.StringIO()
+    with transfer("a.tar.gz", Console(file=out, force_terminal=True, width=120)) as progress:
+        progress(200_000, 400_000)
+    assert "a.tar.gz" in out.getvalue() and "200.0/400.0 kB" in out.getvalue(), out.getvalue()

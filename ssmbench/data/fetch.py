@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import http.client
 import shutil
+import ssl
 import time
 import urllib.error
 import urllib.request
@@ -32,6 +33,13 @@ Progress = Callable[[int, int | None], None]
 
 class Failed(DataError):
     """The download could not be completed; the message names the URL and the reason."""
+
+
+class Incomplete(Exception):
+    """The connection closed before the announced length arrived."""
+
+
+NETWORK = (urllib.error.URLError, ConnectionError, TimeoutError, ssl.SSLError, http.client.HTTPException, Incomplete)
 
 
 def check_url(url: str) -> str:
@@ -55,14 +63,14 @@ def fetch(url: str, dest: Path, progress: Progress, log: Callable[[str], None]) 
             attempt(url, part, progress, log)
             break
         except urllib.error.HTTPError as e:
-            if e.code == 416:
+            if e.code == 416 and before:
                 log(f"{url}: the server refused to continue at byte {before:,} (416); starting again from byte 0")
                 part.unlink()
                 continue
             if e.code < 500 and e.code not in (408, 429):  # trying again will not help
                 raise Failed(f"{url}: the server answered {e.code} {e.reason}") from None
             error = f"the server answered {e.code} {e.reason}"
-        except (OSError, http.client.HTTPException, Incomplete) as e:  # URLError, timeouts and resets are OSErrors
+        except NETWORK as e:  # not a local disk error (a full disk): that one stops the download as it is
             error = f"{type(e).__name__}: {getattr(e, 'reason', None) or e}"
         have = part.stat().st_size if part.exists() else 0
         stalls = 0 if have > before else stalls + 1
@@ -73,16 +81,14 @@ def fetch(url: str, dest: Path, progress: Progress, log: Callable[[str], None]) 
     part.replace(dest)
 
 
-class Incomplete(Exception):
-    """The connection closed before the announced length arrived."""
-
-
 def attempt(url: str, part: Path, progress: Progress, log: Callable[[str], None]) -> None:
     """One request: continue `part` from its current length to the end of the file, or start it over."""
     have = part.stat().st_size if part.exists() else 0
     parsed = urlparse(url)
     if parsed.scheme == "file":
         source = Path(unquote(parsed.path))
+        if not source.is_file():
+            raise Failed(f"{url}: {source} is not a file")
         with open(source, "rb") as src, open(part, "ab" if have else "wb") as out:
             src.seek(have)
             total = source.stat().st_size
