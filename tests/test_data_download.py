@@ -189,7 +189,7 @@ def train_3_steps(task: str, **data) -> dict:
     return json.loads((run / "env.json").read_text())
 
 
-@pytest.mark.parametrize("task", ["lra", "scifar", "speech", "text"])
+@pytest.mark.parametrize("task", ["lra", "image", "scifar", "speech", "text"])
 def test_download_prepare_and_train(task, server, tmp_path, monkeypatch, one_thread):
     monkeypatch.chdir(tmp_path)
     tasks = LRA_TASKS if task == "lra" else [task]
