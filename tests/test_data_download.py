@@ -454,3 +454,13 @@ def test_progress_shows_size_rate_and_eta(monkeypatch):
     with transfer("a.tar.gz", Console(file=out, force_terminal=True, width=120)) as progress:
         progress(200_000, 400_000)
     assert "a.tar.gz" in out.getvalue() and "200.0/400.0 kB" in out.getvalue(), out.getvalue()
+
+
+def test_an_unverifiable_archive_that_is_not_a_tar_is_refused(server, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    data = lra_archive(tmp_path)
+    server.files["lra_release.gz"] = data[:len(data) // 2]  # truncated; the LRA release publishes no checksum
+    code, out = cli_run("data", "download", "listops", "--root", "data", "--url", server.url("lra_release.gz"))
+    assert code == 2 and "lra_release.gz: no published checksum; sha256 " in out, out
+    assert "data/downloads/lra_release.gz: not a readable tar archive (" in out and "delete it and download" in out
+    assert row("listops")[1] == "missing" and not list(Path("data").rglob(".extract-*"))

@@ -21,6 +21,7 @@ import shutil
 import tarfile
 import uuid
 from pathlib import Path, PurePosixPath
+from typing import Callable
 
 from rich.filesize import decimal
 
@@ -54,43 +55,45 @@ def stale(dest: Path) -> list[Path]:
     return sorted(dest.parent.glob(f".extract-{dest.name}-*")) if dest.parent.is_dir() else []
 
 
-def extract(archive: Path, members: tuple[str, ...], dest: Path, limit: int, record: dict) -> dict:
-    """Extract the members of `archive` under `members` into `dest` (absent), atomically. `record` (where the
-    archive came from), with the number of files and bytes extracted added, is written to `dest/RECORD` before
-    the rename; return that record."""
+def extract(archive: Path, members: tuple[str, ...], dest: Path, limit: int, record: dict,
+            progress: Callable[[int, int], None]) -> dict:
+    """Extract the members of `archive` under `members` into `dest` (absent, or a folder without files),
+    atomically, reporting progress(archive bytes read, archive size). `record` (where the archive came from),
+    with the number of files and bytes extracted added, is written to `dest/RECORD` before the rename; return
+    that record."""
     for old in stale(dest):
         shutil.rmtree(old, ignore_errors=True)
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.parent / f".extract-{dest.name}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
     files = total = 0
+    size = archive.stat().st_size
     try:
-        try:
-            tar = tarfile.open(archive, "r|*")
-        except (tarfile.TarError, OSError) as e:
-            raise DataError(f"{archive}: not a readable tar archive ({type(e).__name__}: {e}); delete it and "
-                            f"download it again.") from None
-        with tar:
+        with open(archive, "rb") as raw, tarfile.open(fileobj=raw, mode="r|*") as tar:
             for member in tar:
                 tar.members.clear()  # a streamed archive keeps every header otherwise (millions for LRA)
+                progress(raw.tell(), size)
                 rel = inside(member_name(member.name, archive), members)
                 if rel is None or rel == PurePosixPath("."):
                     continue
-                size = check(member, archive, limit, total, tmp)
-                total += size
+                total += check(member, archive, limit, total, tmp)
                 try:
                     tar.extract(member.replace(name=str(rel), deep=False), tmp, filter="data")
                 except tarfile.FilterError as e:  # the `data` filter: a link out of the folder, a device file
                     raise DataError(f"{archive}: member '{member.name}': {e}; refused (nothing was extracted).") from None
                 files += member.isfile()
+        progress(size, size)
         if not files:
             raise DataError(f"{archive}: no files under {' or '.join(m + '/' for m in members)}; is it the right "
                             f"archive?")
         record = {**record, "files": files, "extracted_bytes": total}
         (tmp / RECORD).write_text(json.dumps(record, indent=1))
+        if dest.is_dir() and not dest.is_symlink():  # empty folders only: the caller found no file in it
+            shutil.rmtree(dest)
         os.replace(tmp, dest)
-    except (tarfile.TarError, EOFError) as e:  # a corrupt or truncated archive
-        raise DataError(f"{archive}: {type(e).__name__}: {e}; refused (nothing was extracted).") from None
+    except (tarfile.TarError, EOFError) as e:  # not a tar archive, or a corrupt or truncated one
+        raise DataError(f"{archive}: not a readable tar archive ({type(e).__name__}: {e}); nothing was extracted: "
+                        f"delete it and download it again.") from None
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

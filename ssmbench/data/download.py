@@ -94,9 +94,11 @@ def download(name: str, root: str | Path, url: str | None = None, sha256: str | 
                 raise DataError(f"{name}: downloading failed: {e}. {by_hand(name, s, archive, dest)}") from None
         facts = verified(archive, expected, log)
         log(f"extracting {' or '.join(m + '/' for m in s.members if m) or 'the archive'} into {dest}")
-        record = extract(archive, s.members, dest, s.limit,
-                         {"url": url, "archive": s.archive.filename, **facts,
-                          "when": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")})
+        with transfer(f"extracting {s.archive.filename}", console) as progress:
+            record = extract(archive, s.members, dest, s.limit,
+                             {"url": url, "archive": s.archive.filename, **facts,
+                              "when": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")},
+                             progress)
     log(f"{name}: {record['files']:,} files ({decimal(record['extracted_bytes'])}) in {dest}; the archive stays in "
         f"{archive} (delete it to free {decimal(record['bytes'])})")
     return record
