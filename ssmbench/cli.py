@@ -281,7 +281,7 @@ def init_tdi(
     run_init_tdi(dataset, recipe, set_, samples, d_state, d_model, steps, out, console)
 
 
-data_app = typer.Typer(help="Datasets: list, show options, prepare (cache), generate and synthesize.", no_args_is_help=True)
+data_app = typer.Typer(help="Datasets: list, show options, download, prepare (cache), generate and synthesize.", no_args_is_help=True)
 generate_app = typer.Typer(help="Write generated LRA data in the release layout (offline).", no_args_is_help=True)
 data_app.add_typer(generate_app, name="generate")
 app.add_typer(data_app, name="data")
@@ -322,6 +322,21 @@ def data_prepare(
     sizes = ", ".join(f"{v:,} {k}" for k, v in r["sizes"].items())
     console.print(f"{r['name']}: {sizes} sequences of length {r['seq_len']} ({r['source']} data) in {r['seconds']} s"
                   + (f"; cached in {r['cache']}" if r["cache"] else ""))
+
+
+@data_app.command("download")
+def data_download(
+    name: str = typer.Argument(..., help="dataset adapter with a public archive, e.g. listops (`data list` shows which)"),
+    root: Path = typer.Option(Path("data"), "--root", help=ROOT_HELP),
+    url: Optional[str] = typer.Option(None, "--url", help="a mirror of the same archive: http(s):// or file:// URL"),
+    sha256: Optional[str] = typer.Option(None, "--sha256", help="the SHA-256 the archive must have (replaces the "
+                                         "published checksum; use it with a --url that serves another copy)"),
+) -> None:
+    """Download, verify and extract an adapter's official data into its folder under --root (resumable)."""
+    from ssmbench.data.download import download
+
+    output_folder(root, "--root")
+    download(name, root, url=url, sha256=sha256, console=console)
 
 
 def generator_bar(what: str):

@@ -1,6 +1,10 @@
-"""A rich progress bar for training: step, epoch, running loss/accuracy and throughput."""
+"""Progress displays: a rich bar for training (step, epoch, running loss/accuracy and throughput), and one for
+downloads (size, rate, ETA) with plain lines in its place off a terminal."""
 
 from __future__ import annotations
+
+import contextlib
+import time
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
@@ -35,3 +39,43 @@ class TrainingProgress:
     def __exit__(self, *exc) -> None:
         self.update(self.trainer)  # the last evaluation comes after the last step's update
         self.bar.__exit__(*exc)
+
+
+class TransferLines:
+    """Progress of a transfer off a terminal: a plain line at every tenth of the total (every `every_bytes` when
+    the total is unknown) with bytes done, rate and time left."""
+
+    def __init__(self, what: str, log, every_bytes: int = 100 * 1000 ** 2):
+        self.what, self.log, self.every_bytes = what, log, every_bytes
+        self.start = self.first = None
+        self.next = 0
+
+    def __call__(self, done: int, total: int | None) -> None:
+        from rich.filesize import decimal
+
+        now = time.monotonic()
+        if self.start is None:
+            self.start, self.first = now, done
+            self.next = done
+        if done < self.next and done != total:
+            return
+        self.next = done + (total // 10 if total else self.every_bytes)
+        rate = (done - self.first) / max(now - self.start, 1e-9)
+        size = f"{decimal(done)} of {decimal(total)} ({done / total:.0%})" if total else decimal(done)
+        left = f", {(total - done) / rate:.0f} s left" if total and rate > 0 else ""
+        self.log(f"{self.what}: {size}, {decimal(int(rate))}/s{left}" if done > self.first else f"{self.what}: {size}")
+
+
+@contextlib.contextmanager
+def transfer(what: str, console):
+    """A `progress(done, total)` callable for a download: a rich bar with size, rate and ETA on a terminal,
+    `TransferLines` to `console.print` off it."""
+    if not console.is_terminal:
+        yield TransferLines(what, console.print)
+        return
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
+
+    with Progress(TextColumn(f"[bold]{what}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                  TextColumn("ETA"), TimeRemainingColumn(), console=console) as bar:
+        task = bar.add_task(what, total=None)
+        yield lambda done, total: bar.update(task, completed=done, total=total)

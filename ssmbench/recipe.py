@@ -61,6 +61,8 @@ class DataConfig(BaseModel):
     train_fraction: float = Field(1.0, gt=0.0, le=1.0, description="share of the training split used (data-efficiency studies)")
     split_seed: int = Field(0, ge=0, lt=2**32, description="seed of validation carving and train subsampling (fixed across runs)")
     num_workers: int = Field(0, ge=0, le=128, description="DataLoader worker processes")
+    download: bool = Field(False, description="when the adapter's data folder holds no files, download its official "
+                           "archive first, as `ssmbench data download NAME` does (needs internet; smnist: torchvision)")
 
     @field_validator("name")
     @classmethod

@@ -18,14 +18,14 @@ from ssmbench.errors import RecipeError, SSMBenchError
 # adapter -> (default folder under the data root that must exist, how to get the data)
 HOW = {
     "listops": ("lra_release/listops-1000", "LRA release, or `ssmbench data generate listops --n 96000 --out data/lra_release/listops-1000`"),
-    "text": ("aclImdb", "aclImdb_v1.tar.gz from ai.stanford.edu/~amaas/data/sentiment, or `download: true` (HF imdb)"),
+    "text": ("aclImdb", "aclImdb_v1.tar.gz from ai.stanford.edu/~amaas/data/sentiment"),
     "retrieval": ("lra_release/tsv_data", "LRA release (tsv_data/new_aan_pairs.*.tsv)"),
     "image": ("cifar-10-batches-py", "cifar-10-python.tar.gz from cs.toronto.edu/~kriz"),
     "scifar": ("cifar-10-batches-py", "cifar-10-python.tar.gz from cs.toronto.edu/~kriz"),
     "pathfinder": ("lra_release/pathfinder32/curv_contour_length_14", "LRA release, or `ssmbench data generate pathfinder --resolution 32 --n 200000 --out data/lra_release`"),
     "pathx": ("lra_release/pathfinder128/curv_contour_length_14", "LRA release, or `ssmbench data generate pathfinder --resolution 128 --n 200000 --out data/lra_release`"),
     "speech": ("SpeechCommands/speech_commands_v0.02", "speech_commands_v0.02.tar.gz, or `ssmbench data synth-speech --words 35 --out data/SpeechCommands/speech_commands_v0.02`"),
-    "smnist": ("MNIST/raw", "torchvision download (`download: true`); without it the embedded real subset is used"),
+    "smnist": ("MNIST/raw", "torchvision download (`data.download: true`); without it the embedded real subset is used"),
 }
 
 
@@ -49,8 +49,21 @@ def origin(folder: Path) -> str:
     return json.loads(marker.read_text()).get("source", "?") if marker.is_file() else "official"
 
 
+def download_size(name: str) -> str | None:
+    """The size of `ssmbench data download NAME`: the archive and the extracted folder ("~" where estimated)."""
+    from rich.filesize import decimal
+
+    from ssmbench.data.sources import DOWNLOADS
+
+    if name not in DOWNLOADS:
+        return None
+    s = DOWNLOADS[name]
+    return f"{'' if s.archive.size else '~'}{decimal(s.archive.size or s.archive.approx)}+~{decimal(s.extracted)}"
+
+
 def rows(root: Path) -> list[dict]:
-    """One row per registered adapter: name, present, source, prepared sizes, description, how to get the data."""
+    """One row per registered adapter: name, present, source, prepared sizes, description, how to get the data,
+    and the download size (archive + extracted folder) of adapters with a public archive."""
     from ssmbench.registry import DATASETS
 
     out = []
@@ -58,10 +71,12 @@ def rows(root: Path) -> list[dict]:
         adapter = DATASETS.get(name)
         rel, how = HOW.get(name, (None, "generated in memory by the adapter"))
         folder = root / rel if rel else None
+        download = download_size(name)
         out.append({"name": name, "present": present(folder) if folder else True,
                     "source": origin(folder) if folder and present(folder) else "-" if folder else "synthetic",
                     "sizes": cached_sizes(root, name), "description": adapter.description,
-                    "path": str(folder) if folder else "-", "how": how})
+                    "path": str(folder) if folder else "-", "download": download or "-",
+                    "how": f"`ssmbench data download {name}`, or {how}" if download else how})
     return out
 
 
@@ -92,13 +107,15 @@ def prepare(name: str, root: str, source: str | None, overrides: list[str] = ())
 
 def list_text(root: Path) -> str:
     """The `ssmbench data list` table as text."""
-    lines = [f"data root: {root}", f"{'name':<20} {'data':<8} {'source':<10} {'prepared sizes':<34} description"]
+    lines = [f"data root: {root}", f"{'name':<20} {'data':<8} {'source':<10} {'download':<18} {'prepared sizes':<26} "
+                                   f"description"]
     for r in rows(root):
         sizes = "/".join(str(r["sizes"][s]) for s in ("train", "val", "test") if s in r["sizes"]) if r["sizes"] else "-"
         lines.append(f"{r['name']:<20} {'present' if r['present'] else 'missing':<8} {r['source']:<10} "
-                     f"{sizes:<34} {r['description']}")
+                     f"{r['download']:<18} {sizes:<26} {r['description']}")
         if not r["present"]:
             lines.append(f"{'':<20} expected at {r['path']}; get it: {r['how']}")
+    lines.append("download: archive + extracted folder (~ estimated); `ssmbench data download NAME [--url MIRROR]`")
     lines.append("options of an adapter (types, defaults, descriptions): `ssmbench data show NAME`")
     return "\n".join(lines)
 

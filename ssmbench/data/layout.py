@@ -15,6 +15,7 @@ from ssmbench.errors import DataError
 from ssmbench.paths import escape
 
 MARKER = "GENERATED.json"
+RECORD = "DOWNLOAD.json"  # written by `ssmbench data download`: URL, size and SHA-256 of the archive
 
 
 def resolve_source(root: str | Path, source: str, task: str) -> Path:
@@ -38,16 +39,27 @@ def write_marker(folder: Path, kind: str, description: str, **params) -> None:
 
 
 def data_origin(folder: Path, official: str) -> tuple[str, str]:
-    """(source, provenance) of a data folder: the generator's marker if present, else ("official", `official`)."""
+    """(source, provenance) of a data folder: the generator's marker if present, else ("official", `official`);
+    the provenance ends with the archive's URL, size and SHA-256 when the folder (or the folder holding it, as
+    for a Pathfinder difficulty) was downloaded by `ssmbench data download`."""
     marker = folder / MARKER
+    source, provenance = "official", f"{official} in {folder}"
     if marker.is_file():
         try:
             info = json.loads(marker.read_text())
-            return info["source"], f"{info['description']} in {folder}"
+            source, provenance = info["source"], f"{info['description']} in {folder}"
         except (ValueError, KeyError, TypeError):
             raise DataError(f"{marker}: unreadable generator marker; delete it if the data is official, "
                             f"or generate the data again.") from None
-    return "official", f"{official} in {folder}"
+    for record in (folder / RECORD, folder.parent / RECORD):
+        if record.is_file():
+            try:
+                info = json.loads(record.read_text())
+                provenance += f" (downloaded from {info['url']}, {info['bytes']} bytes, sha256 {info['sha256']})"
+            except (ValueError, KeyError, TypeError):
+                raise DataError(f"{record}: unreadable download record; delete it, or download the data again.") from None
+            break
+    return source, provenance
 
 
 def missing_data(task: str, expected: list[Path], public: str, generate: str | None = None) -> DataError:

@@ -1,7 +1,7 @@
 """Sequential MNIST (`smnist`): 784 pixels in raster order, one channel, 10 classes; pMNIST with `permute: true`.
 
 Sources, in order: the MNIST IDX files in torchvision's layout under `<root>/MNIST/raw/` (downloaded there by
-torchvision when `download: true` and online), else the embedded real subset `data/embedded/mnist-subset.npz`
+torchvision when `data.download: true` and online), else the embedded real subset `data/embedded/mnist-subset.npz`
 (10,000 train / 2,000 test digits, 1,000 / 200 per class, checksum-verified; MNIST is CC BY-SA 3.0, LeCun,
 Cortes, Burges). Validation is carved from train with `data.split_seed`.
 """
@@ -33,7 +33,6 @@ class MNISTOptions(BaseModel):
     permute: bool = Field(description="pMNIST: apply a fixed random permutation to the pixel order (required: no hidden default)")
     permutation_seed: int = Field(0, ge=0, lt=2**32, description="seed of the pixel permutation when permute is true")
     source: Literal["auto", "idx", "embedded"] = Field("auto", description="auto: IDX files if present, else the embedded subset")
-    download: bool = Field(False, description="download the IDX files with torchvision when missing (needs internet)")
 
 
 def check_idx(path: Path) -> None:
@@ -102,9 +101,9 @@ class SequentialMNIST(Adapter):
 
     def build(self, cfg, options: MNISTOptions) -> DataBundle:
         root = Path(cfg.root)
-        use_idx = options.source == "idx" or (options.source == "auto" and (idx_present(root) or options.download))
+        use_idx = options.source == "idx" or (options.source == "auto" and (idx_present(root) or cfg.download))
         if use_idx:
-            xtr, ytr, xte, yte = load_idx(root, options.download)
+            xtr, ytr, xte, yte = load_idx(root, cfg.download)
             source, provenance = "official", f"MNIST IDX files in {root / 'MNIST' / 'raw'}"
         else:
             xtr, ytr, xte, yte = load_embedded()

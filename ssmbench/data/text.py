@@ -1,4 +1,4 @@
-"""Byte-level IMDB (`text`, LRA "Text"; docs/methods.md §G): the aclImdb folder layout, or the Hugging Face `imdb` dataset.
+"""Byte-level IMDB (`text`, LRA "Text"; docs/methods.md §G): the aclImdb folder layout (`ssmbench data download text`).
 
 Each review's UTF-8 bytes are tokens: id = byte + 1, 0 = <pad>, so the vocabulary has 257 entries; rows are
 truncated / padded to `max_length` (4096 in the SSM papers). Splits: 25k train, 25k test; as in LRA the test set
@@ -55,26 +55,16 @@ class TextOptions(BaseModel):
     source: str = Field("aclImdb", description="folder under data.root with {train,test}/{pos,neg}/*.txt")
     max_length: int = Field(4096, ge=16, le=1_000_000, description="bytes per review: truncated / zero-padded to this")
     validation: Literal["test", "carve"] = Field("test", description="test: LRA convention (test doubles as validation); carve: data.val_fraction of train")
-    download: bool = Field(False, description="when the folder is missing, load the Hugging Face `imdb` dataset (needs internet)")
 
 
 def expected_dirs(folder: Path) -> list[Path]:
     return [folder / s / c for s in ("train", "test") for c in ("pos", "neg")]
 
 
-def load_reviews(cfg, options: TextOptions, folder: Path) -> dict[str, tuple[list[str], list[int]]]:
-    """{split: (texts, labels)} from the aclImdb folder, or from the Hugging Face hub when `download` is set."""
+def load_reviews(folder: Path) -> dict[str, tuple[list[str], list[int]]]:
+    """{split: (texts, labels)} from the aclImdb folder."""
     if all(d.is_dir() for d in expected_dirs(folder)):
         return {s: read_acl_split(folder, s) for s in ("train", "test")}
-    if options.download:
-        import datasets
-
-        try:
-            d = datasets.load_dataset("imdb", cache_dir=str(Path(cfg.root) / "text" / "hf"))
-        except Exception as e:
-            raise DataError(f"text: downloading the Hugging Face `imdb` dataset failed ({type(e).__name__}: {e}); "
-                            f"put the aclImdb folder at {folder} instead.") from None
-        return {s: (list(d[s]["text"]), list(d[s]["label"])) for s in ("train", "test")}
     raise missing_data("text", expected_dirs(folder), PUBLIC)
 
 
@@ -86,14 +76,14 @@ class Text(Adapter):
     def build(self, cfg, options: TextOptions) -> DataBundle:
         folder = resolve_source(cfg.root, options.source, "text")
         files = sorted(folder.glob("t*/[pn]*/*.txt")) if folder.is_dir() else []
-        key = cache_key(files, Path(cfg.root), {**options.model_dump(exclude={"validation", "download"}), "n": len(files)})
+        key = cache_key(files, Path(cfg.root), {**options.model_dump(exclude={"validation"}), "n": len(files)})
 
         def prepare():
-            reviews = load_reviews(cfg, options, folder)
+            reviews = load_reviews(folder)
             return {s: (np.stack([encode_bytes(t, options.max_length) for t in texts]), np.array(labels, dtype=np.int64))
                     for s, (texts, labels) in reviews.items()}
 
-        if not files and not options.download:
+        if not files:
             raise missing_data("text", expected_dirs(folder), PUBLIC)
         splits, cache = prepared_splits(Path(cfg.root), "text", key, prepare, tokens_transform)
         train, test = splits["train"], splits["test"]
@@ -103,7 +93,7 @@ class Text(Adapter):
 
             keep, held = split_indices(len(train), cfg.val_fraction, cfg.split_seed)
             train, val = Subset(train, keep.tolist()), Subset(train, held.tolist())
-        source, provenance = data_origin(folder, "IMDB reviews (aclImdb layout)") if files else ("official", "Hugging Face imdb")
+        source, provenance = data_origin(folder, "IMDB reviews (aclImdb layout)")
         return DataBundle(train=train, val=val, test=test,
                           io=ModelIO(d_input=BYTE_VOCAB, input_kind="tokens", n_outputs=2),
                           seq_len=options.max_length, task="classification", source=source,
