@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ssmbench import safe_read
 from ssmbench.errors import DataError
 from ssmbench.paths import escape
 
@@ -42,9 +43,9 @@ def data_origin(folder: Path, official: str) -> tuple[str, str]:
     marker = folder / MARKER
     if marker.is_file():
         try:
-            info = json.loads(marker.read_text())
+            info = json.loads(safe_read.read_bytes(marker, "record"))
             return info["source"], f"{info['description']} in {folder}"
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, OSError, safe_read.FileRefused):
             raise DataError(f"{marker}: unreadable generator marker; delete it if the data is official, "
                             f"or generate the data again.") from None
     return "official", f"{official} in {folder}"

@@ -233,7 +233,7 @@ def read_run(run_dir: Path, warn: Warn = warn_stderr) -> RunRecord:
         _checked(ResultsView, results, run_dir / runs.RESULTS)
         if results["status"] == FINISHED and not runs.is_finished(results):
             raise RecordError(f"{run_dir / runs.RESULTS}: status finished but no `test` object with a loss")
-    metrics, dropped = runs.scan_jsonl(run_dir / runs.METRICS, runs.MAX_METRICS_BYTES)
+    metrics, dropped = runs.scan_jsonl(run_dir / runs.METRICS)
     kept = [r for r in metrics if _metric_row(r)]
     dropped += len(metrics) - len(kept)
     if dropped:

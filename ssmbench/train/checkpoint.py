@@ -63,7 +63,7 @@ def save(path: Path, state: dict[str, Any], keep_previous: bool = False) -> None
 def load(path: Path) -> dict[str, Any]:
     path = Path(path)
     try:
-        with runs.open_regular(path, None) as f:  # a FIFO or device named like a checkpoint is refused, not read
+        with runs.open_regular(path, "checkpoint") as f:  # a FIFO, device or oversized file is refused, not read
             data = f.read()
     except OSError as e:
         raise CheckpointError(f"{path}: cannot read checkpoint ({e.strerror})") from None

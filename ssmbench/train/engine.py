@@ -389,7 +389,7 @@ class Trainer:
     def _restore(self) -> None:
         """Continue from the newest good checkpoint (last.pt, else prev.pt); with none written yet, start over.
         A checkpoint written under another recipe.yaml (its sha256 differs) is refused unless accept_recipe_change."""
-        self.recipe_sha256 = sha256_hex(runs.read_record_bytes(self.run_dir / runs.RECIPE))
+        self.recipe_sha256 = sha256_hex(runs.read_record_bytes(self.run_dir / runs.RECIPE, "recipe"))
         if self.is_writer:
             if not self.ckpt_dir.is_dir():
                 self.ckpt_dir.mkdir()
