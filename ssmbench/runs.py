@@ -6,6 +6,7 @@ The run directory is the only interface between training and reporting.
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import secrets
@@ -259,12 +260,25 @@ def load_yaml(path: Path) -> dict:
     return obj
 
 
-def is_finished(results: dict | None) -> bool:
-    """Whether a results.json object records a finished run: status "finished" and a `test` object with a numeric
-    loss (a damaged record is not finished: resuming the run evaluates it again and rewrites results.json)."""
+def test_problem(results: dict | None) -> str | None:
+    """None if a results.json object holds a `test` object with possible values: a loss, every value a finite
+    number, loss >= 0, accuracy in [0, 1], n a whole number >= 0; else what is wrong (one phrase)."""
     test = (results or {}).get("test")
-    return (results or {}).get("status") == "finished" and isinstance(test, dict) and \
-        isinstance(test.get("loss"), (int, float)) and not isinstance(test.get("loss"), bool)
+    if not isinstance(test, dict) or "loss" not in test:
+        return "no `test` object with a loss"
+    for k, v in test.items():
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            return f"test.{k} is {v!r}, not a finite number"
+        if (k == "loss" and v < 0) or (k == "accuracy" and not 0 <= v <= 1) or (k == "n" and (v < 0 or v != int(v))):
+            return f"test.{k} = {v!r} is impossible"
+    return None
+
+
+def is_finished(results: dict | None) -> bool:
+    """Whether a results.json object records a finished run: status "finished" and a `test` object with possible
+    values (`test_problem`); a damaged record is not finished: resuming the run evaluates it again and rewrites
+    results.json. The full definition of a finished run (every record valid) is ssmbench/finished.py."""
+    return (results or {}).get("status") == "finished" and test_problem(results) is None
 
 
 def read_json(path: Path) -> dict | None:

@@ -24,9 +24,10 @@ must be null so that no fraction is cut short), `budget: steps` for the same tra
 train.epochs must be large enough for the smallest fraction to reach it). Each run is tagged `budget`.
 
 The grid is task x variant x train_fraction x seed. Every run is tagged {sweep, task, variant, run_key}; the run
-key is a hash of the sweep name, task, variant and the run's recipe (file + overrides), so a run whose finished record
-exists is skipped, a preempted or interrupted one (checkpoints but no finished results, or a damaged results.json)
-is resumed, and editing a recipe gives new runs.
+key is a hash of the sweep name, task, variant and the run's recipe (file + overrides), so a finished run is
+skipped (finished and valid by the definition `report` uses too: ssmbench/finished.py), a preempted or interrupted
+one (checkpoints but no finished results, or a damaged results.json) is resumed, one with another damaged record
+is trained again in a new directory, and editing a recipe gives new runs.
 
 Concurrent sweeps on one runs_dir share the work: a process trains a run only while it holds the run's claim
 (`flock` on RUNS_DIR/.claims/<run key>.lock, released by the OS even on SIGKILL) and decides new/resume/skip
@@ -68,6 +69,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ssmbench import runs
 from ssmbench.errors import RecipeError, RecordError, SSMBenchError
+from ssmbench.finished import DamagedRecord, read_run_files
 from ssmbench.paths import DATA_ROOT_ENV, allowed_roots, escape
 
 # --------------------------------------------------------------------------------------------------
@@ -281,12 +283,19 @@ def index_runs(runs_dir: Union[str, Path]) -> dict[str, list[Path]]:
 
 
 def run_state(run_dir: Path) -> str:
-    """finished | failed | resumable (results "preempted", no results yet or a damaged results.json: the engine
-    continues from the last checkpoint, or starts over in the same directory if none was written)."""
-    results = runs.read_json(run_dir / runs.RESULTS)
-    if runs.is_finished(results):
+    """finished (a finished, valid run: `finished.read_run_files`, the definition `report` uses) | failed |
+    resumable (results "preempted", no results yet, or only results.json damaged: the engine continues from the
+    last checkpoint, or starts over in the same directory if none was written, and rewrites results.json) |
+    damaged (another record fails: the grid point is trained again in a new directory)."""
+    try:
+        files = read_run_files(run_dir)
+    except DamagedRecord as e:
+        return "resumable" if e.path.name == runs.RESULTS else "damaged"
+    except RecordError:
+        return "damaged"
+    if files.finished:
         return "finished"
-    return "failed" if results is not None and results.get("status") == "failed" else "resumable"
+    return "failed" if files.results is not None and files.results.get("status") == "failed" else "resumable"
 
 
 def spec_state(spec: RunSpec, index: Optional[dict[str, list[Path]]] = None) -> tuple[str, Optional[Path]]:
