@@ -164,7 +164,7 @@ def test_a_pathfinder_metadata_fifo_does_not_hang(tmp_path: Path, monkeypatch) -
 # ---- concurrent preparation ----------------------------------------------------------------------------------
 
 
-def _prepare(root: str, log: str, out) -> None:
+def _prepare(root: str, log: str, out, barrier) -> None:
     import time
 
     from ssmbench.data.cache import prepared_splits
@@ -175,6 +175,7 @@ def _prepare(root: str, log: str, out) -> None:
         time.sleep(1.0)  # every process finds no cache, and all would build at once
         return {s: (np.arange(12, dtype=np.uint8).reshape(4, 3), np.arange(4)) for s in ("train", "val", "test")}
 
+    barrier.wait()  # all four look for the cache at the same moment
     try:
         splits, _ = prepared_splits(Path(root), "toy", "k", build, lambda r: torch.from_numpy(r.astype(np.int64)))
         out.put(("ok", len(splits["train"])))
@@ -185,9 +186,11 @@ def _prepare(root: str, log: str, out) -> None:
 def test_concurrent_preparation_of_one_cache_builds_once_and_every_process_loads_it(tmp_path: Path) -> None:
     """Four processes on a fresh root (before: each built and replaced the cache another had just published,
     so one of them could fail loading it)."""
+    import datasets  # noqa: F401 - imported once here, not by each process while the others race ahead
+
     ctx = multiprocessing.get_context("fork")
-    out, log = ctx.Queue(), tmp_path / "builds.log"
-    procs = [ctx.Process(target=_prepare, args=(str(tmp_path), str(log), out)) for _ in range(4)]
+    out, log, barrier = ctx.Queue(), tmp_path / "builds.log", ctx.Barrier(4)
+    procs = [ctx.Process(target=_prepare, args=(str(tmp_path), str(log), out, barrier)) for _ in range(4)]
     for p in procs:
         p.start()
     results = [out.get(timeout=300) for _ in procs]

@@ -44,7 +44,7 @@ import shutil
 import signal
 import threading
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -121,6 +121,19 @@ def rng_state() -> dict[str, Any]:
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
+
+
+@contextmanager
+def rng_untouched() -> Iterator[None]:
+    """Leave the global RNG states (the training stream: the model's own init, dropout masks) as they were before
+    the block. Setup work (data preparation, an initializer's fit such as TDI or the zero-real dt0 estimate) draws
+    from its own seeded generators; this guarantees that whether it ran or hit a cache never moves the training
+    stream, so a run is bit-identical with and without its caches and after a kill before its first checkpoint."""
+    state = rng_state()
+    try:
+        yield
+    finally:
+        set_rng_state(state)
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
@@ -321,11 +334,13 @@ class Trainer:
         self.amp = resolve_precision(t.precision, self.device)
         self.tf32 = set_tf32(t.tf32, self.device)
         seed_everything(recipe.seed)
-        self.data = build_data(recipe.data)
+        with rng_untouched():
+            self.data = build_data(recipe.data)
         self.task = self.data.task
         budget.check(recipe, self.data, self.device, self.amp, self.world)
         self.model = distributed.prepare(build_model(recipe, self.data), self.device).to(self.device)
-        self.init_facts = apply_init(self.model, recipe.init, {"data": self.data, "recipe": recipe, "log": log})
+        with rng_untouched():
+            self.init_facts = apply_init(self.model, recipe.init, {"data": self.data, "recipe": recipe, "log": log})
         if t.compile:  # nn.Module.compile works in place: same parameters, same state-dict keys
             for block in self.model.blocks:
                 block.compile()
