@@ -646,7 +646,12 @@ def worker_run_spec(spec: RunSpec, threads: int) -> dict:
     """`run_spec` in a worker, unless a signal arrived since the last run (then the run is not started)."""
     if _WORKER["signal"]:
         return not_started(spec, f"{_WORKER['signal']} received before it started")
-    result = run_spec(spec, threads)
+    try:
+        result = run_spec(spec, threads)
+    except BaseException:  # a second signal (KeyboardInterrupt) aborted the run: if the sweep is gone, so is this
+        if os.getppid() != _WORKER["parent"]:  # worker (else it would wait for work forever, orphaned)
+            os._exit(75)
+        raise
     if result["status"] == "preempted":
         _WORKER["signal"] = _WORKER["signal"] or "SIGTERM"
     if os.getppid() != _WORKER["parent"]:  # the sweep died while this run checkpointed: nobody to report to

@@ -12,7 +12,9 @@ Reliability. Every file is written atomically and checkpoints carry a checksum w
 (checkpoint.py), so a run killed at any instant, even by SIGKILL, resumes from last.pt or prev.pt (from
 scratch if none was written); the metric lines written after that checkpoint are dropped (by count,
 `Progress.metrics_rows`, which also removes a torn last line) and produced again. SIGTERM/SIGINT stop at the
-next step boundary with a checkpoint, results.json status "preempted" and exit status 75 (`Preempted`). The
+next step boundary with a checkpoint, results.json status "preempted" and exit status 75 (`Preempted`); during
+the run's setup (data preparation, an initializer's fit such as TDI), before any checkpoint, they stop at once
+with the same status and exit status (`Stopped`; a resume starts the run over). The
 resolved recipe.yaml is the first file of a new run, so a kill during data preparation or an initializer's fit
 leaves a resumable directory. Checkpoints carry the sha256 of recipe.yaml: a resume whose recipe.yaml changed
 since (edited, truncated) is refused unless `accept_recipe_change`. A best.pt that no longer loads does not stop
@@ -56,7 +58,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ssmbench import runs
 from ssmbench.data import DataBundle, build_data
-from ssmbench.errors import CheckpointError, NonFiniteError, SSMBenchError
+from ssmbench.errors import CheckpointError, NonFiniteError, SSMBenchError, Stopped
 from ssmbench.init import apply_init
 from ssmbench.models.backbone import SequenceModel
 from ssmbench.recipe import Recipe, load_recipe
@@ -281,15 +283,19 @@ class Preempted(SSMBenchError):
 class StopSignals:
     """Turn SIGTERM and SIGINT into a request to stop at the next step boundary (checkpoint, then Preempted).
 
-    A second signal aborts at once (KeyboardInterrupt; the last checkpoint stays valid). Handlers can only be
-    installed in the main thread; elsewhere the signals keep their default behaviour. `forward` is called on
-    every signal first (a parallel sweep passes each one on to its worker processes).
+    A second signal aborts at once (KeyboardInterrupt; the last checkpoint stays valid). While `setting_up` (a
+    run's data preparation and initializer, e.g. the TDI fit, before any checkpoint exists) there is no step
+    boundary to wait for: the first signal raises `Stopped` at once (exit 75, results.json "preempted"; a resume
+    starts the run over). Handlers can only be installed in the main thread; elsewhere the signals keep their
+    default behaviour. `forward` is called on every signal first (a parallel sweep passes each one on to its
+    worker processes).
     """
 
     def __init__(self, forward: Callable[[], None] | None = None):
         self.received: str | None = None
         self.previous: dict = {}
         self.forward = forward
+        self.setting_up = False
 
     def _handle(self, signum, frame) -> None:
         if self.forward is not None:
@@ -297,6 +303,11 @@ class StopSignals:
         if self.received is not None:
             raise KeyboardInterrupt
         self.received = signal.Signals(signum).name
+        if self.setting_up:
+            self.setting_up = False
+            raise Stopped(f"{self.received} received while the run was being set up (data preparation or the "
+                          f"initializer's fit), before its first checkpoint; run the same command again, or "
+                          f"`ssmbench train --resume RUN_DIR`, which starts it over")
 
     def __enter__(self) -> "StopSignals":
         if threading.current_thread() is threading.main_thread():
@@ -651,7 +662,7 @@ class Trainer:
 def record_failure(run_dir: Path, recipe: Recipe, error: BaseException, trainer: Trainer | None = None) -> None:
     """results.json of a run that did not finish: status "preempted" (a signal; resumable) or "failed", the
     error, the step reached and the last checkpoint. Best effort: a full disk must not hide the original error."""
-    record = {"status": "preempted" if isinstance(error, (Preempted, KeyboardInterrupt)) else "failed",
+    record = {"status": "preempted" if isinstance(error, (Preempted, Stopped, KeyboardInterrupt)) else "failed",
               "name": recipe.name, "run_dir": str(run_dir), "error": f"{type(error).__name__}: {error}"}
     if trainer is not None:
         last = trainer.ckpt_dir / checkpoint.LAST
@@ -709,8 +720,10 @@ def train(recipe: Recipe | None = None, runs_root: str | Path = "runs", resume: 
         with runs.locked(run_dir) if writer else nullcontext(), StopSignals() as stop:
             trainer = None
             try:
+                stop.setting_up = True  # a signal now stops at once: no step boundary, nothing to checkpoint
                 trainer = Trainer(recipe, run_dir, resume=resume is not None, quiet=quiet, log=log, is_writer=writer,
                                   lines=not quiet and not terminal, accept_recipe_change=accept_recipe_change)
+                stop.setting_up = False
                 with TrainingProgress(trainer, disable=quiet or not terminal) as bar:
                     trainer.fit(on_step=lambda tr: (bar.update(tr), on_step and on_step(tr)), stop=stop)
                 results = trainer.test()
