@@ -127,6 +127,11 @@ def load_reference(path: str) -> types.ModuleType:
         spec.loader.exec_module(module)
     except ImportError as e:
         raise SSMBenchError(f"bench --reference {path}: {e}; install what it imports (pip install -e '.[bench]')") from None
+    except (Exception, SystemExit) as e:  # not Python (a SyntaxError), or a module that fails or exits on import
+        raise SSMBenchError(f"bench --reference {path}: not an importable Python module ({type(e).__name__}: "
+                            f"{str(e).splitlines()[0] if str(e) else ''}); pass the path of a reference s4d.py") from None
+    if not hasattr(module, "S4D"):
+        raise SSMBenchError(f"bench --reference {path}: defines no class S4D; pass the path of a reference s4d.py")
     return module
 
 

@@ -219,6 +219,19 @@ def run_key(raw: dict, sweep: str, task: str, variant: str) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+def fill_template(template: str, values: dict[str, str], source: Path) -> str:
+    """The recipe template with each `{name}` replaced by values[name] (`{task}`, `{variant}`); plain text
+    substitution, not Python's str.format (whose `{variant.__class__}` reaches into objects): any other text in
+    braces is a RecipeError naming the sweep file."""
+    def fill(m: re.Match) -> str:
+        if m.group(1) not in values:
+            raise RecipeError(str(source), [f"recipe template {template!r}: unknown name {{{m.group(1)}}} in braces; "
+                                            f"only {{task}} and {{variant}} are filled in"])
+        return values[m.group(1)]
+
+    return re.sub(r"\{([^{}]*)\}", fill, template)
+
+
 def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-.") or "x"
 
@@ -238,10 +251,7 @@ def expand(sweep_file: Union[str, Path], runs_dir: Optional[Union[str, Path]] = 
             if f"{task}/{variant}" in sweep.grid.exclude:
                 continue
             template = v.recipe or sweep.recipe
-            try:
-                recipe_path = (path.parent / template.format(task=task, variant=variant)).resolve()
-            except (KeyError, IndexError) as e:
-                raise RecipeError(str(path), [f"recipe template {template!r}: unknown name {e} in braces; only {{task}} and {{variant}} are filled in"]) from None
+            recipe_path = (path.parent / fill_template(template, {"task": task, "variant": variant}, path)).resolve()
             sets = tuple(sweep.set) + tuple(v.set) + tuple(overrides)
             for frac in sweep.grid.train_fractions:
                 for seed in sweep.grid.seeds:
