@@ -121,7 +121,8 @@ def load_reference(path: str) -> types.ModuleType:
         nn_stub = types.ModuleType("src.models.nn")
         nn_stub.DropoutNd = torch.nn.Dropout
         sys.modules["src.models.nn"] = nn_stub
-    spec = importlib.util.spec_from_file_location("reference_s4d", path)
+    loader = importlib.machinery.SourceFileLoader("reference_s4d", str(path))  # whatever the file's suffix
+    spec = importlib.util.spec_from_file_location("reference_s4d", path, loader=loader)
     module = importlib.util.module_from_spec(spec)
     try:
         spec.loader.exec_module(module)

@@ -176,7 +176,11 @@ def locked(run_dir: Path) -> Iterator[None]:
     """
     import fcntl
 
-    f = open(Path(run_dir) / LOCK, "a+")
+    path = Path(run_dir) / LOCK
+    if (path.exists() or path.is_symlink()) and (path.is_symlink() or not path.is_file()):
+        raise SSMBenchError(f"{path}: not the lock file ssmbench writes (a FIFO, folder, device or link); remove "
+                            f"it, then run again")
+    f = open(path, "a+")
     try:
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

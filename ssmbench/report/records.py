@@ -23,6 +23,7 @@ are read from checkpoints/init.pt and the final weights for the parameter-change
 from __future__ import annotations
 
 import os
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,8 +38,18 @@ from ssmbench.finished import FINISHED, REAL_TRANSFORMS, read_run_files  # noqa:
 Warn = Callable[[str], None]
 
 
+CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")  # C0 (but tab and line feed), DEL and C1 controls
+
+
+def printable(text: str) -> str:
+    """`text` with every control character written as a visible escape (`\\x1b`), so that a name, tag or error
+    message taken from a run record can never drive the terminal (escape sequences that move the cursor, rewrite
+    the title or hide lines)."""
+    return CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+
+
 def warn_stderr(message: str) -> None:
-    print(f"warning: {message}", file=sys.stderr)
+    print(f"warning: {printable(message)}", file=sys.stderr)
 
 
 @dataclass
@@ -219,8 +230,8 @@ def relative_change(before: np.ndarray, after: np.ndarray) -> float:
 
 def parameters_at_init_and_end(run: RunRecord, warn: Warn = warn_stderr) -> Optional[tuple[dict, dict]]:
     """(init, end) SSM parameters of a finished run from checkpoints/init.pt and its final checkpoint; a checkpoint
-    that is present but unreadable (truncated, corrupt, not a state dict) is reported through `warn` and the run
-    left out."""
+    that is present but unreadable (truncated, corrupt, not a state dict) or holds non-finite parameters is
+    reported through `warn` and the run left out."""
     from ssmbench.errors import CheckpointError
     from ssmbench.train import checkpoint
 
@@ -237,7 +248,15 @@ def parameters_at_init_and_end(run: RunRecord, warn: Warn = warn_stderr) -> Opti
         warn(f"{init_path} / {end_path}: not S4D model weights ({type(e).__name__}: {e}); run left out of the "
              f"parameter-change table and pole plot")
         return None
-    return None if init is None or end is None else (init, end)
+    if init is None or end is None:
+        return None
+    bad = [f"{which} {k}" for which, params in (("init.pt", init), (end_path.name, end)) for k, v in params.items()
+           if not np.isfinite(v).all()]
+    if bad:  # a checkpoint that passes its checksum but holds NaN or inf weights cannot be plotted or compared
+        warn(f"{run.run_dir}: non-finite SSM parameters ({', '.join(bad)}); run left out of the parameter-change "
+             f"table and pole plot")
+        return None
+    return init, end
 
 
 def parameter_change(run: RunRecord, warn: Warn = warn_stderr) -> Optional[dict[str, float]]:

@@ -274,6 +274,26 @@ class Progress:
     extra: dict = field(default_factory=dict)
 
 
+def checked_progress(raw: Any, total_steps: int, steps_per_epoch: int) -> Progress:
+    """A checkpoint's `progress` as a Progress, or ValueError naming the first impossible field: counts are
+    integers >= 0, times and sums finite floats >= 0 (the loss sum of a regression run too), step <= total_steps,
+    batch_in_epoch < steps_per_epoch, and nothing seen or timed at step 0."""
+    progress = Progress(**raw)  # TypeError for unknown or missing fields
+    for name, value in asdict(progress).items():
+        if name in ("best_val", "best_step", "extra"):
+            continue
+        whole = name not in ("seconds", "train_loss_sum")
+        if isinstance(value, bool) or not isinstance(value, int if whole else (int, float)) or \
+                not math.isfinite(value) or value < 0:
+            raise ValueError(f"progress.{name} = {value!r} is not a {'whole' if whole else 'finite'} number >= 0")
+    if progress.step > total_steps or progress.batch_in_epoch >= max(steps_per_epoch, 1):
+        raise ValueError(f"progress at step {progress.step}, batch {progress.batch_in_epoch} of its epoch, is beyond "
+                         f"this run ({total_steps} steps, {steps_per_epoch} per epoch)")
+    if progress.step == 0 and (progress.train_seen or progress.seconds or progress.samples):
+        raise ValueError("progress at step 0 records samples or time already")
+    return progress
+
+
 class Preempted(SSMBenchError):
     """SIGTERM/SIGINT stopped training at a step boundary after writing last.pt; the run can be resumed."""
 
@@ -417,33 +437,50 @@ class Trainer:
         A checkpoint written under another recipe.yaml (its sha256 differs) is refused unless accept_recipe_change."""
         self.recipe_sha256 = sha256_hex(runs.read_record_bytes(self.run_dir / runs.RECIPE, "recipe"))
         if self.is_writer:
+            if self.ckpt_dir.exists() and not self.ckpt_dir.is_dir():
+                raise SSMBenchError(f"{self.ckpt_dir}: a file, not the checkpoints folder this run writes; move it "
+                                    f"away, then resume (the run continues from scratch if it held no checkpoint)")
+            for f in (self.ckpt_dir / name for name in (checkpoint.LAST, checkpoint.PREV, "best.pt", "init.pt")):
+                if (f.exists() or f.is_symlink()) and (f.is_symlink() or not f.is_file()):
+                    raise SSMBenchError(f"{f}: not a checkpoint file (a folder, FIFO, device or link) where this run "
+                                        f"writes one; move it away, then resume")
             if not self.ckpt_dir.is_dir():
                 self.ckpt_dir.mkdir()
                 self.log(f"recreated the missing {self.ckpt_dir}")
             for f in runs.remove_temp_files(self.ckpt_dir) + runs.remove_temp_files(self.run_dir):
                 self.log(f"removed {f}, a partial file left by the interrupted process")
-        found = checkpoint.load_latest(self.ckpt_dir, warn=self.log)
+        found = checkpoint.load_latest(self.ckpt_dir, warn=self.log, use=self._continue_from)
         if found is None:
             self.log(f"{self.run_dir}: no checkpoint was written before the interruption; starting the run over")
             if self.is_writer:
                 self._start_record()
         else:
-            state, path = found
-            self._check_recipe(state.get("recipe_sha256"), path)
-            self.model.load_state_dict(state["model"])
-            self.optimizer.load_state_dict(state["optimizer"])
-            self.scheduler.load_state_dict(state["scheduler"])
-            self.scaler.load_state_dict(state["scaler"])
-            set_rng_state(state["rng"])
-            self.progress = Progress(**state["progress"])
-            self.saved_step = self.progress.step
-            self.log(f"resuming {self.run_dir} from {path.name} at step {self.progress.step} (epoch {self.progress.epoch})")
+            self.log(f"resuming {self.run_dir} from {found[1].name} at step {self.progress.step} (epoch {self.progress.epoch})")
         if self.is_writer:  # lines written after the checkpoint (and a torn last line) are produced again
             rows, torn = runs.scan_jsonl(self.run_dir / runs.METRICS)
-            if torn or len(rows) > self.progress.metrics_rows:
+            if len(rows) >= self.progress.metrics_rows and (torn or len(rows) > self.progress.metrics_rows):
                 self.log(f"{self.run_dir / runs.METRICS}: dropped {max(0, len(rows) - self.progress.metrics_rows)} line(s) "
                          f"written after the checkpoint and {torn} torn line(s); they are produced again")
+            if len(rows) < self.progress.metrics_rows:  # truncated or edited: lines from before the checkpoint
+                self.log(f"warning: {self.run_dir / runs.METRICS}: holds {len(rows)} metric line(s) but the checkpoint "
+                         f"follows {self.progress.metrics_rows}; the {self.progress.metrics_rows - len(rows)} missing "
+                         f"line(s) were written before the checkpoint and cannot be produced again (lost)"
+                         + (f"; {torn} torn line(s) dropped" if torn else ""))
+                self.progress.metrics_rows = len(rows)
             runs.rewrite_jsonl(self.run_dir / runs.METRICS, rows[:self.progress.metrics_rows])
+
+    def _continue_from(self, state: dict[str, Any], path: Path) -> None:
+        """Load a checkpoint's state into the run (`checkpoint.load_latest`'s `use`): a state that does not fit
+        (missing keys, shapes of another model, impossible progress) raises, and the previous checkpoint is tried."""
+        self._check_recipe(state.get("recipe_sha256"), path)
+        progress = checked_progress(state["progress"], self.total_steps, self.steps_per_epoch)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        set_rng_state(state["rng"])
+        self.progress = progress
+        self.saved_step = progress.step
 
     def _check_recipe(self, saved: str | None, path: Path) -> None:
         if saved is None or saved == self.recipe_sha256:  # None: a checkpoint from before hashes were stored
