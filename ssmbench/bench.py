@@ -121,12 +121,18 @@ def load_reference(path: str) -> types.ModuleType:
         nn_stub = types.ModuleType("src.models.nn")
         nn_stub.DropoutNd = torch.nn.Dropout
         sys.modules["src.models.nn"] = nn_stub
-    spec = importlib.util.spec_from_file_location("reference_s4d", path)
+    loader = importlib.machinery.SourceFileLoader("reference_s4d", str(path))  # whatever the file's suffix
+    spec = importlib.util.spec_from_file_location("reference_s4d", path, loader=loader)
     module = importlib.util.module_from_spec(spec)
     try:
         spec.loader.exec_module(module)
     except ImportError as e:
         raise SSMBenchError(f"bench --reference {path}: {e}; install what it imports (pip install -e '.[bench]')") from None
+    except (Exception, SystemExit) as e:  # not Python (a SyntaxError), or a module that fails or exits on import
+        raise SSMBenchError(f"bench --reference {path}: not an importable Python module ({type(e).__name__}: "
+                            f"{str(e).splitlines()[0] if str(e) else ''}); pass the path of a reference s4d.py") from None
+    if not hasattr(module, "S4D"):
+        raise SSMBenchError(f"bench --reference {path}: defines no class S4D; pass the path of a reference s4d.py")
     return module
 
 

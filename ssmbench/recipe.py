@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal, Optional, Union
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from ssmbench import safe_read
 from ssmbench.errors import RecipeError
 from ssmbench.paths import escape
 from ssmbench.registry import DATASETS, INITIALIZERS, LAYERS, UnknownNameError
@@ -414,10 +415,11 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
 
 
 def load_yaml(text: str, source: str = "<yaml>") -> Any:
-    """`yaml.safe_load`, with every failure a RecipeError: syntax errors (with line and column), nesting too deep
+    """`yaml.safe_load` under the node bound of ssmbench/safe_read.py (aliases expanded), with every failure a
+    RecipeError: syntax errors (with line and column), a document that expands past the bound, nesting too deep
     for the parser (RecursionError) and integers too long to convert (ValueError, Python's digit limit)."""
     try:
-        return yaml.safe_load(text)
+        return safe_read.load_yaml(text)
     except yaml.YAMLError as e:
         where = getattr(e, "problem_mark", None)
         at = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
@@ -446,14 +448,14 @@ def flatten(mapping: dict, prefix: str = "") -> dict[str, Any]:
 def read_yaml_mapping(path: Path) -> dict[str, Any]:
     """Read a YAML file that must hold a mapping; every failure is a RecipeError naming the file."""
     src = str(path)
-    if not path.is_file():
-        raise RecipeError(src, ["file not found" if not path.exists() else "not a file"])
-    try:
-        text = path.read_text(encoding="utf-8")
+    try:  # a regular file under the `recipe` size cap (ssmbench/safe_read.py)
+        text = safe_read.read_bytes(path, "recipe").decode("utf-8")
+    except FileNotFoundError:
+        raise RecipeError(src, ["file not found"]) from None
+    except safe_read.FileRefused as e:
+        raise RecipeError(src, [e.problem]) from None
     except UnicodeDecodeError:
         raise RecipeError(src, ["not a UTF-8 text file (is it a recipe?)"]) from None
-    except OSError as e:
-        raise RecipeError(src, [f"cannot read: {e.strerror}"]) from None
     raw = load_yaml(text, src)
     if raw is None:
         raise RecipeError(src, ["the file is empty; a recipe needs at least `name` and `data.name`"])

@@ -12,10 +12,12 @@ line (`ssmbench --import my_module`, kept in $SSMBENCH_IMPORT so that sweep work
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import importlib.metadata
 import importlib.util
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -30,6 +32,16 @@ class UnknownNameError(KeyError):
 
     def __str__(self) -> str:
         return self.message
+
+
+class DuplicateName(SSMBenchError, ValueError):
+    """A name registered twice (a plugin reusing a built-in name, or two plugins): a one-line error naming both."""
+
+
+def origin(obj: Any) -> str:
+    """Where a component was defined: its plugin file, or its module."""
+    module = getattr(obj, "__module__", None) or "?"
+    return getattr(sys.modules.get(module), "__file__", None) if module.startswith(PLUGIN_PACKAGE) else module
 
 
 class Registry:
@@ -53,7 +65,8 @@ class Registry:
     def register(self, name: str) -> Callable[[Any], Any]:
         def decorator(obj: Any) -> Any:
             if name in self._items:
-                raise ValueError(f"{self.kind} '{name}' is registered twice")
+                raise DuplicateName(f"{self.kind} '{name}' is registered twice: by {origin(self._items[name])} and by "
+                                    f"{origin(obj)}; rename one of them")
             self._items[name] = obj
             return obj
 
@@ -90,13 +103,18 @@ LAYERS = Registry("sequence layer", modules=("ssmbench.models.backbone", "ssmben
 
 PLUGIN_GROUPS = {"ssmbench.datasets": DATASETS, "ssmbench.initializers": INITIALIZERS, "ssmbench.layers": LAYERS}
 IMPORT_ENV = "SSMBENCH_IMPORT"
+PLUGIN_PACKAGE = "_ssmbench_plugin_"  # plugin files are imported under private names (`import_module`)
 _loaded: set[str] = set()  # imported modules and loaded entry points
 _scanned_path: tuple[str, ...] | None = None  # sys.path at the last look-up of entry points
 _plugins_loading = False  # load_plugins is running (a registry look-up inside it must not start it again)
 
 
 def import_module(name: str) -> None:
-    """Import a plugin module by dotted name (the working directory is searched too) or by path to a .py file."""
+    """Import a plugin module by dotted name (the working directory is searched too) or by path to a .py file.
+
+    A .py file is imported under a private name (`_ssmbench_plugin_<stem>_<hash of its path>`), so a plugin
+    called datasets.py or torch.py never replaces the real module of that name for the process. A plugin that
+    raises, or calls sys.exit while imported, is an SSMBenchError naming it (not a silent exit)."""
     if name in _loaded:
         return
     try:
@@ -104,15 +122,20 @@ def import_module(name: str) -> None:
             path = Path(name)
             if not path.is_file():
                 raise FileNotFoundError(f"no file {path}")
-            spec = importlib.util.spec_from_file_location(path.stem, path)
+            digest = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:8]
+            stem = re.sub(r"\W", "_", path.stem)
+            private = f"{PLUGIN_PACKAGE}{stem}_{digest}"
+            spec = importlib.util.spec_from_file_location(private, path)
             module = importlib.util.module_from_spec(spec)
-            sys.modules[path.stem] = module
+            sys.modules[private] = module
             spec.loader.exec_module(module)
         else:
             if os.getcwd() not in sys.path:
                 sys.path.append(os.getcwd())
             importlib.import_module(name)
-    except Exception as e:
+    except DuplicateName:
+        raise
+    except (Exception, SystemExit) as e:
         raise SSMBenchError(f"--import {name}: cannot import it ({type(e).__name__}: {e}); give a module on the "
                             f"Python path (my_package.my_module) or a .py file") from None
     _loaded.add(name)
@@ -149,7 +172,9 @@ def load_entry_point(group: str, registry: Registry, ep: importlib.metadata.Entr
         return
     try:
         obj = ep.load()
-    except Exception as e:
+    except DuplicateName:
+        raise
+    except (Exception, SystemExit) as e:
         dist = ep.dist.name if ep.dist else "an installed package"
         raise SSMBenchError(f"plugin '{ep.name}' ({group}, from {dist}) cannot be loaded: "
                             f"{type(e).__name__}: {e}; fix or uninstall that package") from None

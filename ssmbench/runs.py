@@ -6,10 +6,10 @@ The run directory is the only interface between training and reporting.
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import secrets
-import stat
 import subprocess
 import sys
 import time
@@ -17,13 +17,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
+from ssmbench import safe_read
 from ssmbench.errors import RecordError, SSMBenchError
 
 RECIPE, ENV, METRICS, RESULTS, CHECKPOINTS = "recipe.yaml", "env.json", "metrics.jsonl", "results.json", "checkpoints"
 LOCK, TEMP_SUFFIX = ".lock", ".tmp"
-# Size caps for reading run records: a record file is small (a metrics line is ~200 bytes, so 256 MiB holds over
-# a million lines); anything larger is not what ssmbench wrote and is refused instead of read into memory.
-MAX_RECORD_BYTES, MAX_METRICS_BYTES, MAX_LINE_BYTES = 16 * 2**20, 256 * 2**20, 2**20
+MAX_LINE_BYTES = 2**20  # a metrics line (~200 bytes); a longer one is dropped as damage. File caps: safe_read.LIMITS
 
 
 def fsync_dir(path: Path) -> None:
@@ -89,42 +88,39 @@ def append_jsonl(path: Path, obj: dict) -> None:
         os.fsync(f.fileno())
 
 
-def open_regular(path: Path, limit: int | None):
-    """Open a regular file of at most `limit` bytes for binary reading, or raise RecordError (FileNotFoundError if
-    it is missing). The open is non-blocking, so a FIFO or device under a record's name never hangs the reader."""
+def open_regular(path: Path, kind: str = "record"):
+    """Open a run's file of `kind` (ssmbench/safe_read.py: `record`, `metrics`, `recipe`, `checkpoint`) for binary
+    reading under the reading rule, or raise RecordError (FileNotFoundError if it is missing): a regular file under
+    the kind's size cap whose links stay inside its run directory. The open is non-blocking, so a FIFO or device
+    under a record's name never hangs the reader."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    except FileNotFoundError:
-        raise
-    except OSError as e:
-        raise RecordError(f"{path}: cannot open ({e.strerror})") from None
-    info = os.fstat(fd)
-    if not stat.S_ISREG(info.st_mode):
-        os.close(fd)
-        raise RecordError(f"{path}: not a regular file (a FIFO, device or directory); ssmbench writes plain files")
-    if limit is not None and info.st_size > limit:
-        os.close(fd)
-        raise RecordError(f"{path}: {info.st_size:,} bytes, over the {limit:,}-byte limit for this file")
-    os.set_blocking(fd, True)
-    return os.fdopen(fd, "rb")
+        return safe_read.open_checked(path, kind, [run_folder(path)])
+    except safe_read.FileRefused as e:
+        raise RecordError(str(e)) from None
 
 
-def read_record_bytes(path: Path, limit: int = MAX_RECORD_BYTES) -> bytes:
-    """The bytes of a record file (regular, at most `limit` bytes; see `open_regular`)."""
-    with open_regular(path, limit) as f:
-        data = f.read(limit + 1)
-    if len(data) > limit:  # grew while being read
-        raise RecordError(f"{path}: over the {limit:,}-byte limit for this file")
-    return data
+def run_folder(path: Path) -> Path:
+    """The run directory a record or checkpoint path belongs to (resolved): its folder, or the folder above
+    `checkpoints/`; the root its symlinks must stay inside."""
+    parent = Path(path).parent
+    return (parent.parent if parent.name == CHECKPOINTS else parent).resolve()
 
 
-def scan_jsonl(path: Path, limit: int | None = None) -> tuple[list[dict], int]:
+def read_record_bytes(path: Path, kind: str = "record") -> bytes:
+    """The bytes of a run's file of `kind` (see `open_regular`)."""
+    try:
+        return safe_read.read_bytes(path, kind, [run_folder(path)])
+    except safe_read.FileRefused as e:
+        raise RecordError(str(e)) from None
+
+
+def scan_jsonl(path: Path) -> tuple[list[dict], int]:
     """(rows, dropped): every line of a JSON-lines file that is a JSON object, and how many non-blank lines were
     not (a torn last line after a crash, bad bytes, a line over MAX_LINE_BYTES). Missing file: ([], 0).
-    Read line by line, so memory stays bounded by the rows kept."""
+    Read line by line (a regular file under the `metrics` size cap), so memory stays bounded by the rows kept."""
     rows, dropped = [], 0
     try:
-        f = open_regular(path, limit)
+        f = open_regular(path, "metrics")
     except FileNotFoundError:
         return rows, dropped
     with f:
@@ -180,7 +176,11 @@ def locked(run_dir: Path) -> Iterator[None]:
     """
     import fcntl
 
-    f = open(Path(run_dir) / LOCK, "a+")
+    path = Path(run_dir) / LOCK
+    if (path.exists() or path.is_symlink()) and (path.is_symlink() or not path.is_file()):
+        raise SSMBenchError(f"{path}: not the lock file ssmbench writes (a FIFO, folder, device or link); remove "
+                            f"it, then run again")
+    f = open(path, "a+")
     try:
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -228,10 +228,10 @@ def environment(device: str) -> dict[str, Any]:
     return info
 
 
-def load_json(path: Path, limit: int = MAX_RECORD_BYTES) -> dict:
-    """A record file's JSON object. RecordError (naming the file) when it is not a regular file under `limit`
-    bytes holding one UTF-8 JSON object; FileNotFoundError when it is missing."""
-    data = read_record_bytes(path, limit)
+def load_json(path: Path) -> dict:
+    """A record file's JSON object. RecordError (naming the file) when it breaks the reading rule (`open_regular`)
+    or does not hold one UTF-8 JSON object; FileNotFoundError when it is missing."""
+    data = read_record_bytes(path)
     try:
         obj = json.loads(data)
     except UnicodeDecodeError:
@@ -245,13 +245,14 @@ def load_json(path: Path, limit: int = MAX_RECORD_BYTES) -> dict:
     return obj
 
 
-def load_yaml(path: Path, limit: int = MAX_RECORD_BYTES) -> dict:
-    """A record file's YAML mapping (recipe.yaml), with the checks of `load_json`."""
+def load_yaml(path: Path) -> dict:
+    """A record file's YAML mapping (recipe.yaml, under the `recipe` size cap and the YAML node bound of
+    safe_read.BoundedLoader), with the checks of `load_json`."""
     import yaml
 
-    data = read_record_bytes(path, limit)
+    data = read_record_bytes(path, "recipe")
     try:
-        obj = yaml.safe_load(data.decode("utf-8"))
+        obj = safe_read.load_yaml(data.decode("utf-8"))
     except UnicodeDecodeError:
         raise RecordError(f"{path}: not UTF-8 text") from None
     except RecursionError:
@@ -263,12 +264,25 @@ def load_yaml(path: Path, limit: int = MAX_RECORD_BYTES) -> dict:
     return obj
 
 
-def is_finished(results: dict | None) -> bool:
-    """Whether a results.json object records a finished run: status "finished" and a `test` object with a numeric
-    loss (a damaged record is not finished: resuming the run evaluates it again and rewrites results.json)."""
+def test_problem(results: dict | None) -> str | None:
+    """None if a results.json object holds a `test` object with possible values: a loss, every value a finite
+    number, loss >= 0, accuracy in [0, 1], n a whole number >= 0; else what is wrong (one phrase)."""
     test = (results or {}).get("test")
-    return (results or {}).get("status") == "finished" and isinstance(test, dict) and \
-        isinstance(test.get("loss"), (int, float)) and not isinstance(test.get("loss"), bool)
+    if not isinstance(test, dict) or "loss" not in test:
+        return "no `test` object with a loss"
+    for k, v in test.items():
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            return f"test.{k} is {v!r}, not a finite number"
+        if (k == "loss" and v < 0) or (k == "accuracy" and not 0 <= v <= 1) or (k == "n" and (v < 0 or v != int(v))):
+            return f"test.{k} = {v!r} is impossible"
+    return None
+
+
+def is_finished(results: dict | None) -> bool:
+    """Whether a results.json object records a finished run: status "finished" and a `test` object with possible
+    values (`test_problem`); a damaged record is not finished: resuming the run evaluates it again and rewrites
+    results.json. The full definition of a finished run (every record valid) is ssmbench/finished.py."""
+    return (results or {}).get("status") == "finished" and test_problem(results) is None
 
 
 def read_json(path: Path) -> dict | None:

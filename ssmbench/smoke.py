@@ -11,9 +11,8 @@ import os
 import time
 from pathlib import Path
 
-import yaml
-
-from ssmbench.errors import SSMBenchError
+from ssmbench.errors import RecipeError, SSMBenchError
+from ssmbench.recipe import read_yaml_mapping
 
 
 def split_files(paths: list[Path]) -> tuple[list[Path], list[Path]]:
@@ -24,8 +23,8 @@ def split_files(paths: list[Path]) -> tuple[list[Path], list[Path]]:
     recipes, sweeps = [], []
     for f in files:
         try:
-            raw = yaml.safe_load(f.read_text())
-        except (OSError, yaml.YAMLError):
+            raw = read_yaml_mapping(f)
+        except RecipeError:  # unreadable: listed as a recipe, whose check then names the problem
             raw = None
         (sweeps if isinstance(raw, dict) and "grid" in raw else recipes).append(f)
     return recipes, sweeps

@@ -24,9 +24,10 @@ must be null so that no fraction is cut short), `budget: steps` for the same tra
 train.epochs must be large enough for the smallest fraction to reach it). Each run is tagged `budget`.
 
 The grid is task x variant x train_fraction x seed. Every run is tagged {sweep, task, variant, run_key}; the run
-key is a hash of the sweep name, task, variant and the run's recipe (file + overrides), so a run whose finished record
-exists is skipped, a preempted or interrupted one (checkpoints but no finished results, or a damaged results.json)
-is resumed, and editing a recipe gives new runs.
+key is a hash of the sweep name, task, variant and the run's recipe (file + overrides), so a finished run is
+skipped (finished and valid by the definition `report` uses too: ssmbench/finished.py), a preempted or interrupted
+one (checkpoints but no finished results, or a damaged results.json) is resumed, one with another damaged record
+is trained again in a new directory, and editing a recipe gives new runs.
 
 Concurrent sweeps on one runs_dir share the work: a process trains a run only while it holds the run's claim
 (`flock` on RUNS_DIR/.claims/<run key>.lock, released by the OS even on SIGKILL) and decides new/resume/skip
@@ -68,6 +69,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ssmbench import runs
 from ssmbench.errors import RecipeError, RecordError, SSMBenchError
+from ssmbench.finished import DamagedRecord, read_run_files
 from ssmbench.paths import DATA_ROOT_ENV, allowed_roots, escape
 
 # --------------------------------------------------------------------------------------------------
@@ -217,6 +219,19 @@ def run_key(raw: dict, sweep: str, task: str, variant: str) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+def fill_template(template: str, values: dict[str, str], source: Path) -> str:
+    """The recipe template with each `{name}` replaced by values[name] (`{task}`, `{variant}`); plain text
+    substitution, not Python's str.format (whose `{variant.__class__}` reaches into objects): any other text in
+    braces is a RecipeError naming the sweep file."""
+    def fill(m: re.Match) -> str:
+        if m.group(1) not in values:
+            raise RecipeError(str(source), [f"recipe template {template!r}: unknown name {{{m.group(1)}}} in braces; "
+                                            f"only {{task}} and {{variant}} are filled in"])
+        return values[m.group(1)]
+
+    return re.sub(r"\{([^{}]*)\}", fill, template)
+
+
 def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-.") or "x"
 
@@ -236,10 +251,7 @@ def expand(sweep_file: Union[str, Path], runs_dir: Optional[Union[str, Path]] = 
             if f"{task}/{variant}" in sweep.grid.exclude:
                 continue
             template = v.recipe or sweep.recipe
-            try:
-                recipe_path = (path.parent / template.format(task=task, variant=variant)).resolve()
-            except (KeyError, IndexError) as e:
-                raise RecipeError(str(path), [f"recipe template {template!r}: unknown name {e} in braces; only {{task}} and {{variant}} are filled in"]) from None
+            recipe_path = (path.parent / fill_template(template, {"task": task, "variant": variant}, path)).resolve()
             sets = tuple(sweep.set) + tuple(v.set) + tuple(overrides)
             for frac in sweep.grid.train_fractions:
                 for seed in sweep.grid.seeds:
@@ -281,12 +293,19 @@ def index_runs(runs_dir: Union[str, Path]) -> dict[str, list[Path]]:
 
 
 def run_state(run_dir: Path) -> str:
-    """finished | failed | resumable (results "preempted", no results yet or a damaged results.json: the engine
-    continues from the last checkpoint, or starts over in the same directory if none was written)."""
-    results = runs.read_json(run_dir / runs.RESULTS)
-    if runs.is_finished(results):
+    """finished (a finished, valid run: `finished.read_run_files`, the definition `report` uses) | failed |
+    resumable (results "preempted", no results yet, or only results.json damaged: the engine continues from the
+    last checkpoint, or starts over in the same directory if none was written, and rewrites results.json) |
+    damaged (another record fails: the grid point is trained again in a new directory)."""
+    try:
+        files = read_run_files(run_dir)
+    except DamagedRecord as e:
+        return "resumable" if e.path.name == runs.RESULTS else "damaged"
+    except RecordError:
+        return "damaged"
+    if files.finished:
         return "finished"
-    return "failed" if results is not None and results.get("status") == "failed" else "resumable"
+    return "failed" if files.results is not None and files.results.get("status") == "failed" else "resumable"
 
 
 def spec_state(spec: RunSpec, index: Optional[dict[str, list[Path]]] = None) -> tuple[str, Optional[Path]]:
@@ -637,7 +656,12 @@ def worker_run_spec(spec: RunSpec, threads: int) -> dict:
     """`run_spec` in a worker, unless a signal arrived since the last run (then the run is not started)."""
     if _WORKER["signal"]:
         return not_started(spec, f"{_WORKER['signal']} received before it started")
-    result = run_spec(spec, threads)
+    try:
+        result = run_spec(spec, threads)
+    except BaseException:  # a second signal (KeyboardInterrupt) aborted the run: if the sweep is gone, so is this
+        if os.getppid() != _WORKER["parent"]:  # worker (else it would wait for work forever, orphaned)
+            os._exit(75)
+        raise
     if result["status"] == "preempted":
         _WORKER["signal"] = _WORKER["signal"] or "SIGTERM"
     if os.getppid() != _WORKER["parent"]:  # the sweep died while this run checkpointed: nobody to report to

@@ -16,11 +16,17 @@ from ssmbench.data.textfile import numbered_lines
 from ssmbench.errors import DataError
 
 
+@pytest.fixture(autouse=True)
+def data_root(tmp_path, monkeypatch):
+    """The test's folder is an allowed root (data files are read only inside one: ssmbench/safe_read.py)."""
+    monkeypatch.setenv("SSMBENCH_DATA_ROOT", str(tmp_path))
+
+
 def test_numbered_lines_keep_text_and_count_from_one(tmp_path):
     path = tmp_path / "f.txt"
     path.write_bytes("a\tb\r\nsecond é\n\nlast".encode())
     assert list(numbered_lines(path)) == [(1, "a\tb"), (2, "second é"), (3, ""), (4, "last")]
-    with pytest.raises(DataError, match=f"{tmp_path}: cannot read"):
+    with pytest.raises(DataError, match=f"{tmp_path}: is a folder, not a regular file"):
         list(numbered_lines(tmp_path))
 
 

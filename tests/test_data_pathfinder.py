@@ -40,7 +40,8 @@ def release(tmp_path_factory):
     return out
 
 
-def test_labels_equal_marker_connectivity(release):
+def test_labels_equal_marker_connectivity(release, monkeypatch):
+    monkeypatch.setenv("SSMBENCH_DATA_ROOT", str(release))  # data files are read only inside an allowed root
     folder = release / "lra_release" / "pathfinder32" / "curv_contour_length_14"
     metas = metadata_files(folder)
     assert [m.name for m in metas] == ["0.npy", "1.npy"]

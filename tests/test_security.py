@@ -39,6 +39,7 @@ class Payload:
 
 @pytest.mark.parametrize("where", ["top", "inside"])
 def test_malicious_cifar_batch_runs_nothing(tmp_path, monkeypatch, where):
+    monkeypatch.setenv("SSMBENCH_DATA_ROOT", str(tmp_path))  # data files are read only inside an allowed root
     folder = tmp_path / "cifar-10-batches-py"
     write_cifar(folder, n=4)
     witness = tmp_path / "pwned"
@@ -55,7 +56,8 @@ def test_malicious_cifar_batch_runs_nothing(tmp_path, monkeypatch, where):
 
 
 @pytest.mark.parametrize("protocol", [2, 4, 5])
-def test_cifar_batches_of_every_protocol_still_load(tmp_path, protocol):
+def test_cifar_batches_of_every_protocol_still_load(tmp_path, monkeypatch, protocol):
+    monkeypatch.setenv("SSMBENCH_DATA_ROOT", str(tmp_path))
     rng = np.random.default_rng(0)
     data = rng.integers(0, 256, (3, 3072), dtype=np.uint8)
     path = tmp_path / "b"
@@ -71,7 +73,8 @@ def test_cifar_batches_of_every_protocol_still_load(tmp_path, protocol):
     ([1, 2], "list indices"),
     ({b"data": np.zeros((2, 3072), object), b"labels": [0, 1]}, "uint8"),
 ])
-def test_cifar_batch_with_wrong_content_names_the_file(tmp_path, batch, message):
+def test_cifar_batch_with_wrong_content_names_the_file(tmp_path, monkeypatch, batch, message):
+    monkeypatch.setenv("SSMBENCH_DATA_ROOT", str(tmp_path))
     path = tmp_path / "data_batch_1"
     path.write_bytes(pickle.dumps(batch))
     with pytest.raises(DataError, match=message) as e:

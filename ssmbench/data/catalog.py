@@ -12,6 +12,7 @@ from pathlib import Path
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
+from ssmbench import safe_read
 from ssmbench.data.layout import MARKER
 from ssmbench.errors import RecipeError, SSMBenchError
 
@@ -34,7 +35,10 @@ def cached_sizes(root: Path, name: str) -> dict | None:
     metas = sorted((root / name / "prepared").glob("*/splits.json"), key=lambda p: p.stat().st_mtime)
     if not metas:
         return None
-    return {split: v[0] for split, v in json.loads(metas[-1].read_text()).items()}
+    try:
+        return {split: v[0] for split, v in json.loads(safe_read.read_bytes(metas[-1], "record")).items()}
+    except (OSError, ValueError, TypeError, KeyError, IndexError, AttributeError, safe_read.FileRefused):
+        return None  # a damaged cache: shown as not prepared (loading it names the problem)
 
 
 def present(folder: Path) -> bool:
@@ -46,7 +50,12 @@ def origin(folder: Path) -> str:
     if not folder.exists():
         return "-"
     marker = folder / MARKER
-    return json.loads(marker.read_text()).get("source", "?") if marker.is_file() else "official"
+    if not (marker.exists() or marker.is_symlink()):
+        return "official"
+    try:
+        return str(json.loads(safe_read.read_bytes(marker, "record")).get("source", "?"))
+    except (OSError, ValueError, AttributeError, safe_read.FileRefused):
+        return "?"
 
 
 def download_size(name: str) -> str | None:

@@ -24,6 +24,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.filesize import decimal
 
+from ssmbench import safe_read
 from ssmbench.data.archive import extract
 from ssmbench.data.catalog import present
 from ssmbench.data.fetch import Failed, check_url, fetch, free_bytes, part_of
@@ -112,7 +113,7 @@ def already(dest: Path, log) -> dict:
                         f"official data there.")
     log(f"{dest} already holds data; nothing downloaded (move it aside to download it again)")
     record = dest / RECORD
-    return json.loads(record.read_text()) if record.is_file() else {"folder": str(dest)}
+    return json.loads(safe_read.read_bytes(record, "record")) if record.is_file() else {"folder": str(dest)}
 
 
 def plan(name: str, s: Download, archive: Path, dest: Path, log) -> None:
@@ -136,8 +137,8 @@ def verified(archive: Path, expected: tuple[str, str] | None, log) -> dict:
     st = archive.stat()
     cache = archive.parent / f"{archive.name}.json"
     stamp = [st.st_size, st.st_mtime_ns]
-    with contextlib.suppress(ValueError, OSError, KeyError, TypeError):
-        facts = json.loads(cache.read_text())
+    with contextlib.suppress(ValueError, OSError, KeyError, TypeError, safe_read.FileRefused):
+        facts = json.loads(safe_read.read_bytes(cache, "record"))
         if facts.pop("stamp") == stamp and facts["checksum"] == (f"{expected[0]} {expected[1]}" if expected else None):
             return facts
     log(f"computing the checksum of {archive} ({decimal(st.st_size)})")

@@ -24,6 +24,7 @@ from ssmbench.contracts import ModelIO
 from ssmbench.data.base import Adapter, DataBundle, split_indices
 from ssmbench.data.cache import cache_key, prepared_splits
 from ssmbench.data.layout import data_origin, missing_data, resolve_source
+from ssmbench.data.textfile import data_file
 from ssmbench.errors import DataError
 from ssmbench.registry import DATASETS
 
@@ -54,8 +55,9 @@ def read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """(images (S, 32, 32, 3) uint8 HWC, labels (S,)) from one CIFAR-10 pickle batch, read with BatchUnpickler.
 
     The batch must be a dict with `b'data'` a uint8 (S, 3072) array and `b'labels'` S integers 0-9."""
+    f = data_file(path)
     try:
-        with open(path, "rb") as f:
+        with f:
             d = BatchUnpickler(f, encoding="bytes").load()
         data, labels = d[b"data"], np.asarray(d[b"labels"])
         if not (isinstance(data, np.ndarray) and data.dtype == np.uint8 and data.ndim == 2 and data.shape[1] == 3072):

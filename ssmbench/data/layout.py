@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ssmbench import safe_read
 from ssmbench.errors import DataError
 from ssmbench.paths import escape
 
@@ -46,17 +47,17 @@ def data_origin(folder: Path, official: str) -> tuple[str, str]:
     source, provenance = "official", f"{official} in {folder}"
     if marker.is_file():
         try:
-            info = json.loads(marker.read_text())
+            info = json.loads(safe_read.read_bytes(marker, "record"))
             source, provenance = info["source"], f"{info['description']} in {folder}"
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, OSError, safe_read.FileRefused):
             raise DataError(f"{marker}: unreadable generator marker; delete it if the data is official, "
                             f"or generate the data again.") from None
     for record in (folder / RECORD, folder.parent / RECORD):
         if record.is_file():
             try:
-                info = json.loads(record.read_text())
+                info = json.loads(safe_read.read_bytes(record, "record"))
                 provenance += f" (downloaded from {info['url']}, {info['bytes']} bytes, sha256 {info['sha256']})"
-            except (ValueError, KeyError, TypeError):
+            except (ValueError, KeyError, TypeError, OSError, safe_read.FileRefused):
                 raise DataError(f"{record}: unreadable download record; delete it, or download the data again.") from None
             break
     return source, provenance

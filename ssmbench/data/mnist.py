@@ -19,6 +19,7 @@ from torch.utils.data import TensorDataset
 
 from ssmbench.contracts import ModelIO
 from ssmbench.data.base import Adapter, DataBundle, require_file, sha256_file, split_indices
+from ssmbench.data.textfile import data_file
 from ssmbench.errors import DataError
 from ssmbench.registry import DATASETS
 
@@ -38,7 +39,7 @@ class MNISTOptions(BaseModel):
 def check_idx(path: Path) -> None:
     """A DataError naming `path` unless it is a complete uint8 IDX file: bytes 0 0 0x08 ndim, then ndim
     big-endian uint32 sizes, then exactly prod(sizes) bytes of data."""
-    with open(path, "rb") as f:
+    with data_file(path) as f:
         head = f.read(4)
         ndim = head[3] if len(head) == 4 and head[:3] == b"\x00\x00\x08" else 0
         sizes = f.read(4 * ndim)

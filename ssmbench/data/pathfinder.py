@@ -20,6 +20,7 @@ from ssmbench.contracts import ModelIO
 from ssmbench.data.base import Adapter, DataBundle
 from ssmbench.data.cache import cache_key, prepared_splits
 from ssmbench.data.layout import data_origin, missing_data, resolve_source
+from ssmbench.data.textfile import data_bytes
 from ssmbench.errors import DataError
 from ssmbench.paths import escape
 from ssmbench.registry import DATASETS
@@ -33,8 +34,8 @@ def read_metadata(path: Path) -> list[tuple[str, str, int, str]]:
     """(subdir, file, label, "<path>: line <i>") per line of a Pathfinder metadata file (text despite `.npy`)."""
     rows = []
     try:
-        text = path.read_text(encoding="utf-8")
-    except (UnicodeDecodeError, OSError) as e:
+        text = data_bytes(path).decode("utf-8")
+    except UnicodeDecodeError as e:
         raise DataError(f"{path}: not a text metadata file ({type(e).__name__}); the release folder is corrupt.") from None
     for i, line in enumerate(text.splitlines(), start=1):
         fields = line.split()

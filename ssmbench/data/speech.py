@@ -24,7 +24,7 @@ from ssmbench.contracts import ModelIO
 from ssmbench.data.base import Adapter, DataBundle
 from ssmbench.data.cache import cache_key, prepared_splits
 from ssmbench.data.layout import data_origin, missing_data, resolve_source
-from ssmbench.data.textfile import numbered_lines
+from ssmbench.data.textfile import data_file, numbered_lines
 from ssmbench.errors import DataError
 from ssmbench.registry import DATASETS
 
@@ -54,8 +54,10 @@ def read_wav(path: Path) -> np.ndarray:
     """int16 samples of a 16 kHz mono clip of at most 1 s; anything else raises a DataError naming the file."""
     import soundfile as sf
 
+    f = data_file(path)
     try:
-        audio, rate = sf.read(str(path), dtype="int16", always_2d=True)
+        with f:
+            audio, rate = sf.read(f, dtype="int16", always_2d=True)
     except Exception as e:
         raise DataError(f"{path}: unreadable WAV ({type(e).__name__}: {e}); the file is truncated or corrupt.") from None
     if rate != RATE or audio.shape[1] != 1:

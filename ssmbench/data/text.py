@@ -19,6 +19,7 @@ from ssmbench.contracts import ModelIO
 from ssmbench.data.base import Adapter, DataBundle, split_indices
 from ssmbench.data.cache import cache_key, prepared_splits
 from ssmbench.data.layout import data_origin, missing_data, resolve_source
+from ssmbench.data.textfile import data_bytes
 from ssmbench.errors import DataError
 from ssmbench.registry import DATASETS
 
@@ -43,8 +44,8 @@ def read_acl_split(folder: Path, split: str) -> tuple[list[str], list[int]]:
     for label, sub in ((0, "neg"), (1, "pos")):
         for f in sorted((folder / split / sub).glob("*.txt"), key=lambda p: p.name):
             try:
-                texts.append(f.read_text(encoding="utf-8"))
-            except (UnicodeDecodeError, OSError) as e:
+                texts.append(data_bytes(f).decode("utf-8"))
+            except UnicodeDecodeError as e:
                 raise DataError(f"{f}: unreadable review ({type(e).__name__}); the aclImdb copy is corrupt — extract it again.") from None
             labels.append(label)
     return texts, labels

@@ -37,7 +37,7 @@ from typing import Callable, Iterable
 import torch
 import torch.nn.functional as F
 
-from ssmbench import runs
+from ssmbench import runs, safe_read
 from ssmbench.errors import CheckpointError, SSMBenchError
 from ssmbench.init.hippo import s4d_lin
 from ssmbench.init.zero_real import training_batches
@@ -264,8 +264,8 @@ def prepare_target(path: Path) -> None:
     existing = [f for f in files if f.exists() or f.is_symlink()]
     if existing:
         try:
-            ours = {"task_spectrum", "loss_after", "M"} <= set(json.loads(files[1].read_text(encoding="utf-8")))
-        except (OSError, ValueError, TypeError):
+            ours = {"task_spectrum", "loss_after", "M"} <= set(json.loads(safe_read.read_bytes(files[1], "record")))
+        except (OSError, ValueError, TypeError, safe_read.FileRefused):
             ours = False
         if not ours:
             raise SSMBenchError(f"{existing[0]}: exists and is not part of a TDI artifact written by ssmbench (no TDI "
@@ -294,11 +294,12 @@ def save_artifact(path: Path, result: TDIResult, meta: dict) -> list[Path]:
 def load_artifact(path: Path) -> tuple[dict, dict]:
     """(tensors {A, C complex (H, M), log_dt (H,)}, metadata); unreadable files raise CheckpointError."""
     path = Path(path)
-    try:
-        raw = torch.load(path, map_location="cpu", weights_only=True)
-        meta = json.loads(path.with_suffix(".json").read_text())
+    try:  # under the reading rule of ssmbench/safe_read.py (regular files under the size caps)
+        raw = torch.load(io.BytesIO(safe_read.read_bytes(path, "checkpoint")), map_location="cpu", weights_only=True)
+        meta = json.loads(safe_read.read_bytes(path.with_suffix(".json"), "record"))
         tensors = {"A": torch.view_as_complex(raw["A"]), "C": torch.view_as_complex(raw["C"]), "log_dt": raw["log_dt"]}
-    except (OSError, RuntimeError, KeyError, ValueError, TypeError, EOFError, pickle.UnpicklingError) as e:
+    except (OSError, RuntimeError, KeyError, ValueError, TypeError, EOFError, pickle.UnpicklingError,
+            safe_read.FileRefused) as e:
         raise CheckpointError(f"{path}: not a readable TDI artifact ({type(e).__name__}: {e}); delete it (and its "
                               f".json) to recompute, or rerun `ssmbench init-tdi --out {path}`") from None
     return tensors, meta

@@ -27,12 +27,14 @@ from ssmbench.errors import SSMBenchError
 
 
 def training_batches(dataset: Dataset, samples: int, seed: int, batch_size: int = 256) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """(x, y) batches of at most `samples` training items: all of them, or a seeded random subset."""
+    """(x, y) batches of at most `samples` training items: all of them, or a seeded random subset. Every draw comes
+    from a generator seeded by `seed` (the DataLoader, too, draws a base seed when iterated): none from the global
+    RNG, the training stream, which must not depend on whether this ran or a cache was hit."""
     n = len(dataset)
     if samples < n:
         idx = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:samples].sort().values
         dataset = Subset(dataset, idx.tolist())
-    yield from DataLoader(dataset, batch_size=batch_size, shuffle=False)
+    yield from DataLoader(dataset, batch_size=batch_size, shuffle=False, generator=torch.Generator().manual_seed(seed))
 
 
 def standardize(X: torch.Tensor, chunk: int = 1024) -> torch.Tensor:

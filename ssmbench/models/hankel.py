@@ -33,6 +33,7 @@ from typing import Literal
 
 import torch
 
+from ssmbench import safe_read
 from ssmbench.runs import atomic_write_bytes
 
 Variant = Literal["z", "l"]
@@ -118,7 +119,7 @@ def cache_path(cache_dir: Path, L: int, K: int, variant: Variant) -> Path:
 def _read_cache(path: Path, L: int, K: int, variant: Variant) -> tuple[torch.Tensor, torch.Tensor] | None:
     """The cached (sigma, phi), or None if the file is missing, unreadable or for other sizes."""
     try:
-        d = torch.load(path, map_location="cpu", weights_only=True)
+        d = torch.load(io.BytesIO(safe_read.read_bytes(path, "checkpoint")), map_location="cpu", weights_only=True)
     except Exception:  # missing or damaged: recomputed and (over)written
         return None
     ok = (isinstance(d, dict) and d.get("format") == CACHE_FORMAT and (d.get("L"), d.get("K"), d.get("variant")) == (L, K, variant)

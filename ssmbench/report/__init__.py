@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Optional
 
 from ssmbench.errors import SSMBenchError
-from ssmbench.report.records import RunRecord, parameter_change, read_runs
+from ssmbench.report.records import RunRecord, parameter_change, printable, read_runs
 from ssmbench.report.cells import cell_runs
 from ssmbench.report.tables import (RENDERERS, Table, efficiency_tables, finished_rows, main_table,
                                     parameter_change_table, tidy_csv, unfinished_table)
@@ -47,7 +47,7 @@ def report(paths: list[Path], group_by: str = "variant", fmt: str = "md", out: O
         raise SSMBenchError(f"report: no usable run directories under {', '.join(map(str, paths))} (a run directory "
                             "holds recipe.yaml and results.json; damaged ones are skipped with a warning; train or "
                             "sweep first)")
-    text = RENDERERS[fmt](build_tables(records, group_by, window), explain)
+    text = printable(RENDERERS[fmt](build_tables(records, group_by, window), explain))  # no terminal escapes
     from ssmbench.runs import atomic_write_text
 
     for path, content in ((out, text), (runs_csv, tidy_csv(records, group_by) if runs_csv is not None else None)):

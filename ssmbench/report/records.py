@@ -10,10 +10,11 @@ Its status is read from results.json:
     interrupted no results.json, checkpoints/last.pt exists     -> listed separately (a sweep resumes it)
     incomplete no results.json, no last.pt                       -> listed separately
 
-Only finished runs are ever averaged. A runs folder may hold anything, so every file is read as untrusted: only
-regular files under a size cap (runs.open_regular), parsed and then checked against the schema below (`RecipeView`,
-`EnvView`, `ResultsView`, metric rows); a run directory whose recipe.yaml, env.json, results.json or metrics.jsonl
-fails is skipped with a one-line warning naming the file, and dropped metric lines are counted in a warning.
+Only finished runs are ever averaged. A runs folder may hold anything, so every file is read as untrusted, by
+`finished.read_run_files`, the definition of a valid run that `sweep` uses too (ssmbench/finished.py: the reading
+rule of ssmbench/safe_read.py, then the record schema and possible test values); a run directory that fails is
+skipped with a one-line warning naming the file (the next `sweep` trains it again), and dropped metric lines are
+counted in a warning.
 
 The SSM parameters of a run (docs/methods.md §A: A = -f(A_re) + i A_im, B, C, D)
 are read from checkpoints/init.pt and the final weights for the parameter-change table and the pole plot.
@@ -22,104 +23,33 @@ are read from checkpoints/init.pt and the final weights for the parameter-change
 from __future__ import annotations
 
 import os
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Callable, Literal, Optional, Union
+from typing import Any, Callable, Optional
 
 import numpy as np
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, ValidationError
 
 from ssmbench import runs
 from ssmbench.errors import RecordError
+from ssmbench.finished import FINISHED, REAL_TRANSFORMS, read_run_files  # noqa: F401 (REAL_TRANSFORMS: tests)
 
-FINISHED = "finished"
-REAL_TRANSFORMS = ("exp", "relu", "none")  # the keys of ssmbench.models.s4d.REAL_TRANSFORMS (checked by a test)
 Warn = Callable[[str], None]
 
 
+CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")  # C0 (but tab and line feed), DEL and C1 controls
+
+
+def printable(text: str) -> str:
+    """`text` with every control character written as a visible escape (`\\x1b`), so that a name, tag or error
+    message taken from a run record can never drive the terminal (escape sequences that move the cursor, rewrite
+    the title or hide lines)."""
+    return CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+
+
 def warn_stderr(message: str) -> None:
-    print(f"warning: {message}", file=sys.stderr)
-
-
-# --------------------------------------------------------------------------------------------------
-# The fields the report reads, as a schema (other fields are kept but not checked)
-
-
-class _View(BaseModel):
-    model_config = ConfigDict(extra="allow")
-
-
-def _as_float(value: int | float) -> float:
-    try:
-        return float(value)
-    except OverflowError:  # a 400-digit integer
-        raise ValueError("number too large for a float") from None
-
-
-Number = Annotated[Union[StrictInt, StrictFloat], AfterValidator(_as_float)]  # JSON numbers (not bools) as floats
-
-
-class DataView(_View):
-    name: StrictStr = "?"
-    train_fraction: Number = Field(1.0, gt=0, le=1)
-
-
-class SSMView(_View):
-    real_transform: Literal[REAL_TRANSFORMS] = "exp"
-
-
-class ModelView(_View):
-    ssm: SSMView = Field(default_factory=SSMView)
-
-
-class RecipeView(_View):
-    name: Optional[StrictStr] = None
-    seed: Optional[StrictInt] = None
-    tags: dict[StrictStr, Union[StrictStr, StrictBool, StrictInt, StrictFloat]] = Field(default_factory=dict)
-    data: DataView = Field(default_factory=DataView)
-    model: ModelView = Field(default_factory=ModelView)
-
-
-class InitView(_View):
-    tdi: Optional[dict[StrictStr, Union[list[Number], Number, StrictStr, None]]] = None  # spectra, losses, artifact
-
-
-class EnvView(_View):
-    data: dict[StrictStr, Any] = Field(default_factory=dict)
-    init: InitView = Field(default_factory=InitView)
-
-
-class ResultsView(_View):
-    status: StrictStr
-    name: Optional[StrictStr] = None
-    task: Literal["classification", "regression"] = "classification"
-    test: Optional[dict[StrictStr, Number]] = None
-    error: Optional[StrictStr] = None
-    data_source: Optional[StrictStr] = None
-
-
-def _checked(view: type[BaseModel], obj: dict, path: Path) -> dict:
-    """`obj` if it satisfies `view`, else RecordError naming the file and the first bad field."""
-    try:
-        view.model_validate(obj)
-    except ValidationError as e:
-        err = e.errors()[0]
-        where = ".".join(map(str, err["loc"])) or "(top level)"
-        raise RecordError(f"{path}: field {where}: {err['msg']}") from None
-    except RecursionError:
-        raise RecordError(f"{path}: nested too deeply") from None
-    return obj
-
-
-def _metric_row(row: dict) -> bool:
-    """A metrics.jsonl row as the engine writes it: integer step, a split name, numeric (or null) values (integers
-    within int64, so every value converts to a float)."""
-    def number(v: Any) -> bool:
-        return isinstance(v, float) or (isinstance(v, int) and not isinstance(v, bool) and abs(v) < 2**63)
-
-    return (isinstance(row.get("step"), int) and number(row["step"]) and isinstance(row.get("split"), str)
-            and all(v is None or number(v) for k, v in row.items() if k != "split"))
+    print(f"warning: {printable(message)}", file=sys.stderr)
 
 
 @dataclass
@@ -211,14 +141,6 @@ def _status(run_dir: Path, results: dict | None, metrics: list[dict]) -> tuple[s
     return "incomplete", "no results.json and no checkpoint"
 
 
-def _optional(load: Callable[[Path], Any], path: Path, default: Any) -> Any:
-    """`load(path)`, or `default` if the file does not exist."""
-    try:
-        return load(path)
-    except FileNotFoundError:
-        return default
-
-
 def read_run(run_dir: Path, warn: Warn = warn_stderr) -> RunRecord:
     """Read one run directory into a RunRecord; missing files give a record with what is known.
 
@@ -226,16 +148,8 @@ def read_run(run_dir: Path, warn: Warn = warn_stderr) -> RunRecord:
     line after a crash, or damage) are reported through `warn`.
     """
     run_dir = Path(run_dir)
-    recipe = _checked(RecipeView, _optional(runs.load_yaml, run_dir / runs.RECIPE, {}), run_dir / runs.RECIPE)
-    env = _checked(EnvView, _optional(runs.load_json, run_dir / runs.ENV, {}), run_dir / runs.ENV)
-    results = _optional(runs.load_json, run_dir / runs.RESULTS, None)
-    if results is not None:
-        _checked(ResultsView, results, run_dir / runs.RESULTS)
-        if results["status"] == FINISHED and not runs.is_finished(results):
-            raise RecordError(f"{run_dir / runs.RESULTS}: status finished but no `test` object with a loss")
-    metrics, dropped = runs.scan_jsonl(run_dir / runs.METRICS, runs.MAX_METRICS_BYTES)
-    kept = [r for r in metrics if _metric_row(r)]
-    dropped += len(metrics) - len(kept)
+    files = read_run_files(run_dir)
+    recipe, env, results, kept, dropped = files.recipe, files.env, files.results, files.metrics, files.dropped
     if dropped:
         warn(f"{run_dir / runs.METRICS}: {dropped} corrupt line(s) dropped (torn by a crash, or damaged); "
              f"{len(kept)} kept")
@@ -316,8 +230,8 @@ def relative_change(before: np.ndarray, after: np.ndarray) -> float:
 
 def parameters_at_init_and_end(run: RunRecord, warn: Warn = warn_stderr) -> Optional[tuple[dict, dict]]:
     """(init, end) SSM parameters of a finished run from checkpoints/init.pt and its final checkpoint; a checkpoint
-    that is present but unreadable (truncated, corrupt, not a state dict) is reported through `warn` and the run
-    left out."""
+    that is present but unreadable (truncated, corrupt, not a state dict) or holds non-finite parameters is
+    reported through `warn` and the run left out."""
     from ssmbench.errors import CheckpointError
     from ssmbench.train import checkpoint
 
@@ -334,7 +248,15 @@ def parameters_at_init_and_end(run: RunRecord, warn: Warn = warn_stderr) -> Opti
         warn(f"{init_path} / {end_path}: not S4D model weights ({type(e).__name__}: {e}); run left out of the "
              f"parameter-change table and pole plot")
         return None
-    return None if init is None or end is None else (init, end)
+    if init is None or end is None:
+        return None
+    bad = [f"{which} {k}" for which, params in (("init.pt", init), (end_path.name, end)) for k, v in params.items()
+           if not np.isfinite(v).all()]
+    if bad:  # a checkpoint that passes its checksum but holds NaN or inf weights cannot be plotted or compared
+        warn(f"{run.run_dir}: non-finite SSM parameters ({', '.join(bad)}); run left out of the parameter-change "
+             f"table and pole plot")
+        return None
+    return init, end
 
 
 def parameter_change(run: RunRecord, warn: Warn = warn_stderr) -> Optional[dict[str, float]]:

@@ -63,7 +63,7 @@ def save(path: Path, state: dict[str, Any], keep_previous: bool = False) -> None
 def load(path: Path) -> dict[str, Any]:
     path = Path(path)
     try:
-        with runs.open_regular(path, None) as f:  # a FIFO or device named like a checkpoint is refused, not read
+        with runs.open_regular(path, "checkpoint") as f:  # a FIFO, device or oversized file is refused, not read
             data = f.read()
     except OSError as e:
         raise CheckpointError(f"{path}: cannot read checkpoint ({e.strerror})") from None
@@ -72,19 +72,29 @@ def load(path: Path) -> dict[str, Any]:
     return from_bytes(data, str(path))
 
 
-def load_latest(directory: Path, warn: Callable[[str], None] = print) -> tuple[dict[str, Any], Path] | None:
+def load_latest(directory: Path, warn: Callable[[str], None] = print,
+                use: Callable[[dict[str, Any], Path], None] | None = None) -> tuple[dict[str, Any], Path] | None:
     """The newest good checkpoint among last.pt and prev.pt, or None if neither was ever written.
 
-    A corrupt or truncated one is reported through `warn` and skipped; if every file present is bad, that is a
-    CheckpointError naming each file and its problem.
+    A corrupt or truncated one is reported through `warn` and skipped; so is one that passes its checksum but
+    that `use(state, path)` cannot apply (a KeyError, shape mismatch or impossible value raised there: e.g. a
+    last.pt written by other code or edited, with its checksum recomputed). If every file present is bad, that
+    is a CheckpointError naming each file and its problem.
     """
     errors = []
     for name in (LAST, PREV):
         path = Path(directory) / name
-        if not path.exists():
+        if not (path.exists() or path.is_symlink()):
             continue
         try:
             state = load(path)
+            if use is not None:
+                try:
+                    use(state, path)
+                except (KeyError, IndexError, TypeError, ValueError, RuntimeError, AttributeError,
+                        ZeroDivisionError) as e:
+                    raise CheckpointError(f"{path}: passes its checksum but does not fit this run "
+                                          f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
         except CheckpointError as e:
             errors.append(str(e))
             warn(f"warning: {e}; trying the previous checkpoint")

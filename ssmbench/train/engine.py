@@ -12,7 +12,9 @@ Reliability. Every file is written atomically and checkpoints carry a checksum w
 (checkpoint.py), so a run killed at any instant, even by SIGKILL, resumes from last.pt or prev.pt (from
 scratch if none was written); the metric lines written after that checkpoint are dropped (by count,
 `Progress.metrics_rows`, which also removes a torn last line) and produced again. SIGTERM/SIGINT stop at the
-next step boundary with a checkpoint, results.json status "preempted" and exit status 75 (`Preempted`). The
+next step boundary with a checkpoint, results.json status "preempted" and exit status 75 (`Preempted`); during
+the run's setup (data preparation, an initializer's fit such as TDI), before any checkpoint, they stop at once
+with the same status and exit status (`Stopped`; a resume starts the run over). The
 resolved recipe.yaml is the first file of a new run, so a kill during data preparation or an initializer's fit
 leaves a resumable directory. Checkpoints carry the sha256 of recipe.yaml: a resume whose recipe.yaml changed
 since (edited, truncated) is refused unless `accept_recipe_change`. A best.pt that no longer loads does not stop
@@ -44,7 +46,7 @@ import shutil
 import signal
 import threading
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -56,7 +58,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ssmbench import nvidia, runs
 from ssmbench.data import DataBundle, build_data
-from ssmbench.errors import CheckpointError, NonFiniteError, SSMBenchError
+from ssmbench.errors import CheckpointError, NonFiniteError, SSMBenchError, Stopped
 from ssmbench.init import apply_init
 from ssmbench.models import backend as ssm_backend
 from ssmbench.models.backbone import SequenceModel
@@ -129,6 +131,19 @@ def rng_state() -> dict[str, Any]:
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
+
+
+@contextmanager
+def rng_untouched() -> Iterator[None]:
+    """Leave the global RNG states (the training stream: the model's own init, dropout masks) as they were before
+    the block. Setup work (data preparation, an initializer's fit such as TDI or the zero-real dt0 estimate) draws
+    from its own seeded generators; this guarantees that whether it ran or hit a cache never moves the training
+    stream, so a run is bit-identical with and without its caches and after a kill before its first checkpoint."""
+    state = rng_state()
+    try:
+        yield
+    finally:
+        set_rng_state(state)
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
@@ -267,6 +282,26 @@ class Progress:
     extra: dict = field(default_factory=dict)
 
 
+def checked_progress(raw: Any, total_steps: int, steps_per_epoch: int) -> Progress:
+    """A checkpoint's `progress` as a Progress, or ValueError naming the first impossible field: counts are
+    integers >= 0, times and sums finite floats >= 0 (the loss sum of a regression run too), step <= total_steps,
+    batch_in_epoch < steps_per_epoch, and nothing seen or timed at step 0."""
+    progress = Progress(**raw)  # TypeError for unknown or missing fields
+    for name, value in asdict(progress).items():
+        if name in ("best_val", "best_step", "extra"):
+            continue
+        whole = name not in ("seconds", "train_loss_sum")
+        if isinstance(value, bool) or not isinstance(value, int if whole else (int, float)) or \
+                not math.isfinite(value) or value < 0:
+            raise ValueError(f"progress.{name} = {value!r} is not a {'whole' if whole else 'finite'} number >= 0")
+    if progress.step > total_steps or progress.batch_in_epoch >= max(steps_per_epoch, 1):
+        raise ValueError(f"progress at step {progress.step}, batch {progress.batch_in_epoch} of its epoch, is beyond "
+                         f"this run ({total_steps} steps, {steps_per_epoch} per epoch)")
+    if progress.step == 0 and (progress.train_seen or progress.seconds or progress.samples):
+        raise ValueError("progress at step 0 records samples or time already")
+    return progress
+
+
 class Preempted(SSMBenchError):
     """SIGTERM/SIGINT stopped training at a step boundary after writing last.pt; the run can be resumed."""
 
@@ -276,15 +311,19 @@ class Preempted(SSMBenchError):
 class StopSignals:
     """Turn SIGTERM and SIGINT into a request to stop at the next step boundary (checkpoint, then Preempted).
 
-    A second signal aborts at once (KeyboardInterrupt; the last checkpoint stays valid). Handlers can only be
-    installed in the main thread; elsewhere the signals keep their default behaviour. `forward` is called on
-    every signal first (a parallel sweep passes each one on to its worker processes).
+    A second signal aborts at once (KeyboardInterrupt; the last checkpoint stays valid). While `setting_up` (a
+    run's data preparation and initializer, e.g. the TDI fit, before any checkpoint exists) there is no step
+    boundary to wait for: the first signal raises `Stopped` at once (exit 75, results.json "preempted"; a resume
+    starts the run over). Handlers can only be installed in the main thread; elsewhere the signals keep their
+    default behaviour. `forward` is called on every signal first (a parallel sweep passes each one on to its
+    worker processes).
     """
 
     def __init__(self, forward: Callable[[], None] | None = None):
         self.received: str | None = None
         self.previous: dict = {}
         self.forward = forward
+        self.setting_up = False
 
     def _handle(self, signum, frame) -> None:
         if self.forward is not None:
@@ -292,6 +331,11 @@ class StopSignals:
         if self.received is not None:
             raise KeyboardInterrupt
         self.received = signal.Signals(signum).name
+        if self.setting_up:
+            self.setting_up = False
+            raise Stopped(f"{self.received} received while the run was being set up (data preparation or the "
+                          f"initializer's fit), before its first checkpoint; run the same command again, or "
+                          f"`ssmbench train --resume RUN_DIR`, which starts it over")
 
     def __enter__(self) -> "StopSignals":
         if threading.current_thread() is threading.main_thread():
@@ -330,11 +374,13 @@ class Trainer:
         self.tf32 = set_tf32(t.tf32, self.device)
         self.ssm_backend = ssm_backend.for_model(recipe.model, self.device)  # the fused kernel's self-check, if any
         seed_everything(recipe.seed)
-        self.data = build_data(recipe.data)
+        with rng_untouched():
+            self.data = build_data(recipe.data)
         self.task = self.data.task
         budget.check(recipe, self.data, self.device, self.amp, self.world)
         self.model = distributed.prepare(build_model(recipe, self.data), self.device).to(self.device)
-        self.init_facts = apply_init(self.model, recipe.init, {"data": self.data, "recipe": recipe, "log": log})
+        with rng_untouched():
+            self.init_facts = apply_init(self.model, recipe.init, {"data": self.data, "recipe": recipe, "log": log})
         if t.compile:  # nn.Module.compile works in place: same parameters, same state-dict keys
             for block in self.model.blocks:
                 block.compile()
@@ -398,35 +444,52 @@ class Trainer:
     def _restore(self) -> None:
         """Continue from the newest good checkpoint (last.pt, else prev.pt); with none written yet, start over.
         A checkpoint written under another recipe.yaml (its sha256 differs) is refused unless accept_recipe_change."""
-        self.recipe_sha256 = sha256_hex(runs.read_record_bytes(self.run_dir / runs.RECIPE))
+        self.recipe_sha256 = sha256_hex(runs.read_record_bytes(self.run_dir / runs.RECIPE, "recipe"))
         if self.is_writer:
+            if self.ckpt_dir.exists() and not self.ckpt_dir.is_dir():
+                raise SSMBenchError(f"{self.ckpt_dir}: a file, not the checkpoints folder this run writes; move it "
+                                    f"away, then resume (the run continues from scratch if it held no checkpoint)")
+            for f in (self.ckpt_dir / name for name in (checkpoint.LAST, checkpoint.PREV, "best.pt", "init.pt")):
+                if (f.exists() or f.is_symlink()) and (f.is_symlink() or not f.is_file()):
+                    raise SSMBenchError(f"{f}: not a checkpoint file (a folder, FIFO, device or link) where this run "
+                                        f"writes one; move it away, then resume")
             if not self.ckpt_dir.is_dir():
                 self.ckpt_dir.mkdir()
                 self.log(f"recreated the missing {self.ckpt_dir}")
             for f in runs.remove_temp_files(self.ckpt_dir) + runs.remove_temp_files(self.run_dir):
                 self.log(f"removed {f}, a partial file left by the interrupted process")
-        found = checkpoint.load_latest(self.ckpt_dir, warn=self.log)
+        found = checkpoint.load_latest(self.ckpt_dir, warn=self.log, use=self._continue_from)
         if found is None:
             self.log(f"{self.run_dir}: no checkpoint was written before the interruption; starting the run over")
             if self.is_writer:
                 self._start_record()
         else:
-            state, path = found
-            self._check_recipe(state.get("recipe_sha256"), path)
-            self.model.load_state_dict(state["model"])
-            self.optimizer.load_state_dict(state["optimizer"])
-            self.scheduler.load_state_dict(state["scheduler"])
-            self.scaler.load_state_dict(state["scaler"])
-            set_rng_state(state["rng"])
-            self.progress = Progress(**state["progress"])
-            self.saved_step = self.progress.step
-            self.log(f"resuming {self.run_dir} from {path.name} at step {self.progress.step} (epoch {self.progress.epoch})")
+            self.log(f"resuming {self.run_dir} from {found[1].name} at step {self.progress.step} (epoch {self.progress.epoch})")
         if self.is_writer:  # lines written after the checkpoint (and a torn last line) are produced again
             rows, torn = runs.scan_jsonl(self.run_dir / runs.METRICS)
-            if torn or len(rows) > self.progress.metrics_rows:
+            if len(rows) >= self.progress.metrics_rows and (torn or len(rows) > self.progress.metrics_rows):
                 self.log(f"{self.run_dir / runs.METRICS}: dropped {max(0, len(rows) - self.progress.metrics_rows)} line(s) "
                          f"written after the checkpoint and {torn} torn line(s); they are produced again")
+            if len(rows) < self.progress.metrics_rows:  # truncated or edited: lines from before the checkpoint
+                self.log(f"warning: {self.run_dir / runs.METRICS}: holds {len(rows)} metric line(s) but the checkpoint "
+                         f"follows {self.progress.metrics_rows}; the {self.progress.metrics_rows - len(rows)} missing "
+                         f"line(s) were written before the checkpoint and cannot be produced again (lost)"
+                         + (f"; {torn} torn line(s) dropped" if torn else ""))
+                self.progress.metrics_rows = len(rows)
             runs.rewrite_jsonl(self.run_dir / runs.METRICS, rows[:self.progress.metrics_rows])
+
+    def _continue_from(self, state: dict[str, Any], path: Path) -> None:
+        """Load a checkpoint's state into the run (`checkpoint.load_latest`'s `use`): a state that does not fit
+        (missing keys, shapes of another model, impossible progress) raises, and the previous checkpoint is tried."""
+        self._check_recipe(state.get("recipe_sha256"), path)
+        progress = checked_progress(state["progress"], self.total_steps, self.steps_per_epoch)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        set_rng_state(state["rng"])
+        self.progress = progress
+        self.saved_step = progress.step
 
     def _check_recipe(self, saved: str | None, path: Path) -> None:
         if saved is None or saved == self.recipe_sha256:  # None: a checkpoint from before hashes were stored
@@ -645,7 +708,7 @@ class Trainer:
 def record_failure(run_dir: Path, recipe: Recipe, error: BaseException, trainer: Trainer | None = None) -> None:
     """results.json of a run that did not finish: status "preempted" (a signal; resumable) or "failed", the
     error, the step reached and the last checkpoint. Best effort: a full disk must not hide the original error."""
-    record = {"status": "preempted" if isinstance(error, (Preempted, KeyboardInterrupt)) else "failed",
+    record = {"status": "preempted" if isinstance(error, (Preempted, Stopped, KeyboardInterrupt)) else "failed",
               "name": recipe.name, "run_dir": str(run_dir), "error": f"{type(error).__name__}: {error}"}
     if trainer is not None:
         last = trainer.ckpt_dir / checkpoint.LAST
@@ -703,8 +766,10 @@ def train(recipe: Recipe | None = None, runs_root: str | Path = "runs", resume: 
         with runs.locked(run_dir) if writer else nullcontext(), StopSignals() as stop:
             trainer = None
             try:
+                stop.setting_up = True  # a signal now stops at once: no step boundary, nothing to checkpoint
                 trainer = Trainer(recipe, run_dir, resume=resume is not None, quiet=quiet, log=log, is_writer=writer,
                                   lines=not quiet and not terminal, accept_recipe_change=accept_recipe_change)
+                stop.setting_up = False
                 with TrainingProgress(trainer, disable=quiet or not terminal) as bar:
                     trainer.fit(on_step=lambda tr: (bar.update(tr), on_step and on_step(tr)), stop=stop)
                 results = trainer.test()
