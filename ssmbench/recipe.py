@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, Union
 
@@ -112,8 +113,9 @@ class SSMConfig(Section):
     """Options of the S4D layer (docs/methods.md §A, §B)."""
 
     d_state: int = Field(64, ge=1, le=4096, description="N, the real state size (N/2 complex conjugate pairs)")
-    dt_min: float = Field(1e-3, gt=0.0)
-    dt_max: float = Field(1e-1, gt=0.0)
+    dt_min: float = Field(1e-3, gt=0.0, le=10.0, description="smallest step size dt at initialization (log-uniform in [dt_min, dt_max])")
+    dt_max: float = Field(1e-1, gt=0.0, le=10.0, description="largest step size dt at initialization; at most 10 "
+                          "(dt |A| beyond that decays a mode within one step)")
     discretization: Literal["zoh", "bilinear"] = "zoh"
     real_transform: Literal["exp", "relu", "none"] = Field("exp", description="parameterization of -Re(A)")
     dt_transform: Literal["exp", "softplus"] = Field("exp", description="dt = exp(param) or softplus(param) "
@@ -221,8 +223,8 @@ class InitConfig(Section):
     @field_validator("dt0")
     @classmethod
     def _positive(cls, v):
-        if isinstance(v, float) and not 0.0 < v < float("inf"):
-            raise ValueError(f"must be a positive finite number, 'auto' or null (got {v})")
+        if isinstance(v, float) and not 0.0 < v <= 10.0:
+            raise ValueError(f"must be a number in (0, 10] (a step size, like model.ssm.dt_max), 'auto' or null (got {v})")
         return v
 
     @field_validator("artifact")
@@ -358,11 +360,15 @@ def _submodel(model: type[BaseModel], loc: tuple) -> Optional[type[BaseModel]]:
     return model
 
 
+FIELD_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")  # a key shown in a message; others are not echoed (file content)
+
+
 def _format_errors(err: ValidationError, root: type[BaseModel], prefix: tuple = (), top_keys: list[str] | None = None) -> list[str]:
     lines = []
     for e in err.errors():
         loc = prefix + tuple(e["loc"])
-        path = ".".join(str(p) for p in loc) or "(top level)"
+        path = ".".join(p if FIELD_NAME.fullmatch(str(p)) else "(a key that is no field name)" for p in map(str, loc))
+        path = path or "(top level)"
         msg = e["msg"]
         if e["type"] == "extra_forbidden":
             parent = _submodel(root, tuple(e["loc"])[:-1])
@@ -395,6 +401,13 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return keys, value
 
 
+def data_shorthand(override: str) -> str:
+    """`permute=false` -> `data.permute=false`: a `--set` key whose first part names no recipe field is a data
+    option (as `data prepare` reads its `--set`); `train.lr=0.1` and `seed=1` are kept."""
+    first = override.partition("=")[0].strip().split(".")[0]
+    return override if first in Recipe.model_fields else f"data.{override.lstrip()}"
+
+
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     for text in overrides:
         keys, value = parse_override(text)
@@ -407,11 +420,45 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     return raw
 
 
+class RecipeLoader(yaml.SafeLoader):
+    """`yaml.SafeLoader` without YAML 1.1's surprises: only true/false (any case as YAML 1.2 allows) are booleans,
+    a plain yes/no/on/off is refused (YAML 1.1 reads `seed: yes` as 1 and `permute: no` as false), and so is a
+    key given twice in one mapping (YAML keeps the last value silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict[tuple[str, str], yaml.Mark] = {}
+        for key_node, _ in getattr(node, "value", ()):
+            if isinstance(key_node, yaml.ScalarNode) and key_node.tag != "tag:yaml.org,2002:merge":
+                first = seen.setdefault((key_node.tag, key_node.value), key_node.start_mark)
+                if first is not key_node.start_mark:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"key '{key_node.value:.60}' given twice (first at line {first.line + 1}); "
+                        f"keep one", key_node.start_mark)
+        return super().construct_mapping(node, deep=deep)
+
+    def construct_yaml11_bool(self, node):
+        raise yaml.constructor.ConstructorError(
+            None, None, f"'{node.value}' is a boolean only in YAML 1.1; write true or false (or quote it for the "
+            f"text '{node.value}')", node.start_mark)
+
+
+YAML11_BOOL = "tag:ssmbench,2026:yaml11-bool"
+RecipeLoader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(
+    r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))  # copies the inherited resolvers first
+RecipeLoader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in pairs if tag != "tag:yaml.org,2002:bool" or rx.pattern.startswith("^(?:true")]
+    for first, pairs in RecipeLoader.yaml_implicit_resolvers.items()}
+RecipeLoader.add_implicit_resolver(YAML11_BOOL, re.compile(
+    r"^(?:yes|Yes|YES|no|No|NO|on|On|ON|off|Off|OFF)$"), list("yYnNoO"))
+RecipeLoader.add_constructor(YAML11_BOOL, RecipeLoader.construct_yaml11_bool)
+
+
 def load_yaml(text: str, source: str = "<yaml>") -> Any:
-    """`yaml.safe_load`, with every failure a RecipeError: syntax errors (with line and column), nesting too deep
-    for the parser (RecursionError) and integers too long to convert (ValueError, Python's digit limit)."""
+    """YAML of a recipe or a `--set` value (`RecipeLoader`), with every failure a RecipeError: syntax errors (with
+    line and column), nesting too deep for the parser (RecursionError) and integers too long to convert
+    (ValueError, Python's digit limit)."""
     try:
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=RecipeLoader)  # noqa: S506 (a SafeLoader)
     except yaml.YAMLError as e:
         where = getattr(e, "problem_mark", None)
         at = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
@@ -461,6 +508,8 @@ def read_recipe_mapping(path: Path) -> dict[str, Any]:
     raw = read_yaml_mapping(path)
     if "grid" in raw and "data" not in raw:
         raise RecipeError(str(path), [f"this is a sweep file (it has a `grid`), not a recipe: use `ssmbench sweep {path}`"])
+    if not set(raw) & set(Recipe.model_fields):  # some other file: name none of its lines
+        raise RecipeError(str(path), [f"not a recipe: its top level has none of the keys {', '.join(Recipe.model_fields)}"])
     return raw
 
 

@@ -78,7 +78,7 @@ def learning_curves_figure(records: list[RunRecord], task: str, group_by: str = 
         ax.set_ylabel("validation accuracy (%)" if key == "accuracy" else "validation loss")
         ax.set_title(f"{task}: validation {key}, mean ± std over seeds")
         ax.legend(title=group_by, fontsize=7)
-        fig.tight_layout()
+        fig.set_layout_engine("constrained")  # never the "tight_layout not applied" warning
     return fig
 
 
@@ -115,7 +115,7 @@ def efficiency_figure(records: list[RunRecord], task: str, group_by: str = "vari
         rule = {"epochs": "; same epochs at every fraction", "steps": "; same optimizer steps at every fraction"}
         fig.suptitle(f"{task}: data efficiency (median over seeds"
                      + (rule.get(budgets.pop(), "") if len(budgets) == 1 else "") + ")")
-        fig.tight_layout()
+        fig.set_layout_engine("constrained")  # never the "tight_layout not applied" warning
     return fig
 
 
@@ -138,7 +138,7 @@ def poles_figure(init: dict, end: dict, title: str) -> Figure:
         ax.set_ylabel("Im(A) (symlog)")
         ax.set_title(title)
         ax.legend()
-        fig.tight_layout()
+        fig.set_layout_engine("constrained")  # never the "tight_layout not applied" warning
     return fig
 
 
@@ -162,7 +162,7 @@ def spectrum_figure(tdi: dict, title: str) -> Optional[Figure]:
         ax.set_ylabel("normalized power")
         ax.set_title(title)
         ax.legend()
-        fig.tight_layout()
+        fig.set_layout_engine("constrained")  # never the "tight_layout not applied" warning
     return fig
 
 

@@ -39,7 +39,9 @@ from __future__ import annotations
 import gc
 import hashlib
 import math
+import os
 import random
+import shlex
 import shutil
 import signal
 import threading
@@ -56,12 +58,14 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ssmbench import runs
 from ssmbench.data import DataBundle, build_data
-from ssmbench.errors import CheckpointError, NonFiniteError, SSMBenchError
+from ssmbench.errors import CheckpointError, NonFiniteError, RecipeError, SSMBenchError
 from ssmbench.init import apply_init
 from ssmbench.models.backbone import SequenceModel
+from ssmbench.progress import phase_lines, plural
 from ssmbench.recipe import Recipe, load_recipe
+from ssmbench.registry import IMPORT_ENV
 from ssmbench.train import budget, checkpoint, distributed, graphs
-from ssmbench.train.loggers import TextLines, build_loggers, close_all
+from ssmbench.train.loggers import TextLines, build_loggers, check_wandb_login, close_all
 from ssmbench.train.optim import build_optimizer, cosine_with_warmup
 from ssmbench.train.prefetch import prefetch
 from ssmbench.train.tally import DeviceTally, Tally
@@ -321,10 +325,18 @@ class Trainer:
         self.amp = resolve_precision(t.precision, self.device)
         self.tf32 = set_tf32(t.tf32, self.device)
         seed_everything(recipe.seed)
+        say = phase_lines(recipe.name, log, is_writer and not quiet)
+        say(f"reading the data ({recipe.data.name}; a data set's first use also prepares and caches it)")
+        tick = time.perf_counter()
         self.data = build_data(recipe.data)
+        sizes = ", ".join(f"{n:,} {split}" for split, n in self.data.sizes().items())
+        say(f"data ready in {time.perf_counter() - tick:.1f} s: {sizes} sequences of length {self.data.seq_len} "
+            f"({self.data.source})")
         self.task = self.data.task
         budget.check(recipe, self.data, self.device, self.amp, self.world)
         self.model = distributed.prepare(build_model(recipe, self.data), self.device).to(self.device)
+        if recipe.init.name == "tdi" or recipe.init.dt0 == "auto":
+            say(f"initializing from the training data ({'TDI' if recipe.init.name == 'tdi' else 'init.dt0: auto'})")
         self.init_facts = apply_init(self.model, recipe.init, {"data": self.data, "recipe": recipe, "log": log})
         if t.compile:  # nn.Module.compile works in place: same parameters, same state-dict keys
             for block in self.model.blocks:
@@ -350,6 +362,9 @@ class Trainer:
         self.loggers = ([TextLines(recipe.name, self.total_steps, log)] if lines and is_writer else [])
         if is_writer:
             self.loggers += build_loggers(t.loggers, self.run_dir, recipe.to_dict(), self.progress.step)
+        if lines:
+            say(f"training {plural(self.total_steps - self.progress.step, 'step')} on {self.device} (a line every "
+                f"{plural(self.log_every, 'step')} and after every evaluation)")
 
     def _step_graph(self) -> graphs.StepGraph | None:
         """The CUDA-graph runner of `train.cuda_graphs` (train/graphs.py), on CUDA; on the CPU the field is
@@ -656,6 +671,15 @@ def new_run_dir(runs_root: str | Path, recipe: Recipe) -> Path:
     return run_dir
 
 
+def missing_imports(run_dir: Path) -> list[str]:
+    """The `--import` modules of the command that started a run (argv in its env.json) not imported now."""
+    argv = (runs.read_json(run_dir / runs.ENV) or {}).get("argv")
+    argv = [a for a in argv if isinstance(a, str)] if isinstance(argv, list) else []
+    started = [b for a, b in zip(argv, argv[1:]) if a == "--import"] + [a[9:] for a in argv if a.startswith("--import=")]
+    now = os.environ.get(IMPORT_ENV, "").split(os.pathsep)
+    return [m for m in dict.fromkeys(started) if m not in now]
+
+
 def is_input_error(error: BaseException) -> bool:
     """A user-input error (bad data, recipe or checkpoint; exit 2), not an interruption or a failure of training."""
     return isinstance(error, SSMBenchError) and error.exit_code == SSMBenchError.exit_code
@@ -686,7 +710,17 @@ def train(recipe: Recipe | None = None, runs_root: str | Path = "runs", resume: 
         if runs.is_finished(done):
             log(f"{run_dir} has already finished; nothing to resume")
             return done
-        recipe = load_recipe(run_dir / runs.RECIPE)
+        flags = [a for m in missing_imports(run_dir) for a in ("--import", m)]
+        again = shlex.join(["ssmbench", *flags, "train", "--resume", str(run_dir)])
+        hint = f"this run was started with {shlex.join(flags)} (argv in env.json); resume it with `{again}`"
+        try:
+            recipe = load_recipe(run_dir / runs.RECIPE)
+        except RecipeError as e:
+            raise RecipeError(e.source, e.problems + ([hint] if flags else [])) from None
+        if flags:
+            log(f"note: {hint}")
+    if writer and "wandb" in recipe.train.loggers:
+        check_wandb_login()  # before any run directory is made
     started = distributed.setup(recipe.train.device)  # joins torchrun's process group, if any
     try:
         if resume is None:  # rank 0 creates the run directory and tells the other ranks its path
