@@ -98,15 +98,15 @@ class SSMGroupValues(Section):
 class SSMLearningRates(SSMGroupValues):
     dt: Optional[float] = Field(1e-3, ge=0.0, le=10.0, description="the step size parameter")
     A: Optional[float] = Field(1e-3, ge=0.0, le=10.0, description="real and imaginary parts of A")
-    B: Optional[float] = Field(1e-3, ge=0.0, le=10.0)
-    C: Optional[float] = Field(None, ge=0.0, le=10.0)
+    B: Optional[float] = Field(1e-3, ge=0.0, le=10.0, description="the input vector B")
+    C: Optional[float] = Field(None, ge=0.0, le=10.0, description="the output vector C")
 
 
 class SSMWeightDecays(SSMGroupValues):
     dt: Optional[float] = Field(0.0, ge=0.0, le=10.0, description="the step size parameter")
     A: Optional[float] = Field(0.0, ge=0.0, le=10.0, description="real and imaginary parts of A")
-    B: Optional[float] = Field(0.0, ge=0.0, le=10.0)
-    C: Optional[float] = Field(None, ge=0.0, le=10.0)
+    B: Optional[float] = Field(0.0, ge=0.0, le=10.0, description="the input vector B")
+    C: Optional[float] = Field(None, ge=0.0, le=10.0, description="the output vector C")
 
 
 class SSMConfig(Section):
@@ -116,7 +116,7 @@ class SSMConfig(Section):
     dt_min: float = Field(1e-3, gt=0.0, le=10.0, description="smallest step size dt at initialization (log-uniform in [dt_min, dt_max])")
     dt_max: float = Field(1e-1, gt=0.0, le=10.0, description="largest step size dt at initialization; at most 10 "
                           "(dt |A| beyond that decays a mode within one step)")
-    discretization: Literal["zoh", "bilinear"] = "zoh"
+    discretization: Literal["zoh", "bilinear"] = Field("zoh", description="zero-order hold or bilinear (Tustin) discretization of the ODE")
     real_transform: Literal["exp", "relu", "none"] = Field("exp", description="parameterization of -Re(A)")
     dt_transform: Literal["exp", "softplus"] = Field("exp", description="dt = exp(param) or softplus(param) "
                                                      "(state-spaces/s4 `dt_transform`; both start log-uniform)")
@@ -140,6 +140,7 @@ class SSMConfig(Section):
 
     @model_validator(mode="after")
     def _dt_order(self) -> "SSMConfig":
+        """model.ssm.dt_min is at most model.ssm.dt_max (equal: every channel starts at the same dt)."""
         if self.dt_min > self.dt_max:
             raise ValueError(f"dt_min ({self.dt_min}) is larger than dt_max ({self.dt_max}); swap them")
         return self
@@ -162,18 +163,21 @@ class STUConfig(Section):
 
 
 class ModelConfig(Section):
+    """The network: an encoder, n_layers residual blocks of the sequence layer `kind`, a decoder."""
+
     kind: str = Field("s4d", description="registered sequence layer")
-    d_model: int = Field(64, ge=1, le=65536)
-    n_layers: int = Field(4, ge=1, le=1024)
-    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    d_model: int = Field(64, ge=1, le=65536, description="width H: features per time step inside the blocks")
+    n_layers: int = Field(4, ge=1, le=1024, description="residual blocks")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="dropout rate in every block")
     tie_dropout: bool = Field(False, description="one dropout mask per (sequence, feature), constant over the "
                               "length (state-spaces `DropoutNd`); false = elementwise")
     dropout_before_gelu: bool = Field(False, description="s4d: also drop the SSM output before the GELU, as "
                                       "state-spaces/s4 `FFTConv` does")
-    norm: Literal["batch", "layer", "none"] = "batch"
-    prenorm: bool = False
-    bidirectional: bool = False
-    pool: Literal["mean", "last", "none"] = "mean"
+    norm: Literal["batch", "layer", "none"] = Field("batch", description="normalization in each block")
+    prenorm: bool = Field(False, description="normalize before the sequence layer (true) or after the residual sum")
+    bidirectional: bool = Field(False, description="two kernels, forward causal and backward anti-causal (LRA); s4d only")
+    pool: Literal["mean", "last", "none"] = Field("mean", description="how a sequence becomes one output: mean or last "
+                                                  "step; none keeps one output per step (per-step targets)")
     ssm: SSMConfig = Field(default_factory=SSMConfig)
     stu: STUConfig = Field(default_factory=STUConfig)
 
@@ -184,6 +188,7 @@ class ModelConfig(Section):
 
     @model_validator(mode="after")
     def _causal_stu(self) -> "ModelConfig":
+        """STU and AR-STU are causal and take no s4d-only dropout options; model.ssm.n_ssm divides d_model."""
         if self.bidirectional and self.kind in ("stu", "ar-stu"):
             raise ValueError(f"bidirectional: the {self.kind} layer is causal only; set model.bidirectional: false")
         if self.kind in ("stu", "ar-stu") and (self.tie_dropout or self.dropout_before_gelu):
@@ -204,6 +209,8 @@ class TDIConfig(Section):
 
 
 class InitConfig(Section):
+    """How the state matrices start (docs/methods.md §A-§D)."""
+
     name: str = Field("s4d-lin", description="registered initializer of the diagonal state matrix")
     alpha: float = Field(1.0, ge=0.0, le=1e6, description="scale of Im(A) at initialization (frequency bias, docs/methods.md §B)")
     zero_real_fraction: float = Field(0.0, ge=0.0, le=1.0, description="share p of channels per layer whose state vector starts at Re(A) = 0 with a raw real part (docs/methods.md §D)")
@@ -244,19 +251,21 @@ class InitConfig(Section):
 
 
 class TrainConfig(Section):
-    epochs: int = Field(1, ge=1, le=100000)
+    """Optimization (AdamW, cosine schedule with linear warmup), evaluation, precision and logging."""
+
+    epochs: int = Field(1, ge=1, le=100000, description="passes over the training split")
     max_steps: Optional[int] = Field(None, ge=1, description="stop after this many optimizer steps")
-    batch_size: int = Field(64, ge=1, le=1_000_000)
-    eval_batch_size: Optional[int] = Field(None, ge=1, le=1_000_000)
-    lr: float = Field(0.01, gt=0.0, le=10.0)
-    weight_decay: float = Field(0.05, ge=0.0, le=10.0)
+    batch_size: int = Field(64, ge=1, le=1_000_000, description="the global batch (split across DDP processes)")
+    eval_batch_size: Optional[int] = Field(None, ge=1, le=1_000_000, description="batch of the evaluations; null = batch_size")
+    lr: float = Field(0.01, gt=0.0, le=10.0, description="peak learning rate of AdamW (cosine schedule with linear warmup)")
+    weight_decay: float = Field(0.05, ge=0.0, le=10.0, description="AdamW weight decay (see no_weight_decay)")
     no_weight_decay: list[Literal["bias", "norm", "embedding"]] = Field(
         default_factory=list, description="parameters exempt from weight decay: biases, normalization layers, "
         "embeddings (state-spaces/s4 `optimizer_param_grouping`); [] = decay all")
-    warmup_steps: int = Field(0, ge=0)
+    warmup_steps: int = Field(0, ge=0, description="steps of linear learning-rate warmup from 0")
     grad_clip: Optional[float] = Field(None, gt=0.0, description="max global gradient norm; null disables")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description="auto = bf16 on CUDA if supported else fp32")
-    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$", description="auto = CUDA if available, else the CPU")
     eval_every: Optional[int] = Field(None, ge=1, description="evaluate every k steps; null = once per epoch")
     max_eval_batches: Optional[int] = Field(None, ge=1, description="cap the validation evaluations during training "
                                             "(the final test evaluation is not affected; see max_test_batches)")
@@ -295,8 +304,9 @@ class TrainConfig(Section):
 
 
 class Recipe(Section):
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", max_length=100)
-    seed: int = Field(0, ge=0, lt=2**32)
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", max_length=100, description="names the run directory "
+                      "runs/<name>-<timestamp>-<hash>/")
+    seed: int = Field(0, ge=0, lt=2**32, description="seeds weights, batch order and dropout (data splits: data.split_seed)")
     tags: dict[str, str] = Field(default_factory=dict, description="free labels; sweeps use them to group runs")
     data: DataConfig
     model: ModelConfig = Field(default_factory=ModelConfig)
