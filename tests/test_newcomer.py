@@ -148,3 +148,16 @@ def test_resuming_without_the_import_of_the_first_command_says_so(tmp_path, monk
 
 def test_plurals():
     assert plural(1, "epoch") == "1 epoch" and plural(3, "epoch") == "3 epochs" and plural(1000, "step") == "1,000 steps"
+
+
+def test_the_backend_install_hint_keeps_the_pinned_versions(monkeypatch):
+    import importlib
+
+    from ssmbench import backends
+    from ssmbench.errors import SSMBenchError
+
+    real = importlib.import_module
+    monkeypatch.setattr(importlib, "import_module", lambda name, *a: (_ for _ in ()).throw(ImportError(name))
+                        if name == "ray" else real(name, *a))
+    with pytest.raises(SSMBenchError, match=r"pip install -c constraints.txt -e '\.\[ray\]'"):
+        backends.require("ray", "ray")
