@@ -119,7 +119,8 @@ def cli_markdown() -> str:
              "Every command of `ssmbench`, with each argument and option as `--help` shows it. Exit status: 0 done; "
              "2 bad input (one `error:` line naming the file, the field and the fix); 3 non-finite training; 75 "
              "stopped by SIGTERM/SIGINT after a checkpoint (run the same command again, or `train --resume`); "
-             "130 aborted by a second interrupt.", ""]
+             "130 aborted by a second interrupt. In a usage line `{name}` is a required argument, `[name]` an optional "
+             "one, and `...` means several may be given.", ""]
     return "\n".join(lines + command_sections(root, ctx)).rstrip("\n") + "\n"
 
 

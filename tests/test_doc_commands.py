@@ -32,7 +32,7 @@ FAST = [  # run in-process in the fast suite
     "ssmbench data list",
     "ssmbench data show smnist",
     "ssmbench train recipes/quick/smnist/zero-real.yaml --set train.lr=0.004 --print-config",
-    "ssmbench report benchmarks/results/smnist-table --plots runs/plots --runs-csv runs/runs.csv --explain",
+    "ssmbench report benchmarks/results/smnist-table --plots runs/plots --runs-csv runs/runs.csv",
     "ssmbench sweep recipes/quick/smnist-table.yaml --dry-run",
     "ssmbench --import my_data data show sign-of-sum",
 ]
