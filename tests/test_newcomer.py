@@ -161,3 +161,21 @@ def test_the_backend_install_hint_keeps_the_pinned_versions(monkeypatch):
                         if name == "ray" else real(name, *a))
     with pytest.raises(SSMBenchError, match=r"pip install -c constraints.txt -e '\.\[ray\]'"):
         backends.require("ray", "ray")
+
+
+def test_a_crowded_report_figure_is_saved_without_a_layout_warning(tmp_path):
+    import warnings
+
+    import matplotlib.pyplot as plt
+
+    from ssmbench.report import plots
+
+    fig, ax = plt.subplots(figsize=(0.3, 0.3))  # no layout fits: matplotlib would warn with its file and line
+    ax.set_title("x" * 50)
+    ax.set_ylabel("y" * 80)
+    fig.set_layout_engine("constrained")
+    written = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        plots._save(fig, tmp_path / "crowded.png", written)
+    assert written == [tmp_path / "crowded.png"] and written[0].stat().st_size > 0

@@ -13,6 +13,7 @@ Each `*_figure` function returns the Figure so tests can compare the plotted poi
 from __future__ import annotations
 
 import re
+import warnings
 from pathlib import Path
 from typing import Optional
 
@@ -171,9 +172,13 @@ def _slug(text: str) -> str:
 
 
 def _save(fig: Optional[Figure], path: Path, written: list[Path]) -> None:
+    """Write a figure. Its layout engine (constrained) may give up on a crowded figure (many long legend labels):
+    the figure is then drawn as laid out, without matplotlib's warning (an internal path and line) in the report."""
     if fig is None:
         return
-    fig.savefig(path)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*(layout not applied|Tight layout not applied)", category=UserWarning)
+        fig.savefig(path)
     plt.close(fig)
     written.append(path)
 
