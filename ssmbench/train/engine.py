@@ -333,10 +333,12 @@ class Trainer:
         say(f"data ready in {time.perf_counter() - tick:.1f} s: {sizes} sequences of length {self.data.seq_len} "
             f"({self.data.source})")
         self.task = self.data.task
+        m = recipe.model
+        fitted = " from the training data" if recipe.init.name == "tdi" or recipe.init.dt0 == "auto" else ""
+        say(f"building the model ({m.kind}, {plural(m.n_layers, 'layer')} of width {m.d_model}) and initializing "
+            f"it{fitted} ({recipe.init.name})")
         budget.check(recipe, self.data, self.device, self.amp, self.world)
         self.model = distributed.prepare(build_model(recipe, self.data), self.device).to(self.device)
-        if recipe.init.name == "tdi" or recipe.init.dt0 == "auto":
-            say(f"initializing from the training data ({'TDI' if recipe.init.name == 'tdi' else 'init.dt0: auto'})")
         self.init_facts = apply_init(self.model, recipe.init, {"data": self.data, "recipe": recipe, "log": log})
         if t.compile:  # nn.Module.compile works in place: same parameters, same state-dict keys
             for block in self.model.blocks:
