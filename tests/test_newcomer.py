@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from killpoint import TINY, cli_run
+from killpoint import TINY, cli_run, one_thread  # noqa: F401 (fixture)
 from ssmbench.errors import RecipeError, Stopped
 from ssmbench.progress import plural
 from ssmbench.recipe import data_shorthand, load_recipe, load_yaml
@@ -179,3 +179,15 @@ def test_a_crowded_report_figure_is_saved_without_a_layout_warning(tmp_path):
         warnings.simplefilter("error")
         plots._save(fig, tmp_path / "crowded.png", written)
     assert written == [tmp_path / "crowded.png"] and written[0].stat().st_size > 0
+
+
+def test_off_a_terminal_each_phase_says_what_it_does_before_the_progress_lines(tmp_path, one_thread):
+    code, out = cli_run("train", str(write(tmp_path, TINY)), "--runs-dir", str(tmp_path / "runs"),
+                        "--set", "train.log_every=6")
+    assert code == 0, out
+    lines = out.splitlines()
+    order = [" tiny: reading the data (smnist", " tiny: data ready in ", " tiny: building the model (s4d, 1 layer of width 8)",
+             " tiny: training 12 steps on cpu (a line every 6 steps", " tiny: step 1 done (", "tiny step 6/12 epoch 0: loss"]
+    at = [next(i for i, ln in enumerate(lines) if words in ln) for words in order]
+    assert at == sorted(at), out
+    assert "12 steps, 0 epochs" in out

@@ -367,6 +367,7 @@ class Trainer:
         if lines:
             say(f"training {plural(self.total_steps - self.progress.step, 'step')} on {self.device} (a line every "
                 f"{plural(self.log_every, 'step')} and after every evaluation)")
+        self.first_step_line = say if lines else None  # "first step done": the first progress line may be far off
 
     def _step_graph(self) -> graphs.StepGraph | None:
         """The CUDA-graph runner of `train.cuda_graphs` (train/graphs.py), on CUDA; on the CPU the field is
@@ -582,6 +583,7 @@ class Trainer:
         writing last.pt, with Preempted."""
         t, p = self.recipe.train, self.progress
         self.model.train()
+        started = time.perf_counter()
         while p.step < self.total_steps:
             sampler = EpochBatches(len(self.data.train), t.batch_size, self.recipe.seed, p.epoch, start=p.batch_in_epoch,
                                    rank=self.rank, world=self.world)
@@ -596,6 +598,9 @@ class Trainer:
                 now = time.perf_counter()
                 p.seconds += now - tick
                 tick = now
+                if self.first_step_line is not None:
+                    self.first_step_line(f"step {p.step} done ({time.perf_counter() - started:.1f} s)")
+                    self.first_step_line = None
                 if p.step % self.log_every == 0:
                     self.log_progress()
                 if on_step:
