@@ -27,3 +27,14 @@ def test_every_command_option_and_field_is_documented():
 def test_markdown_escaping():
     assert docs_gen.md("runs/<name>/ and `a|<b>`\n  *.yaml") == "runs/&lt;name&gt;/ and `a\\|<b>` \\*.yaml"
     assert docs_gen.anchor("`ssmbench data prepare`") == "ssmbench-data-prepare"
+
+
+def test_plugins_of_this_machine_are_left_out(monkeypatch):
+    from ssmbench.registry import DATASETS
+
+    class Outside:
+        __module__ = "my_plugin"
+        description = "not part of ssmbench"
+
+    monkeypatch.setitem(DATASETS._items, "zz-outside", Outside)
+    assert "zz-outside" in DATASETS.names() and "zz-outside" not in docs_gen.recipes_markdown()
