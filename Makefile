@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.ssmbench-installed
 
-.PHONY: install demo test test-slow smoke bench results clean
+.PHONY: install demo test test-slow smoke bench results docs clean
 
 install: $(STAMP)
 
@@ -39,6 +39,11 @@ bench: install
 # Reruns the quick sweeps (finished runs are skipped) and rewrites the README's results tables from their records.
 results: install
 	$(PY) -m ssmbench.readme_tables
+
+# Rewrites docs/cli.md and docs/recipes.md from the command line and the recipe schema (tests/test_docs.py
+# fails when they are stale).
+docs: install
+	$(PY) -m ssmbench.docs_gen
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -12,7 +12,7 @@ def run() -> None:
     try:
         from ssmbench.cli import main
     except Stopped as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"stopped: {e}", file=sys.stderr)
         sys.exit(e.exit_code)
     main()
 

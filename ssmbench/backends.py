@@ -81,7 +81,8 @@ def require(module: str, extra: str):
         return importlib.import_module(module)
     except ImportError:
         raise SSMBenchError(f"sweep --backend {extra}: the optional package '{module}' is not installed; install it "
-                            f"with `pip install 'ssmbench[{extra}]'` (in a checkout: `.venv/bin/pip install -e '.[{extra}]'`)") from None
+                            f"with `pip install 'ssmbench[{extra}]'` (in a checkout: `.venv/bin/pip install -c constraints.txt "
+                            f"-e '.[{extra}]'`, which keeps the tested torch)") from None
 
 
 def absolute(spec: sweep.RunSpec) -> sweep.RunSpec:

@@ -18,9 +18,12 @@ from typing import List, Optional
 
 import typer
 from rich.console import Console
+from typer._click import exceptions as click_errors  # Typer >= 0.29 carries its own click
+from typer.core import TyperOption
 
 from ssmbench.errors import SSMBenchError, stop_on_sigterm
 from ssmbench.paths import output_file, output_folder
+from ssmbench.progress import plural
 
 app = typer.Typer(help="ssmbench: train and compare state space model initializations from recipe YAMLs.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
@@ -115,7 +118,7 @@ def summary_line(results: dict) -> str:
     best = results.get("best_val") or {}
     best_txt = f", best val {best.get('accuracy', best.get('loss')):.4f} at step {results['best_step']}" if best else ""
     speed = f", {results['samples_per_second']:.0f} samples/s" if results.get("samples_per_second") else ""
-    return (f"[bold]{results['name']}[/]: {metric}{best_txt}; {results['steps']} steps, {results['epochs']} epochs, "
+    return (f"[bold]{results['name']}[/]: {metric}{best_txt}; {plural(results['steps'], 'step')}, {plural(results['epochs'], 'epoch')}, "
             f"{results['n_params']:,} params, {results['train_seconds']:.0f} s{speed}; data: {results['data_source']}; "
             f"run: {results['run_dir']}")
 
@@ -172,7 +175,7 @@ def bench(
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda[:i]"),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="torch CPU threads (default: torch's choice)"),
     memory: bool = typer.Option(True, "--memory/--no-memory", help="measure peak memory in a subprocess per case"),
-    out: Path = typer.Option(Path("bench.json"), "--out", help="JSON file for the results"),
+    out: Path = typer.Option(Path("runs/bench.json"), "--out", help="JSON file for the results"),
     reference: Optional[Path] = typer.Option(None, "--reference", help="a reference s4d.py (e.g. state-spaces/s4 models/s4/s4d.py), timed beside the S4D block"),
     precision: str = typer.Option("fp32", "--precision", help="comma-separated: fp32, bf16 (autocast)"),
     bidirectional: bool = typer.Option(False, "--bidirectional", help="bidirectional S4D blocks (the reference stays causal: not with --reference)"),
@@ -266,7 +269,8 @@ def report(
 def init_tdi(
     dataset: Optional[str] = typer.Option(None, "--dataset", help="registered dataset adapter whose training data sets the spectrum"),
     recipe: Optional[Path] = typer.Option(None, "--recipe", help="take data, model and init options from this recipe instead of --dataset"),
-    set_: List[str] = typer.Option([], "--set", help="override a recipe field, e.g. --set data.permute=false (repeatable; the value is read as YAML)"),
+    set_: List[str] = typer.Option([], "--set", help="override a recipe field, e.g. --set data.permute=false (repeatable; the value is read as YAML; "
+                                "`data.` may be left out of a data option)"),
     samples: Optional[int] = typer.Option(None, "--samples", min=2, help="most training pairs used for the task spectrum (default 20000)"),
     d_state: Optional[int] = typer.Option(None, "--d-state", min=2, help="state size N of the SSM layer (N/2 complex modes; default 64)"),
     d_model: Optional[int] = typer.Option(None, "--d-model", min=1, help="channels H of the SSM layer (default 64)"),
@@ -411,16 +415,66 @@ def synth_speech(
                   f"{r['testing']} testing; voices {', '.join(r['engines'])}) to {out} in {r['seconds']:.1f} s")
 
 
+def value_name(param) -> str:
+    """How help and docs/cli.md name an option's value: KEY=VALUE for `--set`, MODULE for `--import`, else PATH,
+    INTEGER, NUMBER or TEXT (Typer's own labels are `<bool>` on a flag and `<list[str]>` on a repeatable option)."""
+    if "--set" in param.opts:
+        return "KEY=VALUE"
+    if "--import" in param.opts:
+        return "MODULE"
+    desc = param.type_descriptor
+    kind = desc.annotation
+    if getattr(kind, "__origin__", None) is list:
+        (kind,) = kind.__args__
+    if kind is bool:
+        return ""
+    if desc.is_path or kind is Path:
+        return "PATH"
+    return {int: "INTEGER", float: "NUMBER"}.get(kind, "TEXT")
+
+
+def with_readable_help(command):
+    """Give every option of `command` and its subcommands the value name of `value_name` (none on a flag)."""
+    for param in command.params:
+        if isinstance(param, TyperOption):
+            param.metavar = "" if param.is_flag else value_name(param)
+    help_option = command.get_help_option(typer.Context(command))
+    if help_option is not None:
+        help_option.metavar = ""
+    for sub in getattr(command, "commands", {}).values():
+        with_readable_help(sub)
+    return command
+
+
+def say(label: str, message: str) -> None:
+    """One message in the style of every ssmbench error: `error: ...` (or `stopped: ...`), never a box."""
+    console.print(f"{label}: {message}", style="red", highlight=False, markup=False, soft_wrap=True)
+
+
 def main() -> None:
     previous = signal.signal(signal.SIGTERM, stop_on_sigterm)  # exit 75 until a command handles signals itself
     try:
-        app()
-    except SSMBenchError as e:
-        console.print(f"error: {e}", style="red", highlight=False, markup=False, soft_wrap=True)
+        code = with_readable_help(typer.main.get_command(app)).main(prog_name="ssmbench", standalone_mode=False)
+        if isinstance(code, int) and code:  # typer.Exit(code) from a command
+            sys.exit(code)
+    except click_errors.NoArgsIsHelpError as e:  # `ssmbench` or `ssmbench data` alone: the help
+        e.show()
+        sys.exit(0)
+    except click_errors.ClickException as e:  # a bad option value, an unknown command: one line, as for any input error
+        ctx = getattr(e, "ctx", None)
+        where = f"{ctx.command_path}: " if ctx else ""
+        hint = f" (see `{ctx.command_path} --help`)" if ctx else ""
+        say("error", f"{where}{e.format_message()}{hint}")
+        sys.exit(e.exit_code)
+    except typer.Abort:
+        say("error", "aborted")
+        sys.exit(1)
+    except SSMBenchError as e:  # exit 75 is a stop by a signal that a rerun continues, not an error
+        say("stopped" if e.exit_code == 75 else "error", str(e))
         sys.exit(e.exit_code)
     except OSError as e:  # the machine refused a read or write (a full disk, a vanished folder): say which file
         where = f"{e.filename}: " if e.filename else ""
-        console.print(f"error: {where}{e.strerror or e}", style="red", highlight=False, markup=False, soft_wrap=True)
+        say("error", f"{where}{e.strerror or e}")
         sys.exit(SSMBenchError.exit_code)
     except KeyboardInterrupt:
         console.print("interrupted", style="red")

@@ -15,7 +15,7 @@ from ssmbench.data import build_data
 from ssmbench.errors import RecipeError, SSMBenchError
 from ssmbench.init import ssm_layers
 from ssmbench.init.tdi import compute, default_path, prepare_target, save_artifact
-from ssmbench.recipe import apply_overrides, read_recipe_mapping, validate_recipe
+from ssmbench.recipe import apply_overrides, data_shorthand, read_recipe_mapping, validate_recipe
 from ssmbench.train import budget
 from ssmbench.train.engine import build_model, seed_everything
 
@@ -37,7 +37,7 @@ def init_tdi(dataset: str | None, recipe_path: Path | None, overrides: list[str]
     raw = read_recipe_mapping(recipe_path) if recipe_path else {"name": "init-tdi", "data": {"name": dataset}}
     flags = {"init.name": "tdi", "init.samples": samples, "init.tdi.steps": steps, "model.d_model": d_model,
              "model.ssm.d_state": d_state, "model.kind": "s4d"}
-    raw = apply_overrides(raw, [f"{k}={v}" for k, v in flags.items() if v is not None] + list(overrides))
+    raw = apply_overrides(raw, [f"{k}={v}" for k, v in flags.items() if v is not None] + [data_shorthand(o) for o in overrides])
     try:
         recipe = validate_recipe(raw, str(recipe_path or "init-tdi"))
     except RecipeError as e:

@@ -1,12 +1,28 @@
-"""Progress displays: a rich bar for training (step, epoch, running loss/accuracy and throughput), and one for
-downloads (size, rate, ETA) with plain lines in its place off a terminal."""
+"""What a run says while it works: a rich progress bar for training (step, epoch, running loss/accuracy and
+throughput), a line as each phase before it starts (`phase_lines`), so a log file (nohup, Slurm) is never silent
+while data is prepared or an initialization is fitted, and a display for downloads (size, rate, ETA) with plain
+lines in its place off a terminal."""
 
 from __future__ import annotations
 
 import contextlib
 import time
+from typing import Callable
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+
+def plural(n: int, word: str) -> str:
+    """`1 epoch`, `3 epochs`, `1,000 steps`."""
+    return f"{n:,} {word}{'' if n == 1 else 's'}"
+
+
+def phase_lines(name: str, log: Callable[[str], None], enabled: bool) -> Callable[[str], None]:
+    """`say(what)` writes `<name>: <what>` with the time of day when `enabled` (not quiet, the writing rank)."""
+    def say(what: str) -> None:
+        if enabled:
+            log(f"{time.strftime('%H:%M:%S')} {name}: {what}")
+    return say
 
 
 class TrainingProgress:

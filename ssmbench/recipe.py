@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, Union
 
@@ -100,24 +101,25 @@ class SSMGroupValues(Section):
 class SSMLearningRates(SSMGroupValues):
     dt: Optional[float] = Field(1e-3, ge=0.0, le=10.0, description="the step size parameter")
     A: Optional[float] = Field(1e-3, ge=0.0, le=10.0, description="real and imaginary parts of A")
-    B: Optional[float] = Field(1e-3, ge=0.0, le=10.0)
-    C: Optional[float] = Field(None, ge=0.0, le=10.0)
+    B: Optional[float] = Field(1e-3, ge=0.0, le=10.0, description="the input vector B")
+    C: Optional[float] = Field(None, ge=0.0, le=10.0, description="the output vector C")
 
 
 class SSMWeightDecays(SSMGroupValues):
     dt: Optional[float] = Field(0.0, ge=0.0, le=10.0, description="the step size parameter")
     A: Optional[float] = Field(0.0, ge=0.0, le=10.0, description="real and imaginary parts of A")
-    B: Optional[float] = Field(0.0, ge=0.0, le=10.0)
-    C: Optional[float] = Field(None, ge=0.0, le=10.0)
+    B: Optional[float] = Field(0.0, ge=0.0, le=10.0, description="the input vector B")
+    C: Optional[float] = Field(None, ge=0.0, le=10.0, description="the output vector C")
 
 
 class SSMConfig(Section):
     """Options of the S4D layer (docs/methods.md §A, §B)."""
 
     d_state: int = Field(64, ge=1, le=4096, description="N, the real state size (N/2 complex conjugate pairs)")
-    dt_min: float = Field(1e-3, gt=0.0)
-    dt_max: float = Field(1e-1, gt=0.0)
-    discretization: Literal["zoh", "bilinear"] = "zoh"
+    dt_min: float = Field(1e-3, gt=0.0, le=10.0, description="smallest step size dt at initialization (log-uniform in [dt_min, dt_max])")
+    dt_max: float = Field(1e-1, gt=0.0, le=10.0, description="largest step size dt at initialization; at most 10 "
+                          "(dt |A| beyond that decays a mode within one step)")
+    discretization: Literal["zoh", "bilinear"] = Field("zoh", description="zero-order hold or bilinear (Tustin) discretization of the ODE")
     real_transform: Literal["exp", "relu", "none"] = Field("exp", description="parameterization of -Re(A)")
     dt_transform: Literal["exp", "softplus"] = Field("exp", description="dt = exp(param) or softplus(param) "
                                                      "(state-spaces/s4 `dt_transform`; both start log-uniform)")
@@ -145,6 +147,7 @@ class SSMConfig(Section):
 
     @model_validator(mode="after")
     def _dt_order(self) -> "SSMConfig":
+        """model.ssm.dt_min is at most model.ssm.dt_max (equal: every channel starts at the same dt)."""
         if self.dt_min > self.dt_max:
             raise ValueError(f"dt_min ({self.dt_min}) is larger than dt_max ({self.dt_max}); swap them")
         return self
@@ -167,18 +170,21 @@ class STUConfig(Section):
 
 
 class ModelConfig(Section):
+    """The network: an encoder, n_layers residual blocks of the sequence layer `kind`, a decoder."""
+
     kind: str = Field("s4d", description="registered sequence layer")
-    d_model: int = Field(64, ge=1, le=65536)
-    n_layers: int = Field(4, ge=1, le=1024)
-    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    d_model: int = Field(64, ge=1, le=65536, description="width H: features per time step inside the blocks")
+    n_layers: int = Field(4, ge=1, le=1024, description="residual blocks")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="dropout rate in every block")
     tie_dropout: bool = Field(False, description="one dropout mask per (sequence, feature), constant over the "
                               "length (state-spaces `DropoutNd`); false = elementwise")
     dropout_before_gelu: bool = Field(False, description="s4d: also drop the SSM output before the GELU, as "
                                       "state-spaces/s4 `FFTConv` does")
-    norm: Literal["batch", "layer", "none"] = "batch"
-    prenorm: bool = False
-    bidirectional: bool = False
-    pool: Literal["mean", "last", "none"] = "mean"
+    norm: Literal["batch", "layer", "none"] = Field("batch", description="normalization in each block")
+    prenorm: bool = Field(False, description="normalize before the sequence layer (true) or after the residual sum")
+    bidirectional: bool = Field(False, description="two kernels, forward causal and backward anti-causal (LRA); s4d only")
+    pool: Literal["mean", "last", "none"] = Field("mean", description="how a sequence becomes one output: mean or last "
+                                                  "step; none keeps one output per step (per-step targets)")
     ssm: SSMConfig = Field(default_factory=SSMConfig)
     stu: STUConfig = Field(default_factory=STUConfig)
 
@@ -189,6 +195,7 @@ class ModelConfig(Section):
 
     @model_validator(mode="after")
     def _causal_stu(self) -> "ModelConfig":
+        """STU and AR-STU are causal and take no s4d-only dropout options; model.ssm.n_ssm divides d_model."""
         if self.bidirectional and self.kind in ("stu", "ar-stu"):
             raise ValueError(f"bidirectional: the {self.kind} layer is causal only; set model.bidirectional: false")
         if self.kind in ("stu", "ar-stu") and (self.tie_dropout or self.dropout_before_gelu):
@@ -209,6 +216,8 @@ class TDIConfig(Section):
 
 
 class InitConfig(Section):
+    """How the state matrices start (docs/methods.md §A-§D)."""
+
     name: str = Field("s4d-lin", description="registered initializer of the diagonal state matrix")
     alpha: float = Field(1.0, ge=0.0, le=1e6, description="scale of Im(A) at initialization (frequency bias, docs/methods.md §B)")
     zero_real_fraction: float = Field(0.0, ge=0.0, le=1.0, description="share p of channels per layer whose state vector starts at Re(A) = 0 with a raw real part (docs/methods.md §D)")
@@ -228,8 +237,8 @@ class InitConfig(Section):
     @field_validator("dt0")
     @classmethod
     def _positive(cls, v):
-        if isinstance(v, float) and not 0.0 < v < float("inf"):
-            raise ValueError(f"must be a positive finite number, 'auto' or null (got {v})")
+        if isinstance(v, float) and not 0.0 < v <= 10.0:
+            raise ValueError(f"must be a number in (0, 10] (a step size, like model.ssm.dt_max), 'auto' or null (got {v})")
         return v
 
     @field_validator("artifact")
@@ -249,19 +258,21 @@ class InitConfig(Section):
 
 
 class TrainConfig(Section):
-    epochs: int = Field(1, ge=1, le=100000)
+    """Optimization (AdamW, cosine schedule with linear warmup), evaluation, precision and logging."""
+
+    epochs: int = Field(1, ge=1, le=100000, description="passes over the training split")
     max_steps: Optional[int] = Field(None, ge=1, description="stop after this many optimizer steps")
-    batch_size: int = Field(64, ge=1, le=1_000_000)
-    eval_batch_size: Optional[int] = Field(None, ge=1, le=1_000_000)
-    lr: float = Field(0.01, gt=0.0, le=10.0)
-    weight_decay: float = Field(0.05, ge=0.0, le=10.0)
+    batch_size: int = Field(64, ge=1, le=1_000_000, description="the global batch (split across DDP processes)")
+    eval_batch_size: Optional[int] = Field(None, ge=1, le=1_000_000, description="batch of the evaluations; null = batch_size")
+    lr: float = Field(0.01, gt=0.0, le=10.0, description="peak learning rate of AdamW (cosine schedule with linear warmup)")
+    weight_decay: float = Field(0.05, ge=0.0, le=10.0, description="AdamW weight decay (see no_weight_decay)")
     no_weight_decay: list[Literal["bias", "norm", "embedding"]] = Field(
         default_factory=list, description="parameters exempt from weight decay: biases, normalization layers, "
         "embeddings (state-spaces/s4 `optimizer_param_grouping`); [] = decay all")
-    warmup_steps: int = Field(0, ge=0)
+    warmup_steps: int = Field(0, ge=0, description="steps of linear learning-rate warmup from 0")
     grad_clip: Optional[float] = Field(None, gt=0.0, description="max global gradient norm; null disables")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description="auto = bf16 on CUDA if supported else fp32")
-    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$", description="auto = CUDA if available, else the CPU")
     eval_every: Optional[int] = Field(None, ge=1, description="evaluate every k steps; null = once per epoch")
     max_eval_batches: Optional[int] = Field(None, ge=1, description="cap the validation evaluations during training "
                                             "(the final test evaluation is not affected; see max_test_batches)")
@@ -300,8 +311,9 @@ class TrainConfig(Section):
 
 
 class Recipe(Section):
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", max_length=100)
-    seed: int = Field(0, ge=0, lt=2**32)
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", max_length=100, description="names the run directory "
+                      "runs/<name>-<timestamp>-<hash>/")
+    seed: int = Field(0, ge=0, lt=2**32, description="seeds weights, batch order and dropout (data splits: data.split_seed)")
     tags: dict[str, str] = Field(default_factory=dict, description="free labels; sweeps use them to group runs")
     data: DataConfig
     model: ModelConfig = Field(default_factory=ModelConfig)
@@ -365,11 +377,15 @@ def _submodel(model: type[BaseModel], loc: tuple) -> Optional[type[BaseModel]]:
     return model
 
 
+FIELD_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")  # a key shown in a message; others are not echoed (file content)
+
+
 def _format_errors(err: ValidationError, root: type[BaseModel], prefix: tuple = (), top_keys: list[str] | None = None) -> list[str]:
     lines = []
     for e in err.errors():
         loc = prefix + tuple(e["loc"])
-        path = ".".join(str(p) for p in loc) or "(top level)"
+        path = ".".join(p if FIELD_NAME.fullmatch(str(p)) else "(a key that is no field name)" for p in map(str, loc))
+        path = path or "(top level)"
         msg = e["msg"]
         if e["type"] == "extra_forbidden":
             parent = _submodel(root, tuple(e["loc"])[:-1])
@@ -402,6 +418,13 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return keys, value
 
 
+def data_shorthand(override: str) -> str:
+    """`permute=false` -> `data.permute=false`: a `--set` key whose first part names no recipe field is a data
+    option (as `data prepare` reads its `--set`); `train.lr=0.1` and `seed=1` are kept."""
+    first = override.partition("=")[0].strip().split(".")[0]
+    return override if first in Recipe.model_fields else f"data.{override.lstrip()}"
+
+
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     for text in overrides:
         keys, value = parse_override(text)
@@ -414,12 +437,46 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     return raw
 
 
+class RecipeLoader(safe_read.BoundedLoader):
+    """`yaml.SafeLoader` under the node bound (`safe_read.BoundedLoader`) without YAML 1.1's surprises: only true/false (any case as YAML 1.2 allows) are booleans,
+    a plain yes/no/on/off is refused (YAML 1.1 reads `seed: yes` as 1 and `permute: no` as false), and so is a
+    key given twice in one mapping (YAML keeps the last value silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict[tuple[str, str], yaml.Mark] = {}
+        for key_node, _ in getattr(node, "value", ()):
+            if isinstance(key_node, yaml.ScalarNode) and key_node.tag != "tag:yaml.org,2002:merge":
+                first = seen.setdefault((key_node.tag, key_node.value), key_node.start_mark)
+                if first is not key_node.start_mark:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"key '{key_node.value:.60}' given twice (first at line {first.line + 1}); "
+                        f"keep one", key_node.start_mark)
+        return super().construct_mapping(node, deep=deep)
+
+    def construct_yaml11_bool(self, node):
+        raise yaml.constructor.ConstructorError(
+            None, None, f"'{node.value}' is a boolean only in YAML 1.1; write true or false (or quote it for the "
+            f"text '{node.value}')", node.start_mark)
+
+
+YAML11_BOOL = "tag:ssmbench,2026:yaml11-bool"
+RecipeLoader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(
+    r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))  # copies the inherited resolvers first
+RecipeLoader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in pairs if tag != "tag:yaml.org,2002:bool" or rx.pattern.startswith("^(?:true")]
+    for first, pairs in RecipeLoader.yaml_implicit_resolvers.items()}
+RecipeLoader.add_implicit_resolver(YAML11_BOOL, re.compile(
+    r"^(?:yes|Yes|YES|no|No|NO|on|On|ON|off|Off|OFF)$"), list("yYnNoO"))
+RecipeLoader.add_constructor(YAML11_BOOL, RecipeLoader.construct_yaml11_bool)
+
+
 def load_yaml(text: str, source: str = "<yaml>") -> Any:
-    """`yaml.safe_load` under the node bound of ssmbench/safe_read.py (aliases expanded), with every failure a
-    RecipeError: syntax errors (with line and column), a document that expands past the bound, nesting too deep
-    for the parser (RecursionError) and integers too long to convert (ValueError, Python's digit limit)."""
+    """YAML of a recipe or a `--set` value (`RecipeLoader`) under the node bound of ssmbench/safe_read.py (aliases
+    expanded), with every failure a RecipeError: syntax errors (with line and column), a document that expands
+    past the bound, nesting too deep for the parser (RecursionError) and integers too long to convert (ValueError,
+    Python's digit limit)."""
     try:
-        return safe_read.load_yaml(text)
+        return yaml.load(text, Loader=RecipeLoader)  # noqa: S506 (a SafeLoader)
     except yaml.YAMLError as e:
         where = getattr(e, "problem_mark", None)
         at = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
@@ -469,6 +526,8 @@ def read_recipe_mapping(path: Path) -> dict[str, Any]:
     raw = read_yaml_mapping(path)
     if "grid" in raw and "data" not in raw:
         raise RecipeError(str(path), [f"this is a sweep file (it has a `grid`), not a recipe: use `ssmbench sweep {path}`"])
+    if not set(raw) & set(Recipe.model_fields):  # some other file: name none of its lines
+        raise RecipeError(str(path), [f"not a recipe: its top level has none of the keys {', '.join(Recipe.model_fields)}"])
     return raw
 
 

@@ -220,7 +220,7 @@ def test_unmutated_recipe_is_valid(tmp_path, no_training):
     ("name: x\ndata: {name: smnist, permute: false}\nseed: " + "9" * 5000 + "\n", "invalid YAML: Exceeds the limit"),
     ("name: x\ndata: {name: smnist, permute: false}\nseed: 2020-13-45\n", "invalid YAML: month must be in 1..12"),
     ("name: x\ndata: " + "[" * 1000 + "\n", "invalid YAML"),
-    ("a: &a [1, 2]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a]\nc: [*b, *b, *b, *b, *b, *b, *b, *b]\n", "unknown key"),
+    ("a: &a [1, 2]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a]\nc: [*b, *b, *b, *b, *b, *b, *b, *b]\n", "not a recipe"),
     ("name: x\ndata: !!python/object/apply:os.system ['echo pwned']\n", "invalid YAML"),
 ])
 def test_pathological_yaml_is_a_recipe_error(tmp_path, text, message):

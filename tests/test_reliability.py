@@ -212,7 +212,7 @@ def test_sigterm_while_the_cli_imports_exits_75(tmp_path: Path) -> None:
             "run()\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert proc.returncode == 75
-    assert proc.stderr == "error: SIGTERM received before any work started; run the command again\n"
+    assert proc.stderr == "stopped: SIGTERM received before any work started; run the command again\n"
 
 
 # --------------------------------------------------------------------------------------------------

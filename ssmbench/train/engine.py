@@ -41,7 +41,9 @@ from __future__ import annotations
 import gc
 import hashlib
 import math
+import os
 import random
+import shlex
 import shutil
 import signal
 import threading
@@ -58,13 +60,15 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ssmbench import nvidia, runs
 from ssmbench.data import DataBundle, build_data
-from ssmbench.errors import CheckpointError, NonFiniteError, SSMBenchError, Stopped
+from ssmbench.errors import CheckpointError, NonFiniteError, RecipeError, SSMBenchError, Stopped
 from ssmbench.init import apply_init
 from ssmbench.models import backend as ssm_backend
 from ssmbench.models.backbone import SequenceModel
+from ssmbench.progress import phase_lines, plural
 from ssmbench.recipe import Recipe, load_recipe
+from ssmbench.registry import IMPORT_ENV
 from ssmbench.train import budget, checkpoint, distributed, graphs
-from ssmbench.train.loggers import TextLines, build_loggers, close_all
+from ssmbench.train.loggers import TextLines, build_loggers, check_wandb_login, close_all
 from ssmbench.train.optim import build_optimizer, cosine_with_warmup
 from ssmbench.train.prefetch import prefetch
 from ssmbench.train.tally import DeviceTally, Tally
@@ -374,9 +378,19 @@ class Trainer:
         self.tf32 = set_tf32(t.tf32, self.device)
         self.ssm_backend = ssm_backend.for_model(recipe.model, self.device)  # the fused kernel's self-check, if any
         seed_everything(recipe.seed)
+        say = phase_lines(recipe.name, log, is_writer and not quiet)
+        say(f"reading the data ({recipe.data.name}; a data set's first use also prepares and caches it)")
+        tick = time.perf_counter()
         with rng_untouched():
             self.data = build_data(recipe.data)
+        sizes = ", ".join(f"{n:,} {split}" for split, n in self.data.sizes().items())
+        say(f"data ready in {time.perf_counter() - tick:.1f} s: {sizes} sequences of length {self.data.seq_len} "
+            f"({self.data.source})")
         self.task = self.data.task
+        m = recipe.model
+        fitted = " from the training data" if recipe.init.name == "tdi" or recipe.init.dt0 == "auto" else ""
+        say(f"building the model ({m.kind}, {plural(m.n_layers, 'layer')} of width {m.d_model}) and initializing "
+            f"it{fitted} ({recipe.init.name})")
         budget.check(recipe, self.data, self.device, self.amp, self.world)
         self.model = distributed.prepare(build_model(recipe, self.data), self.device).to(self.device)
         with rng_untouched():
@@ -405,6 +419,10 @@ class Trainer:
         self.loggers = ([TextLines(recipe.name, self.total_steps, log)] if lines and is_writer else [])
         if is_writer:
             self.loggers += build_loggers(t.loggers, self.run_dir, recipe.to_dict(), self.progress.step)
+        if lines:
+            say(f"training {plural(self.total_steps - self.progress.step, 'step')} on {self.device} (a line every "
+                f"{plural(self.log_every, 'step')} and after every evaluation)")
+        self.first_step_line = say if lines else None  # "first step done": the first progress line may be far off
 
     def _step_graph(self) -> graphs.StepGraph | None:
         """The CUDA-graph runner of `train.cuda_graphs` (train/graphs.py), on CUDA; on the CPU the field is
@@ -637,6 +655,7 @@ class Trainer:
         writing last.pt, with Preempted."""
         t, p = self.recipe.train, self.progress
         self.model.train()
+        started = time.perf_counter()
         while p.step < self.total_steps:
             sampler = EpochBatches(len(self.data.train), t.batch_size, self.recipe.seed, p.epoch, start=p.batch_in_epoch,
                                    rank=self.rank, world=self.world)
@@ -651,6 +670,9 @@ class Trainer:
                 now = time.perf_counter()
                 p.seconds += now - tick
                 tick = now
+                if self.first_step_line is not None:
+                    self.first_step_line(f"step {p.step} done ({time.perf_counter() - started:.1f} s)")
+                    self.first_step_line = None
                 if p.step % self.log_every == 0:
                     self.log_progress()
                 if on_step:
@@ -728,6 +750,15 @@ def new_run_dir(runs_root: str | Path, recipe: Recipe) -> Path:
     return run_dir
 
 
+def missing_imports(run_dir: Path) -> list[str]:
+    """The `--import` modules of the command that started a run (argv in its env.json) not imported now."""
+    argv = (runs.read_json(run_dir / runs.ENV) or {}).get("argv")
+    argv = [a for a in argv if isinstance(a, str)] if isinstance(argv, list) else []
+    started = [b for a, b in zip(argv, argv[1:]) if a == "--import"] + [a[9:] for a in argv if a.startswith("--import=")]
+    now = os.environ.get(IMPORT_ENV, "").split(os.pathsep)
+    return [m for m in dict.fromkeys(started) if m not in now]
+
+
 def is_input_error(error: BaseException) -> bool:
     """A user-input error (bad data, recipe or checkpoint; exit 2), not an interruption or a failure of training."""
     return isinstance(error, SSMBenchError) and error.exit_code == SSMBenchError.exit_code
@@ -758,7 +789,17 @@ def train(recipe: Recipe | None = None, runs_root: str | Path = "runs", resume: 
         if runs.is_finished(done):
             log(f"{run_dir} has already finished; nothing to resume")
             return done
-        recipe = load_recipe(run_dir / runs.RECIPE)
+        flags = [a for m in missing_imports(run_dir) for a in ("--import", m)]
+        again = shlex.join(["ssmbench", *flags, "train", "--resume", str(run_dir)])
+        hint = f"this run was started with {shlex.join(flags)} (argv in env.json); resume it with `{again}`"
+        try:
+            recipe = load_recipe(run_dir / runs.RECIPE)
+        except RecipeError as e:
+            raise RecipeError(e.source, e.problems + ([hint] if flags else [])) from None
+        if flags:
+            log(f"note: {hint}")
+    if writer and "wandb" in recipe.train.loggers:
+        check_wandb_login()  # before any run directory is made
     started = distributed.setup(recipe.train.device)  # joins torchrun's process group, if any
     try:
         if resume is None:  # rank 0 creates the run directory and tells the other ranks its path

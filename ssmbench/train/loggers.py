@@ -102,6 +102,27 @@ class WandB:
         wandb.teardown()  # waits for W&B's writer process, so the run's files are complete when training returns
 
 
+def check_wandb_login(environ=os.environ) -> None:
+    """Refuse `train.loggers: [wandb]` before a run directory exists unless W&B can start without a prompt: an
+    API key in $WANDB_API_KEY or in the netrc file (`wandb login` writes it there; $NETRC moves it), or
+    $WANDB_MODE offline/disabled. Otherwise wandb.init would end the run with a UsageError traceback."""
+    import netrc
+    from urllib.parse import urlparse
+
+    if environ.get("WANDB_MODE") in ("offline", "disabled", "dryrun") or environ.get("WANDB_API_KEY"):
+        return
+    host = urlparse(environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname
+    path = Path(environ.get("NETRC") or Path.home() / ".netrc")
+    try:
+        if path.is_file() and netrc.netrc(str(path)).authenticators(host):
+            return
+    except (netrc.NetrcParseError, OSError):
+        pass
+    raise SSMBenchError(f"train.loggers: wandb needs a W&B login and none was found (no $WANDB_API_KEY, no {host} "
+                        f"entry in {path}): run `wandb login`, or set WANDB_MODE=offline to log locally "
+                        f"(`wandb sync` uploads later), or remove wandb from train.loggers")
+
+
 def build_loggers(names: list[str], run_dir: Path, config: dict, start_step: int) -> list[Logger]:
     """The loggers named in `train.loggers` for a run starting (or resuming) at `start_step`."""
     out: list[Logger] = []
