@@ -159,6 +159,43 @@ class STUConfig(Section):
     cache_dir: Optional[DataPath] = Field(None, description="folder of the on-disk filter cache; null = <data.root>/cache/stu")
 
 
+BASELINE_KINDS = ("dss", "s5", "lru")  # the papers' baselines, with their own initializations (docs/methods.md §I)
+
+
+class LRUConfig(Section):
+    """Options of the LRU layer (docs/methods.md §I.4); its state size N is model.ssm.d_state."""
+
+    r_min: float = Field(0.0, ge=0.0, lt=1.0, description="ring initialization: |lambda| >= r_min")
+    r_max: float = Field(0.99, gt=0.0, lt=1.0, description="ring initialization: |lambda| <= r_max (< 1)")
+    max_phase: float = Field(6.283185307179586, gt=0.0, le=6.283185307179586, description="ring initialization: arg(lambda) in [0, max_phase]")
+
+    @model_validator(mode="after")
+    def _ring(self) -> "LRUConfig":
+        if self.r_min >= self.r_max:
+            raise ValueError(f"r_min ({self.r_min}) must be below r_max ({self.r_max})")
+        return self
+
+
+class DSSConfig(Section):
+    """Options of the DSS layer (docs/methods.md §I.2); its N complex modes are model.ssm.d_state."""
+
+    version: Literal["softmax", "exp"] = Field("softmax", description="DSS-softmax (kernel normalized over L, Re(Lambda) "
+                                               "free) or DSS-exp (Re(Lambda) = -exp(param) < 0)")
+    sep_dt_re_im: bool = Field(True, description="separate step sizes for Re and Im of Lambda (ag1988/dss default)")
+
+
+class S5Config(Section):
+    """Options of the S5 layer (docs/methods.md §I.3); its state size P is model.ssm.d_state."""
+
+    blocks: int = Field(8, ge=1, description="J: Lambda is initialized block-diagonal, J copies of the HiPPO-N "
+                        "eigendecomposition of size P/J")
+    conj_sym: bool = Field(True, description="keep P/2 states of each conjugate pair, output 2 Re(C x)")
+    clip_eigs: bool = Field(False, description="Re(Lambda) = min(Lambda_re, -1e-4): the left half-plane")
+    C_init: Literal["trunc_standard_normal", "lecun_normal", "complex_normal"] = Field(
+        "trunc_standard_normal", description="C~ = C V with C lecun-normal per row (trunc_standard_normal) or over the "
+        "matrix (lecun_normal), or C~ complex normal directly (complex_normal)")
+
+
 class ModelConfig(Section):
     kind: str = Field("s4d", description="registered sequence layer")
     d_model: int = Field(64, ge=1, le=65536)
@@ -174,6 +211,9 @@ class ModelConfig(Section):
     pool: Literal["mean", "last", "none"] = "mean"
     ssm: SSMConfig = Field(default_factory=SSMConfig)
     stu: STUConfig = Field(default_factory=STUConfig)
+    lru: LRUConfig = Field(default_factory=LRUConfig)
+    dss: DSSConfig = Field(default_factory=DSSConfig)
+    s5: S5Config = Field(default_factory=S5Config)
 
     @field_validator("kind")
     @classmethod
@@ -189,6 +229,22 @@ class ModelConfig(Section):
         if self.ssm.n_ssm is not None and self.d_model % self.ssm.n_ssm:
             raise ValueError(f"ssm.n_ssm: {self.ssm.n_ssm} does not divide d_model = {self.d_model}; use a divisor "
                              f"of d_model or null (one (A, B) per channel)")
+        return self
+
+    @model_validator(mode="after")
+    def _baseline_options(self) -> "ModelConfig":
+        """Options of the S4D layer that the DSS, S5 and LRU layers do not have, and S5's block sizes."""
+        if self.kind in BASELINE_KINDS:
+            for key in ("n_ssm", "beta"):
+                if getattr(self.ssm, key) is not None:
+                    raise ValueError(f"ssm.{key}: an option of the s4d layer, not {self.kind}; set it to null")
+        if self.kind == "s5":
+            P, J = self.ssm.d_state, self.s5.blocks
+            size = P // J if P % J == 0 else 0
+            if size == 0 or (self.s5.conj_sym and size % 2):
+                raise ValueError(f"s5.blocks: {J} blocks of the state size P = ssm.d_state = {P} need P divisible by J"
+                                 f"{' into blocks of even size (s5.conj_sym keeps half of each)' if self.s5.conj_sym else ''}; "
+                                 f"change ssm.d_state or s5.blocks")
         return self
 
 
@@ -324,6 +380,20 @@ class Recipe(Section):
             raise ValueError(f"model.ssm.n_ssm: {n_ssm} shares A across channels, but init "
                              f"{'tdi' if self.init.name == 'tdi' else 'zero_real_fraction'} sets A per channel; "
                              f"set model.ssm.n_ssm: null")
+        return self
+
+    @model_validator(mode="after")
+    def _baseline_inits(self) -> "Recipe":
+        """DSS, S5 and LRU start from their papers' initializations; the S4D initializers do not apply to them."""
+        kind, init = self.model.kind, self.init
+        if kind not in BASELINE_KINDS:
+            return self
+        if init.name != "s4d-lin":
+            raise ValueError(f"init.name: {init.name} initializes the s4d layer; the {kind} layer has its own "
+                             f"initialization (docs/methods.md §I): remove init.name")
+        if init.alpha != 1.0 or init.zero_real_fraction > 0:
+            raise ValueError(f"init.alpha, init.zero_real_fraction: applied to the s4d layer only in this version, "
+                             f"not to {kind}; set init.alpha: 1.0 and init.zero_real_fraction: 0")
         return self
 
     @model_validator(mode="after")
