@@ -85,7 +85,8 @@ DATASETS = Registry("dataset", modules=(
     "ssmbench.data.text",
 ))
 INITIALIZERS = Registry("initializer", modules=("ssmbench.init.hippo", "ssmbench.init.tdi"))
-LAYERS = Registry("sequence layer", modules=("ssmbench.models.backbone", "ssmbench.models.stu", "ssmbench.models.lru"))
+LAYERS = Registry("sequence layer", modules=("ssmbench.models.backbone", "ssmbench.models.stu", "ssmbench.models.lru",
+                                              "ssmbench.models.dss"))
 
 
 PLUGIN_GROUPS = {"ssmbench.datasets": DATASETS, "ssmbench.initializers": INITIALIZERS, "ssmbench.layers": LAYERS}
