@@ -159,7 +159,7 @@ class STUConfig(Section):
     cache_dir: Optional[DataPath] = Field(None, description="folder of the on-disk filter cache; null = <data.root>/cache/stu")
 
 
-BASELINE_KINDS = ("dss", "s5", "lru")  # the papers' baselines, with their own initializations (docs/methods.md §I)
+BASELINE_KINDS = ("dss", "s5", "lru", "s4")  # the papers' baselines, with their own initializations (docs/methods.md §I)
 
 
 class LRUConfig(Section):
@@ -196,6 +196,13 @@ class S5Config(Section):
         "matrix (lecun_normal), or C~ complex normal directly (complex_normal)")
 
 
+class S4Config(Section):
+    """Options of the S4 (DPLR) layer (docs/methods.md §I.5); its real state size N is model.ssm.d_state."""
+
+    rank: int = Field(1, ge=1, le=16, description="rank R of the low-rank part P (HiPPO-LegS needs 1; more start at 0)")
+    chunk: int = Field(512, ge=1, description="frequency bins per Cauchy chunk (memory O(H N chunk), recomputed in the backward)")
+
+
 class ModelConfig(Section):
     kind: str = Field("s4d", description="registered sequence layer")
     d_model: int = Field(64, ge=1, le=65536)
@@ -214,6 +221,7 @@ class ModelConfig(Section):
     lru: LRUConfig = Field(default_factory=LRUConfig)
     dss: DSSConfig = Field(default_factory=DSSConfig)
     s5: S5Config = Field(default_factory=S5Config)
+    s4: S4Config = Field(default_factory=S4Config)
 
     @field_validator("kind")
     @classmethod
@@ -234,10 +242,14 @@ class ModelConfig(Section):
     @model_validator(mode="after")
     def _baseline_options(self) -> "ModelConfig":
         """Options of the S4D layer that the DSS, S5 and LRU layers do not have, and S5's block sizes."""
-        if self.kind in BASELINE_KINDS:
+        if self.kind in ("dss", "s5", "lru"):  # one set of modes per layer (DSS, S5, LRU) or per channel
             for key in ("n_ssm", "beta"):
                 if getattr(self.ssm, key) is not None:
                     raise ValueError(f"ssm.{key}: an option of the s4d layer, not {self.kind}; set it to null")
+        if self.kind == "s4" and self.ssm.beta is not None:
+            raise ValueError("ssm.beta: an option of the s4d layer, not s4; set it to null")
+        if self.kind == "s4" and self.ssm.d_state % 2:
+            raise ValueError(f"ssm.d_state: s4 stores conjugate pairs, so d_state must be even (got {self.ssm.d_state})")
         if self.kind == "s5":
             P, J = self.ssm.d_state, self.s5.blocks
             size = P // J if P % J == 0 else 0
