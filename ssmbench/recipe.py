@@ -400,12 +400,19 @@ class Recipe(Section):
         kind, init = self.model.kind, self.init
         if kind not in BASELINE_KINDS:
             return self
+        if init.name == "tdi":
+            raise ValueError(f"init.name: tdi fits per-channel SISO modes (A, C, dt of S4D) to the task spectrum; the "
+                             f"{kind} layer {'has a low-rank part' if kind == 's4' else 'shares its modes across channels'} "
+                             f"where that placement has no meaning (docs/methods.md §I.6): use model.kind: s4d")
         if init.name != "s4d-lin":
             raise ValueError(f"init.name: {init.name} initializes the s4d layer; the {kind} layer has its own "
                              f"initialization (docs/methods.md §I): remove init.name")
-        if init.alpha != 1.0 or init.zero_real_fraction > 0:
-            raise ValueError(f"init.alpha, init.zero_real_fraction: applied to the s4d layer only in this version, "
-                             f"not to {kind}; set init.alpha: 1.0 and init.zero_real_fraction: 0")
+        if kind == "s4" and (init.alpha != 1.0 or init.zero_real_fraction > 0):
+            raise ValueError("init.alpha, init.zero_real_fraction: no meaning for s4, whose low-rank part P P^* has no "
+                             "per-mode frequency or real part (docs/methods.md §I.6); use s4d, dss, s5 or lru")
+        if kind == "dss" and init.zero_real_fraction > 0 and self.model.dss.version == "exp":
+            raise ValueError("init.zero_real_fraction: DSS-exp keeps Re(Lambda) < 0 by construction; set "
+                             "model.dss.version: softmax")
         return self
 
     @model_validator(mode="after")

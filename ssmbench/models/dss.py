@@ -74,6 +74,22 @@ class DSS(SSMBlock):
         re = -torch.exp(self.Lambda_re) if self.version == "exp" else self.Lambda_re
         return torch.complex(re, self.Lambda_im)
 
+    @torch.no_grad()
+    def scale_frequencies(self, alpha: float) -> None:
+        """alpha: Im(Lambda) <- alpha Im(Lambda) for every mode (docs/methods.md §I.6)."""
+        self.Lambda_im.mul_(alpha)
+
+    @torch.no_grad()
+    def zero_real(self, fraction: float, dt0: float, generator: torch.Generator) -> int:
+        """Re(Lambda) = 0 on floor(fraction N) random modes (DSS-softmax: Re(Lambda) is raw and may cross 0). The
+        modes are shared by all channels and the step sizes are per channel, so dt0 does not apply."""
+        if self.version == "exp":
+            raise ValueError("DSS-exp keeps Re(Lambda) < 0 by construction; zero real part needs dss.version: softmax")
+        N = self.Lambda_re.shape[0]
+        chosen = torch.randperm(N, generator=generator)[:math.floor(fraction * N)].to(self.Lambda_re.device)
+        self.Lambda_re[chosen] = 0.0
+        return len(chosen)
+
     def dt_lambda(self) -> torch.Tensor:
         """z = dt Lambda, complex (H, N); with separate step sizes dt_re Re(Lambda) + i dt_im Im(Lambda)."""
         Lambda, dt = self.Lambda, torch.exp(self.log_dt)

@@ -24,7 +24,7 @@ import torch
 import torch.nn as nn
 
 from ssmbench.models.block import SSMBlock
-from ssmbench.models.kernels import diagonal_mimo
+from ssmbench.models.kernels import diagonal_mimo, limit_growth
 from ssmbench.models.s4d import DEFAULT_LR, DEFAULT_WEIGHT_DECAY, tag_optim
 from ssmbench.registry import LAYERS
 
@@ -59,16 +59,36 @@ class LRU(SSMBlock):
         C = torch.randn(c, H, N, dtype=torch.complex64) * math.sqrt(2.0 / N)
         self.C = tag_optim(nn.Parameter(torch.view_as_real(C).clone()), lr["C"], wd["C"])
         self.D = nn.Parameter(torch.randn(H))
+        # Modes set to |lambda| = 1 by the zero-real-part method (docs/methods.md §I.6): -log|lambda| = nu_log raw.
+        self.register_buffer("unit_modulus", torch.zeros(N, dtype=torch.bool))
 
     @property
     def log_lambda(self) -> torch.Tensor:
-        """log lambda = -exp(nu_log) + i exp(theta_log), complex (N,)."""
-        return torch.complex(-torch.exp(self.nu_log), torch.exp(self.theta_log))
+        """log lambda = -exp(nu_log) + i exp(theta_log), complex (N,); on `unit_modulus` modes -nu_log + i exp(theta_log)."""
+        neg_re = torch.where(self.unit_modulus, self.nu_log, torch.exp(self.nu_log))
+        return torch.complex(-neg_re, torch.exp(self.theta_log))
+
+    @torch.no_grad()
+    def scale_frequencies(self, alpha: float) -> None:
+        """alpha on the phases: theta <- alpha theta (theta_log += log alpha), docs/methods.md §I.6."""
+        self.theta_log.add_(math.log(alpha))
+
+    @torch.no_grad()
+    def zero_real(self, fraction: float, dt0: float, generator: torch.Generator) -> int:
+        """|lambda| = 1 on floor(fraction N) random modes (raw -log|lambda| = 0, free to move), with gamma = 1 there
+        (sqrt(1 - |lambda|^2) = 0 would silence them); LRU has no step size, so dt0 does not apply."""
+        N = self.nu_log.shape[0]
+        chosen = torch.randperm(N, generator=generator)[:math.floor(fraction * N)].to(self.nu_log.device)
+        self.unit_modulus[chosen] = True
+        self.nu_log[chosen] = 0.0
+        self.gamma_log[chosen] = 0.0
+        return len(chosen)
 
     def ssm(self, u: torch.Tensor) -> torch.Tensor:
         """y = Re(C x) + D u with x_t = lambda x_{t-1} + gamma B u_t, in float32 (float64 if the layer is)."""
         B = torch.exp(self.gamma_log)[:, None] * torch.view_as_complex(self.B)
-        return diagonal_mimo(u, B, self.log_lambda, torch.view_as_complex(self.C)) + u * self.D
+        log_lam = limit_growth(self.log_lambda, u.shape[1])  # only unit-modulus modes can grow
+        return diagonal_mimo(u, B, log_lam, torch.view_as_complex(self.C)) + u * self.D
 
 
 @LAYERS.register("lru")

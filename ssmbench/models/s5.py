@@ -90,6 +90,21 @@ class S5(SSMBlock):
         re = self.Lambda_re.clamp(max=-1e-4) if self.clip_eigs else self.Lambda_re
         return torch.complex(re, self.Lambda_im)
 
+    @torch.no_grad()
+    def scale_frequencies(self, alpha: float) -> None:
+        """alpha: Im(Lambda) <- alpha Im(Lambda) for every state (docs/methods.md §I.6)."""
+        self.Lambda_im.mul_(alpha)
+
+    @torch.no_grad()
+    def zero_real(self, fraction: float, dt0: float, generator: torch.Generator) -> int:
+        """Re(Lambda) = 0 and dt = dt0 on floor(fraction P_s) random states (S5 has one step size per state);
+        Lambda_re is already raw. With clip_eigs the real part stays clamped at -1e-4."""
+        P = self.Lambda_re.shape[0]
+        chosen = torch.randperm(P, generator=generator)[:math.floor(fraction * P)].to(self.Lambda_re.device)
+        self.Lambda_re[chosen] = 0.0
+        self.log_dt[chosen] = math.log(dt0)
+        return len(chosen)
+
     def discrete(self, L: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(log Lambda_bar (P_s,), B_bar (P_s, H)) with one step size per state and S4D's overflow guard."""
         log_lam, B_bar = discretize(self.Lambda[:, None], torch.view_as_complex(self.B), torch.exp(self.log_dt),
