@@ -21,3 +21,10 @@ def mimo_recurrence(u, B_bar, lam, C, D, scale=1.0):
     if C.shape[0] == 2:
         y = y + torch.einsum("hp,blp->blh", C[1], diagonal_scan(lam, v, reverse=True))
     return scale * y.real + u * D
+
+
+def gradcheck_parameters(m, names, u):
+    """torch.autograd.gradcheck of the layer's output with respect to the input and the named parameters."""
+    params = [getattr(m, n).detach().clone().requires_grad_() for n in names]
+    return torch.autograd.gradcheck(lambda u, *ps: torch.func.functional_call(m, dict(zip(names, ps)), (u,)),
+                                    (u, *params))

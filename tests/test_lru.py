@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from ssm_recurrences import mimo_recurrence
+from ssm_recurrences import gradcheck_parameters, mimo_recurrence
 from ssmbench.models.kernels import diagonal_recurrence
 from ssmbench.models.lru import LRU
 from ssmbench.recipe import validate_recipe
@@ -59,9 +59,7 @@ def test_gradcheck():
     m = lru(H=2, N=3)
     u = torch.randn(1, 6, 2, dtype=torch.float64, requires_grad=True)
     names = ["nu_log", "theta_log", "gamma_log", "B", "C", "D"]
-    params = [getattr(m, n).detach().clone().requires_grad_() for n in names]
-    f = lambda u, *ps: torch.func.functional_call(m, dict(zip(names, ps)), (u,))  # noqa: E731
-    assert torch.autograd.gradcheck(f, (u, *params))
+    assert gradcheck_parameters(m, names, u)
 
 
 def test_ring_init_matches_the_paper():

@@ -9,10 +9,38 @@ in the autocast dtype.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn as nn
 
 from ssmbench.models.dropout import sequence_dropout
+from ssmbench.models.kernels import bidirectional_kernel, fft_conv, fft_size
+
+
+def random_modes(n: int, fraction: float, generator: torch.Generator, device: torch.device) -> torch.Tensor:
+    """floor(fraction n) distinct indices of n modes, drawn with `generator` (the zero-real-part method, §I.6)."""
+    return torch.randperm(n, generator=generator)[:math.floor(fraction * n)].to(device)
+
+
+class RawModes:
+    """Mixin of the layers that store their continuous eigenvalues as raw `Lambda_re`, `Lambda_im` (DSS-softmax, S5):
+    alpha and the zero real part act on them directly (docs/methods.md §I.6)."""
+
+    Lambda_re: nn.Parameter
+    Lambda_im: nn.Parameter
+
+    @torch.no_grad()
+    def scale_frequencies(self, alpha: float) -> None:
+        """alpha: Im(Lambda) <- alpha Im(Lambda) for every mode."""
+        self.Lambda_im.mul_(alpha)
+
+    @torch.no_grad()
+    def zero_modes(self, fraction: float, generator: torch.Generator) -> torch.Tensor:
+        """Re(Lambda) = 0 on floor(fraction n) random modes; returns their indices."""
+        chosen = random_modes(self.Lambda_re.shape[0], fraction, generator, self.Lambda_re.device)
+        self.Lambda_re[chosen] = 0.0
+        return chosen
 
 
 class SSMBlock(nn.Module):
@@ -37,3 +65,22 @@ class SSMBlock(nn.Module):
             y = self.ssm(u if u.dtype == torch.float64 else u.float())
         y = self.dropout(self.activation(self.pre_dropout(y)))
         return self.glu(self.output_linear(y))
+
+
+class KernelBlock(SSMBlock):
+    """A block whose SSM is a real convolution kernel per channel, `kernel(L)` (c, H, L), plus D u (DSS, S4)."""
+
+    bidirectional: bool
+    D: nn.Parameter
+
+    def kernel(self, L: int) -> torch.Tensor:
+        raise TypeError(f"{type(self).__name__} defines no kernel()")
+
+    def ssm(self, u: torch.Tensor) -> torch.Tensor:
+        """y = K * u + D u by `fft_conv` (D folded into the spectrum); bidirectional as S4D (strictly anti-causal
+        backward half)."""
+        L = u.shape[1]
+        n = fft_size(L)
+        K = self.kernel(L)
+        k = bidirectional_kernel(K, L, n) if self.bidirectional else K[0]
+        return fft_conv(u, torch.fft.rfft(k, n=n) + self.D[:, None], n)

@@ -23,9 +23,9 @@ import math
 import torch
 import torch.nn as nn
 
-from ssmbench.models.block import SSMBlock
+from ssmbench.models.block import KernelBlock, RawModes
 from ssmbench.models.hippo import legs_normal_eig
-from ssmbench.models.kernels import bidirectional_kernel, blocked_vandermonde_kernel, fft_conv, fft_size
+from ssmbench.models.kernels import blocked_vandermonde_kernel
 from ssmbench.models.s4d import DEFAULT_LR, DEFAULT_WEIGHT_DECAY, tag_optim
 from ssmbench.registry import LAYERS
 
@@ -42,7 +42,7 @@ def safe_reciprocal(x: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
     return x.conj() / (x.real ** 2 + x.imag ** 2 + eps)
 
 
-class DSS(SSMBlock):
+class DSS(RawModes, KernelBlock):
     """DSS block: (batch, length, d_model) -> (batch, length, d_model)."""
 
     def __init__(self, d_model: int, d_state: int = 64, version: str = "softmax", sep_dt_re_im: bool = True,
@@ -75,20 +75,12 @@ class DSS(SSMBlock):
         return torch.complex(re, self.Lambda_im)
 
     @torch.no_grad()
-    def scale_frequencies(self, alpha: float) -> None:
-        """alpha: Im(Lambda) <- alpha Im(Lambda) for every mode (docs/methods.md §I.6)."""
-        self.Lambda_im.mul_(alpha)
-
-    @torch.no_grad()
     def zero_real(self, fraction: float, dt0: float, generator: torch.Generator) -> int:
         """Re(Lambda) = 0 on floor(fraction N) random modes (DSS-softmax: Re(Lambda) is raw and may cross 0). The
         modes are shared by all channels and the step sizes are per channel, so dt0 does not apply."""
         if self.version == "exp":
             raise ValueError("DSS-exp keeps Re(Lambda) < 0 by construction; zero real part needs dss.version: softmax")
-        N = self.Lambda_re.shape[0]
-        chosen = torch.randperm(N, generator=generator)[:math.floor(fraction * N)].to(self.Lambda_re.device)
-        self.Lambda_re[chosen] = 0.0
-        return len(chosen)
+        return len(self.zero_modes(fraction, generator))
 
     def dt_lambda(self) -> torch.Tensor:
         """z = dt Lambda, complex (H, N); with separate step sizes dt_re Re(Lambda) + i dt_im Im(Lambda)."""
@@ -109,15 +101,6 @@ class DSS(SSMBlock):
         if bool(grows.any()):
             K = K + blocked_vandermonde_kernel(torch.where(grows, coeff, 0), z, L, conjugate_pairs=False).flip(-1)
         return K
-
-    def ssm(self, u: torch.Tensor) -> torch.Tensor:
-        """y = K * u + D u by `fft_conv` (D folded into the spectrum); bidirectional as S4D (strictly anti-causal
-        backward half)."""
-        L = u.shape[1]
-        n = fft_size(L)
-        K = self.kernel(L)
-        k = bidirectional_kernel(K, L, n) if self.bidirectional else K[0]
-        return fft_conv(u, torch.fft.rfft(k, n=n) + self.D[:, None], n)
 
 
 @LAYERS.register("dss")

@@ -23,7 +23,7 @@ import math
 import torch
 import torch.nn as nn
 
-from ssmbench.models.block import SSMBlock
+from ssmbench.models.block import SSMBlock, random_modes
 from ssmbench.models.kernels import diagonal_mimo, limit_growth
 from ssmbench.models.s4d import DEFAULT_LR, DEFAULT_WEIGHT_DECAY, tag_optim
 from ssmbench.registry import LAYERS
@@ -77,8 +77,7 @@ class LRU(SSMBlock):
     def zero_real(self, fraction: float, dt0: float, generator: torch.Generator) -> int:
         """|lambda| = 1 on floor(fraction N) random modes (raw -log|lambda| = 0, free to move), with gamma = 1 there
         (sqrt(1 - |lambda|^2) = 0 would silence them); LRU has no step size, so dt0 does not apply."""
-        N = self.nu_log.shape[0]
-        chosen = torch.randperm(N, generator=generator)[:math.floor(fraction * N)].to(self.nu_log.device)
+        chosen = random_modes(self.nu_log.shape[0], fraction, generator, self.nu_log.device)
         self.unit_modulus[chosen] = True
         self.nu_log[chosen] = 0.0
         self.gamma_log[chosen] = 0.0

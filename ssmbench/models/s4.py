@@ -34,9 +34,8 @@ import torch
 import torch.nn as nn
 from torch.utils.checkpoint import checkpoint
 
-from ssmbench.models.block import SSMBlock
+from ssmbench.models.block import KernelBlock
 from ssmbench.models.hippo import hippo_legs, legs_normal_eig
-from ssmbench.models.kernels import bidirectional_kernel, fft_conv, fft_size
 from ssmbench.models.s4d import DEFAULT_LR, DEFAULT_WEIGHT_DECAY, DT_TRANSFORMS, tag_optim
 from ssmbench.registry import LAYERS
 
@@ -67,7 +66,7 @@ def cauchy_woodbury(v: torch.Tensor, w: torch.Tensor, omega: torch.Tensor, c: in
     return s_cb - g * torch.einsum("cjhk,hkji,ihk->chk", s_cp, torch.linalg.inv(M), s_qb)
 
 
-class S4(SSMBlock):
+class S4(KernelBlock):
     """S4 (DPLR) block: (batch, length, d_model) -> (batch, length, d_model)."""
 
     def __init__(self, d_model: int, d_state: int = 64, rank: int = 1, dt_min: float = 1e-3, dt_max: float = 1e-1,
@@ -152,14 +151,6 @@ class S4(SSMBlock):
             parts.append(checkpoint(cauchy_woodbury, v, w, nodes, c, use_reentrant=False)
                          if torch.is_grad_enabled() else cauchy_woodbury(v, w, nodes, c))
         return torch.fft.irfft(torch.cat(parts, -1), n=n)[..., :L]
-
-    def ssm(self, u: torch.Tensor) -> torch.Tensor:
-        """y = K * u + D u by `fft_conv`; bidirectional as S4D (strictly anti-causal backward half)."""
-        L = u.shape[1]
-        n = fft_size(L)
-        K = self.kernel(L)
-        k = bidirectional_kernel(K, L, n) if self.bidirectional else K[0]
-        return fft_conv(u, torch.fft.rfft(k, n=n) + self.D[:, None], n)
 
 
 @LAYERS.register("s4")

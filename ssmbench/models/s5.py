@@ -27,7 +27,7 @@ import math
 import torch
 import torch.nn as nn
 
-from ssmbench.models.block import SSMBlock
+from ssmbench.models.block import RawModes, SSMBlock
 from ssmbench.models.hippo import legs_normal_eig
 from ssmbench.models.kernels import diagonal_mimo, discretize, limit_growth
 from ssmbench.models.s4d import DEFAULT_LR, DEFAULT_WEIGHT_DECAY, tag_optim
@@ -52,7 +52,7 @@ def block_hippo(P: int, blocks: int, conj_sym: bool) -> tuple[torch.Tensor, torc
     return Lambda.repeat(blocks), torch.block_diag(*[V] * blocks)
 
 
-class S5(SSMBlock):
+class S5(RawModes, SSMBlock):
     """S5 block: (batch, length, d_model) -> (batch, length, d_model)."""
 
     def __init__(self, d_model: int, d_state: int = 64, blocks: int = 8, conj_sym: bool = True,
@@ -91,17 +91,10 @@ class S5(SSMBlock):
         return torch.complex(re, self.Lambda_im)
 
     @torch.no_grad()
-    def scale_frequencies(self, alpha: float) -> None:
-        """alpha: Im(Lambda) <- alpha Im(Lambda) for every state (docs/methods.md §I.6)."""
-        self.Lambda_im.mul_(alpha)
-
-    @torch.no_grad()
     def zero_real(self, fraction: float, dt0: float, generator: torch.Generator) -> int:
         """Re(Lambda) = 0 and dt = dt0 on floor(fraction P_s) random states (S5 has one step size per state);
         Lambda_re is already raw. With clip_eigs the real part stays clamped at -1e-4."""
-        P = self.Lambda_re.shape[0]
-        chosen = torch.randperm(P, generator=generator)[:math.floor(fraction * P)].to(self.Lambda_re.device)
-        self.Lambda_re[chosen] = 0.0
+        chosen = self.zero_modes(fraction, generator)
         self.log_dt[chosen] = math.log(dt0)
         return len(chosen)
 
