@@ -17,7 +17,7 @@ The difference check runs the paths of one block with identical parameters on th
 reports the largest difference of the outputs and of all gradients (input and parameters), absolute and relative
 to the largest |value| of each tensor (the table shows the relative ones).
 
-A block is built by `build_block(case)`: "s4d" (`S4D(d_model, d_state)` with `path` fast or direct, or
+A block is built by `build_block(case)`: "s4", "dss", "s5", "lru" (the papers' baselines, `baseline_block`), "s4d" (`S4D(d_model, d_state)` with `path` fast or direct, or
 "blocked": the fast path with the PyTorch kernel instead of the Triton one, timed on CUDA), "stu"
 (`ssmbench.models.stu.STU`, one path), "ar-stu" (`ARSTU` with k_y = 2 and M^y_2 = 0.9 I as in the LRA recipes,
 `path` chunked: the chunked scan, loop: one time step after the other), "stu-tensordot" (`STU` with
@@ -55,7 +55,9 @@ from torch.utils._python_dispatch import TorchDispatchMode, _disable_current_mod
 from ssmbench.errors import SSMBenchError
 from ssmbench.models.s4d import TRITON_INSTALLED, TRITON_INTERPRETED
 
-PATHS = {"s4d": ("fast", "direct"), "stu": ("fast",), "ar-stu": ("chunked", "loop"), "stu-tensordot": ("fast",)}
+PATHS = {"s4d": ("fast", "direct"), "stu": ("fast",), "ar-stu": ("chunked", "loop"), "stu-tensordot": ("fast",),
+         "s4": ("fast",), "dss": ("fast",), "s5": ("fast",), "lru": ("fast",)}
+BASELINE_BLOCKS = ("s4", "dss", "s5", "lru")
 STU_BLOCKS = ("stu", "ar-stu", "stu-tensordot")
 
 
@@ -83,9 +85,13 @@ def build_block(case: Case) -> tuple[torch.nn.Module, str]:
         path = "fast" if case.path == "blocked" else case.path
         return S4D(case.d_model, d_state=case.d_state, path=path, bidirectional=case.options.get("bidirectional", False),
                    backend="torch" if case.path == "blocked" else "triton"), "BLH"
+    if case.block in BASELINE_BLOCKS:
+        return baseline_block(case), "BLH"
     if case.block == "reference":
         ref = load_reference(case.options["reference"])
         torch.manual_seed(case.seed)
+        if reference_block(ref) == "s4":  # state-spaces/s4 models/s4/s4.py: S4 itself (DPLR kernel, rank 1)
+            return ref.S4Block(case.d_model, d_state=case.d_state, mode="nplr", dropout=0.0, transposed=True), "BHL"
         return ref.S4D(case.d_model, d_state=case.d_state, dropout=0.0, transposed=True), "BHL"
     if case.block in STU_BLOCKS:
         from ssmbench.models.stu import ARSTU, STU
@@ -108,9 +114,35 @@ def build_block(case: Case) -> tuple[torch.nn.Module, str]:
     return getattr(module, name)(case)
 
 
+def baseline_block(case: Case) -> torch.nn.Module:
+    """The papers' baselines at the work of an S4D block with N = `d_state` (N/2 complex modes per channel): S4 with
+    N real states (DPLR, rank 1), DSS with N/2 modes, S5 with P = N states (conjugate symmetric: N/2 complex, one
+    block), LRU with N/2 complex states; S5 and LRU are MIMO (one state vector for all H channels)."""
+    from ssmbench.models.dss import DSS
+    from ssmbench.models.lru import LRU
+    from ssmbench.models.s4 import S4
+    from ssmbench.models.s5 import S5
+
+    H, N, bidirectional = case.d_model, case.d_state, case.options.get("bidirectional", False)
+    if case.block == "s4":
+        return S4(H, d_state=N, bidirectional=bidirectional)
+    if case.block == "dss":
+        return DSS(H, d_state=N // 2, bidirectional=bidirectional)
+    if case.block == "s5":
+        return S5(H, d_state=N, blocks=1, bidirectional=bidirectional)
+    return LRU(H, d_state=N // 2, bidirectional=bidirectional)
+
+
+def reference_block(module: types.ModuleType) -> str:
+    """The ssmbench block a reference file is timed beside: "s4" for an s4.py (it defines S4Block), else "s4d"."""
+    return "s4" if hasattr(module, "S4Block") else "s4d"
+
+
 def load_reference(path: str) -> types.ModuleType:
-    """Import a reference s4d.py as a module. It imports `einops` and `src.models.nn.DropoutNd` (only used for
-    dropout > 0): when `src.models.nn` is not importable a stand-in module (torch's Dropout) is registered."""
+    """Import a reference s4d.py or s4.py as a module. s4d.py imports `einops` and `src.models.nn.DropoutNd` (only
+    used for dropout > 0): when `src.models.nn` is not importable a stand-in module (torch's Dropout) is registered.
+    s4.py imports `pytorch_lightning` for `rank_zero_only` (logging only): a stand-in is registered when it is
+    missing."""
     if not Path(path).is_file():
         raise SSMBenchError(f"bench --reference: {path}: no such file; pass the path of a reference s4d.py")
     try:
@@ -121,6 +153,11 @@ def load_reference(path: str) -> types.ModuleType:
         nn_stub = types.ModuleType("src.models.nn")
         nn_stub.DropoutNd = torch.nn.Dropout
         sys.modules["src.models.nn"] = nn_stub
+    if "pytorch_lightning" not in sys.modules and importlib.util.find_spec("pytorch_lightning") is None:
+        utilities = types.ModuleType("pytorch_lightning.utilities")
+        utilities.rank_zero_only = lambda fn: fn
+        sys.modules.setdefault("pytorch_lightning", types.ModuleType("pytorch_lightning"))
+        sys.modules.setdefault("pytorch_lightning.utilities", utilities)
     loader = importlib.machinery.SourceFileLoader("reference_s4d", str(path))  # whatever the file's suffix
     spec = importlib.util.spec_from_file_location("reference_s4d", path, loader=loader)
     module = importlib.util.module_from_spec(spec)
@@ -370,7 +407,8 @@ def run_bench(lengths: list[int], batch: int, d_model: int, d_state: int, blocks
               log: Callable[[str], None] = print, reference: str | None = None,
               precisions: tuple[str, ...] = ("fp32",), ops_only: bool = False, bidirectional: bool = False) -> dict:
     """Time (and measure) every block x path x precision x length; returns the JSON-ready record. With
-    `reference`, the reference S4D of that file is timed beside ssmbench's S4D paths in the same rounds.
+    `reference`, the reference S4D (s4d.py) or S4 (s4.py) of that file is timed beside ssmbench's block of that kind
+    in the same rounds.
     Every case also gets its kernel-launch count (`count_ops`); `ops_only` counts without timing, memory and
     differences (for the fused kernel in Triton's slow CPU interpreter, TRITON_INTERPRET=1). `bidirectional`
     builds the S4D blocks bidirectional (the STU blocks and the reference are causal)."""
@@ -380,8 +418,7 @@ def run_bench(lengths: list[int], batch: int, d_model: int, d_state: int, blocks
         raise SSMBenchError(f"bench --device: '{device}' requested but CUDA is not available; use auto or cpu")
     if threads:
         torch.set_num_threads(threads)
-    if reference is not None:
-        load_reference(reference)  # a bad path or a missing import fails before any timing
+    ref_block = None if reference is None else reference_block(load_reference(reference))  # fails before timing
     peaks = device_peaks(device)
     results = []
     for block in blocks:
@@ -398,7 +435,7 @@ def run_bench(lengths: list[int], batch: int, d_model: int, d_state: int, blocks
                               threads=torch.get_num_threads(), precision=precision)
                 cases = [Case(block, p, **common, options={"bidirectional": True} if bidirectional else {})
                          for p in paths]
-                if block == "s4d" and reference is not None:
+                if block == ref_block:
                     cases.append(Case("reference", "reference", **common, options={"reference": reference}))
                 log(f"bench: {block} L={L} B={batch} H={H} {precision}: "
                     f"{'counting' if ops_only else 'timing'} {', '.join(c.path for c in cases)}"
@@ -498,8 +535,9 @@ def bench(lengths: str, batch: int, d_model: int, d_state: int, blocks: str, rep
     precisions = parse_list(precision, "--precision")
     if set(precisions) - {"fp32", "bf16"}:
         raise SSMBenchError(f"bench --precision: {precision!r}; use fp32, bf16 or both (fp32,bf16)")
-    if reference is not None and "s4d" not in names:
-        raise SSMBenchError("bench --reference: the reference is an S4D block; add s4d to --blocks")
+    if reference is not None and reference_block(load_reference(str(reference))) not in names:
+        kind = reference_block(load_reference(str(reference)))
+        raise SSMBenchError(f"bench --reference: the reference is an {kind.upper()} block; add {kind} to --blocks")
     if reference is not None and bidirectional:
         raise SSMBenchError("bench --reference: the reference S4D is causal; drop --bidirectional to compare with it")
     log = console.print if console else print

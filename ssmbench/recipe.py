@@ -169,6 +169,50 @@ class STUConfig(Section):
     cache_dir: Optional[DataPath] = Field(None, description="folder of the on-disk filter cache; null = <data.root>/cache/stu")
 
 
+BASELINE_KINDS = ("dss", "s5", "lru", "s4")  # the papers' baselines, with their own initializations (docs/methods.md §I)
+
+
+class LRUConfig(Section):
+    """Options of the LRU layer (docs/methods.md §I.4); its state size N is model.ssm.d_state."""
+
+    r_min: float = Field(0.0, ge=0.0, lt=1.0, description="ring initialization: |lambda| >= r_min")
+    r_max: float = Field(0.99, gt=0.0, lt=1.0, description="ring initialization: |lambda| <= r_max (< 1)")
+    max_phase: float = Field(6.283185307179586, gt=0.0, le=6.283185307179586, description="ring initialization: arg(lambda) in [0, max_phase]")
+
+    @model_validator(mode="after")
+    def _ring(self) -> "LRUConfig":
+        if self.r_min >= self.r_max:
+            raise ValueError(f"r_min ({self.r_min}) must be below r_max ({self.r_max})")
+        return self
+
+
+class DSSConfig(Section):
+    """Options of the DSS layer (docs/methods.md §I.2); its N complex modes are model.ssm.d_state."""
+
+    version: Literal["softmax", "exp"] = Field("softmax", description="DSS-softmax (kernel normalized over L, Re(Lambda) "
+                                               "free) or DSS-exp (Re(Lambda) = -exp(param) < 0)")
+    sep_dt_re_im: bool = Field(True, description="separate step sizes for Re and Im of Lambda (ag1988/dss default)")
+
+
+class S5Config(Section):
+    """Options of the S5 layer (docs/methods.md §I.3); its state size P is model.ssm.d_state."""
+
+    blocks: int = Field(8, ge=1, description="J: Lambda is initialized block-diagonal, J copies of the HiPPO-N "
+                        "eigendecomposition of size P/J")
+    conj_sym: bool = Field(True, description="keep P/2 states of each conjugate pair, output 2 Re(C x)")
+    clip_eigs: bool = Field(False, description="Re(Lambda) = min(Lambda_re, -1e-4): the left half-plane")
+    C_init: Literal["trunc_standard_normal", "lecun_normal", "complex_normal"] = Field(
+        "trunc_standard_normal", description="C~ = C V with C lecun-normal per row (trunc_standard_normal) or over the "
+        "matrix (lecun_normal), or C~ complex normal directly (complex_normal)")
+
+
+class S4Config(Section):
+    """Options of the S4 (DPLR) layer (docs/methods.md §I.5); its real state size N is model.ssm.d_state."""
+
+    rank: int = Field(1, ge=1, le=16, description="rank R of the low-rank part P (HiPPO-LegS needs 1; more start at 0)")
+    chunk: int = Field(512, ge=1, description="frequency bins per Cauchy chunk (memory O(H N chunk), recomputed in the backward)")
+
+
 class ModelConfig(Section):
     """The network: an encoder, n_layers residual blocks of the sequence layer `kind`, a decoder."""
 
@@ -187,6 +231,10 @@ class ModelConfig(Section):
                                                   "step; none keeps one output per step (per-step targets)")
     ssm: SSMConfig = Field(default_factory=SSMConfig)
     stu: STUConfig = Field(default_factory=STUConfig)
+    lru: LRUConfig = Field(default_factory=LRUConfig)
+    dss: DSSConfig = Field(default_factory=DSSConfig)
+    s5: S5Config = Field(default_factory=S5Config)
+    s4: S4Config = Field(default_factory=S4Config)
 
     @field_validator("kind")
     @classmethod
@@ -203,6 +251,26 @@ class ModelConfig(Section):
         if self.ssm.n_ssm is not None and self.d_model % self.ssm.n_ssm:
             raise ValueError(f"ssm.n_ssm: {self.ssm.n_ssm} does not divide d_model = {self.d_model}; use a divisor "
                              f"of d_model or null (one (A, B) per channel)")
+        return self
+
+    @model_validator(mode="after")
+    def _baseline_options(self) -> "ModelConfig":
+        """Options of the S4D layer that the DSS, S5 and LRU layers do not have, and S5's block sizes."""
+        if self.kind in ("dss", "s5", "lru"):  # one set of modes per layer (DSS, S5, LRU) or per channel
+            for key in ("n_ssm", "beta"):
+                if getattr(self.ssm, key) is not None:
+                    raise ValueError(f"ssm.{key}: an option of the s4d layer, not {self.kind}; set it to null")
+        if self.kind == "s4" and self.ssm.beta is not None:
+            raise ValueError("ssm.beta: an option of the s4d layer, not s4; set it to null")
+        if self.kind == "s4" and self.ssm.d_state % 2:
+            raise ValueError(f"ssm.d_state: s4 stores conjugate pairs, so d_state must be even (got {self.ssm.d_state})")
+        if self.kind == "s5":
+            P, J = self.ssm.d_state, self.s5.blocks
+            size = P // J if P % J == 0 else 0
+            if size == 0 or (self.s5.conj_sym and size % 2):
+                raise ValueError(f"s5.blocks: {J} blocks of the state size P = ssm.d_state = {P} need P divisible by J"
+                                 f"{' into blocks of even size (s5.conj_sym keeps half of each)' if self.s5.conj_sym else ''}; "
+                                 f"change ssm.d_state or s5.blocks")
         return self
 
 
@@ -343,6 +411,27 @@ class Recipe(Section):
             raise ValueError(f"model.ssm.n_ssm: {n_ssm} shares A across channels, but init "
                              f"{'tdi' if self.init.name == 'tdi' else 'zero_real_fraction'} sets A per channel; "
                              f"set model.ssm.n_ssm: null")
+        return self
+
+    @model_validator(mode="after")
+    def _baseline_inits(self) -> "Recipe":
+        """DSS, S5 and LRU start from their papers' initializations; the S4D initializers do not apply to them."""
+        kind, init = self.model.kind, self.init
+        if kind not in BASELINE_KINDS:
+            return self
+        if init.name == "tdi":
+            raise ValueError(f"init.name: tdi fits per-channel SISO modes (A, C, dt of S4D) to the task spectrum; the "
+                             f"{kind} layer {'has a low-rank part' if kind == 's4' else 'shares its modes across channels'} "
+                             f"where that placement has no meaning (docs/methods.md §I.6): use model.kind: s4d")
+        if init.name != "s4d-lin":
+            raise ValueError(f"init.name: {init.name} initializes the s4d layer; the {kind} layer has its own "
+                             f"initialization (docs/methods.md §I): remove init.name")
+        if kind == "s4" and (init.alpha != 1.0 or init.zero_real_fraction > 0):
+            raise ValueError("init.alpha, init.zero_real_fraction: no meaning for s4, whose low-rank part P P^* has no "
+                             "per-mode frequency or real part (docs/methods.md §I.6); use s4d, dss, s5 or lru")
+        if kind == "dss" and init.zero_real_fraction > 0 and self.model.dss.version == "exp":
+            raise ValueError("init.zero_real_fraction: DSS-exp keeps Re(Lambda) < 0 by construction; set "
+                             "model.dss.version: softmax")
         return self
 
     @model_validator(mode="after")

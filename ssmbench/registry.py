@@ -98,7 +98,8 @@ DATASETS = Registry("dataset", modules=(
     "ssmbench.data.text",
 ))
 INITIALIZERS = Registry("initializer", modules=("ssmbench.init.hippo", "ssmbench.init.tdi"))
-LAYERS = Registry("sequence layer", modules=("ssmbench.models.backbone", "ssmbench.models.stu"))
+LAYERS = Registry("sequence layer", modules=("ssmbench.models.backbone", "ssmbench.models.stu", "ssmbench.models.lru",
+                                              "ssmbench.models.dss", "ssmbench.models.s5", "ssmbench.models.s4"))
 
 
 PLUGIN_GROUPS = {"ssmbench.datasets": DATASETS, "ssmbench.initializers": INITIALIZERS, "ssmbench.layers": LAYERS}

@@ -130,3 +130,31 @@ def test_stu_tensordot_block():
     layer, layout = build_block(case)
     assert layer.P is not None and layer.m_plus.abs().min() > 0
     assert layer.stu(make_inputs(case, layout)[0]).abs().max() > 0.01
+
+
+FAKE_S4_REFERENCE = '''
+import torch
+from pytorch_lightning.utilities import rank_zero_only  # what state-spaces/s4 models/s4/s4.py imports
+
+class S4Block(torch.nn.Module):  # its interface: (B, H, L) in, (y, state) out
+    def __init__(self, d_model, d_state=64, mode="nplr", dropout=0.0, transposed=True):
+        super().__init__()
+        assert mode == "nplr"
+        self.scale = torch.nn.Parameter(torch.ones(d_model, 1))
+
+    def forward(self, u):
+        return u * self.scale, None
+'''
+
+
+def test_baseline_blocks_and_the_s4_reference(tmp_path):
+    """s4, dss, s5, lru are blocks of their own; an s4.py reference (S4Block) is timed beside the S4 block."""
+    ref = tmp_path / "s4.py"
+    ref.write_text(FAKE_S4_REFERENCE)
+    record = run_bench([16], batch=2, d_model=4, d_state=8, blocks=["s4", "dss", "s5", "lru"], reps=1, device="cpu",
+                       memory=False, log=lambda *a: None, reference=str(ref))
+    assert [(r["block"], r["path"]) for r in record["results"]] == [
+        ("s4", "fast"), ("reference", "reference"), ("dss", "fast"), ("s5", "fast"), ("lru", "fast")]
+    assert record["results"][1]["group"] == "s4 L=16 fp32"
+    with pytest.raises(SSMBenchError, match="the reference is an S4 block; add s4 to --blocks"):
+        bench("12", 1, 4, 8, "s4d", 1, "cpu", None, False, None, tmp_path / "b.json", reference=ref)

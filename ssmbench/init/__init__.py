@@ -20,10 +20,11 @@ if TYPE_CHECKING:
 
 
 def ssm_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
-    """The diagonal SSM layers of a model, in depth order."""
+    """The diagonal SSM layers of a model, in depth order: S4D, and the DSS, S5 and LRU layers (which take alpha
+    and the zero real part through their `scale_frequencies` / `zero_real` methods, docs/methods.md §I.6)."""
     from ssmbench.models.s4d import S4D
 
-    return [m for m in model.modules() if isinstance(m, S4D)]
+    return [m for m in model.modules() if isinstance(m, S4D) or hasattr(m, "zero_real")]
 
 
 @torch.no_grad()

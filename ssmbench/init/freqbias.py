@@ -24,5 +24,8 @@ def apply_alpha(layers: list[torch.nn.Module], alpha: float) -> dict:
     """Scale Im(A) of every layer by alpha (A_im <- alpha * A_im); return the facts for the run record."""
     if alpha != 1.0:
         for layer in layers:
-            layer.A_im.mul_(alpha)
+            if hasattr(layer, "scale_frequencies"):  # DSS, S5: Im(Lambda); LRU: the phase (docs/methods.md §I.6)
+                layer.scale_frequencies(alpha)
+            else:
+                layer.A_im.mul_(alpha)
     return {"alpha": alpha}

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ssmbench.models.hippo import hippo_legs, legs_normal_eig
 from ssmbench.registry import INITIALIZERS
 
 
@@ -51,17 +52,6 @@ def s4d_inv(N: int) -> DiagonalInit:
     return DiagonalInit(A, torch.ones_like(A))
 
 
-def hippo_legs(N: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """HiPPO-LegS (A, B) and its rank-1 correction P with A + P P^T = -I/2 + skew-symmetric.
-
-    A_nk = -sqrt(2n+1) sqrt(2k+1) (n > k), -(n+1) (n = k), 0 (n < k); B_n = sqrt(2n+1); P_n = sqrt(n + 1/2).
-    """
-    q = torch.sqrt(2 * torch.arange(N, dtype=torch.float64) + 1)
-    A = -torch.tril(q[:, None] * q[None, :], diagonal=-1) - torch.diag(torch.arange(N, dtype=torch.float64) + 1)
-    P = torch.sqrt(torch.arange(N, dtype=torch.float64) + 0.5)
-    return A, q.clone(), P
-
-
 @INITIALIZERS.register("s4d-legs")
 def s4d_legs(N: int) -> DiagonalInit:
     """S4D-LegS: eigenvalues of the normal part of HiPPO-LegS.
@@ -70,15 +60,13 @@ def s4d_legs(N: int) -> DiagonalInit:
     Keep one of each conjugate pair, B~ = V^* B with Im(B~) clipped to [-2, 2] (state-spaces `dplr.py`).
     """
     M = _pairs(N)
-    A, B, P = hippo_legs(N)
-    AP = A + P[:, None] * P[None, :]
-    mu, V = torch.linalg.eigh(AP.to(torch.complex128) * -1j)
+    _, B, _ = hippo_legs(N)
+    Lambda, V = legs_normal_eig(N)
     # eigh sorts mu ascending: the first M are the Im <= 0 halves of the conjugate pairs (state-spaces keeps
     # these); store the conjugate (Im >= 0) of both A and B, which leaves the kernel unchanged.
-    mu, V = mu[:M], V[:, :M]
+    A_diag, V = Lambda[:M], V[:, :M]
     B_t = V.conj().T @ B.to(torch.complex128)
     B_t = torch.complex(B_t.real, B_t.imag.clamp(-2.0, 2.0))
-    A_diag = torch.complex(torch.full_like(mu, -0.5), mu)
     order = torch.argsort(-A_diag.imag)  # Im ascending after conjugation
     return DiagonalInit(A_diag.conj()[order], B_t.conj()[order])
 

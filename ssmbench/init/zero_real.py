@@ -108,9 +108,12 @@ def zero_real_part(layers: list[torch.nn.Module], fraction: float, dt0: float, s
     """
     counts = []
     for depth, layer in enumerate(layers):
+        g = torch.Generator().manual_seed(seed * 1009 + depth)
+        if hasattr(layer, "zero_real"):  # DSS, S5, LRU: modes instead of channels (docs/methods.md §I.6)
+            counts.append(layer.zero_real(fraction, dt0, g))
+            continue
         H = layer.log_dt.shape[0]
         k = math.floor(fraction * H)
-        g = torch.Generator().manual_seed(seed * 1009 + depth)
         chosen = torch.randperm(H, generator=g)[:k].to(layer.log_dt.device)
         layer.linear_real[chosen] = True
         layer.A_re[chosen] = 0.0  # on linear_real channels Re(A) = -A_re

@@ -208,3 +208,36 @@ def fft_conv_direct(u: torch.Tensor, k_f: torch.Tensor, n_fft: int) -> torch.Ten
     L = u.shape[1]
     u_f = torch.fft.rfft(at_least_float32(u), n=n_fft, dim=1)  # (B, n/2+1, H)
     return torch.fft.irfft(u_f * k_f.transpose(0, 1), n=n_fft, dim=1)[:, :L]
+
+
+def diagonal_recurrence(v: torch.Tensor, log_lam: torch.Tensor, n_fft: int | None = None,
+                        reverse: bool = False) -> torch.Tensor:
+    """x_t = lambda x_{t-1} + v_t (x_{-1} = 0) for complex inputs v (B, L, P) and lambda = exp(log_lam) (P,), by FFT.
+
+    The MIMO layers (S5, LRU; docs/methods.md §I) project the input to P complex state channels first, so their
+    kernel per state is the complex sequence lambda_p^l and the convolution x = k * v runs on complex signals:
+    x = ifft(fft(v, n) fft(k, n), n)[:L] with n = `fft_size(L)` >= 2L (no wrap-around), float32 or float64.
+    `reverse` runs the recurrence from the end, x_t = lambda x_{t+1} + v_t (S5's backward scan, lag 0 included).
+    """
+    L = v.shape[1]
+    n = fft_size(L) if n_fft is None else n_fft
+    l = torch.arange(L, device=log_lam.device, dtype=log_lam.real.dtype)
+    k_f = torch.fft.fft(torch.exp(log_lam[:, None] * l), n=n)  # (P, n)
+    v = v.flip(1) if reverse else v
+    x = torch.fft.ifft(torch.fft.fft(v.transpose(1, 2), n=n) * k_f, n=n)[..., :L].transpose(1, 2)
+    return x.flip(1) if reverse else x
+
+
+def diagonal_mimo(u: torch.Tensor, B_bar: torch.Tensor, log_lam: torch.Tensor, C: torch.Tensor,
+                  scale: float = 1.0) -> torch.Tensor:
+    """y_t = scale Re(C_0 x_t) [+ scale Re(C_1 x'_t)] of a MIMO diagonal SSM, real (B, L, H) (docs/methods.md §I).
+
+    x_t = lambda x_{t-1} + B_bar u_t (`diagonal_recurrence`), B_bar (P, H) and C (c, H, P) complex, c = 1 causal or
+    c = 2 bidirectional, where x' runs the same recurrence from the end (S5's backward scan, lag 0 included).
+    No (L, H, H) kernel is ever formed: project to P complex channels, convolve each with lambda_p^l, project back.
+    """
+    v = torch.matmul(u.to(B_bar.dtype), B_bar.T)  # (B, L, P)
+    y = torch.matmul(diagonal_recurrence(v, log_lam), C[0].T)
+    if C.shape[0] == 2:
+        y = y + torch.matmul(diagonal_recurrence(v, log_lam, reverse=True), C[1].T)
+    return scale * y.real
