@@ -13,7 +13,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -c constraints.txt -e ".[dev,slurm,wandb]"
+	$(PY) -m pip install -q -c constraints.txt -e ".[dev,slurm,wandb,postgres]"
 	touch $(STAMP)
 
 demo: install
