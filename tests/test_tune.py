@@ -204,9 +204,9 @@ def postgres_reachable() -> str | None:
     except ImportError:
         return "sqlalchemy is not installed"
     try:
-        import psycopg2  # noqa: F401
+        import psycopg  # noqa: F401  (SQLAlchemy 2.1: postgresql:// uses psycopg 3)
     except ImportError:
-        return "psycopg2 is not installed: pip install 'ssmbench[postgres]'"
+        return "psycopg is not installed: pip install 'ssmbench[postgres]'"
     try:
         with sqlalchemy.create_engine(POSTGRES_URL, connect_args={"connect_timeout": 3}).connect():
             return None
