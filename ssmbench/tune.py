@@ -147,6 +147,7 @@ class TuneFile(BaseModel):
                                                    "accuracy (maximized) or loss (minimized)")
     sampler: Literal["tpe", "random"] = Field("tpe", description="optuna sampler")
     sampler_seed: int = Field(0, ge=0, lt=2**32, description="seed of the sampler (each study adds its index)")
+    sampler_startup_trials: int = Field(4, ge=1, description="tpe: random trials before the model-based ones")
     pruner: Literal["median", "none"] = Field("median", description="median: stop a trial whose validation value is "
                                               "worse than the median of earlier trials at the same step")
     pruner_startup_trials: int = Field(3, ge=0, description="trials per study before the pruner may stop one")
@@ -321,11 +322,12 @@ def make_pruner(name: str, startup: int):
 
 
 def load_study(url: str, name: str, direction: str, sampler: str = "tpe", seed: int = 0, pruner: str = "median",
-               startup: int = 3):
+               startup: int = 3, sampler_startup: int = 4):
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    sampler_ = optuna.samplers.TPESampler(seed=seed) if sampler == "tpe" else optuna.samplers.RandomSampler(seed=seed)
+    sampler_ = optuna.samplers.TPESampler(seed=seed, n_startup_trials=sampler_startup) if sampler == "tpe" else \
+        optuna.samplers.RandomSampler(seed=seed)
     return optuna.create_study(storage=open_storage(url), study_name=name, direction=direction, sampler=sampler_,
                                pruner=make_pruner(pruner, startup), load_if_exists=True)
 
@@ -550,7 +552,7 @@ def run_tune(tune_file: Path, backend: str = "local", runs_dir: Optional[Path] =
         return []
     out_dir.mkdir(parents=True, exist_ok=True)
     ostudies = {s.name: load_study(url, s.name, direction(tune), tune.sampler, tune.sampler_seed + i, tune.pruner,
-                                   tune.pruner_startup_trials) for i, s in enumerate(found)}
+                                   tune.pruner_startup_trials, tune.sampler_startup_trials) for i, s in enumerate(found)}
     for s in found:
         ostudies[s.name].set_user_attr("space", {k: p.describe() for k, p in s.space.items()})
     console.print(f"tune {path.name}: {len(found)} studies x {tune.trials} trials ({url.split('@')[-1]}), then "
