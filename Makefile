@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.ssmbench-installed
 
-.PHONY: install demo test test-slow smoke bench results clean
+.PHONY: install demo test test-slow smoke bench results tune-example clean
 
 install: $(STAMP)
 
@@ -34,6 +34,11 @@ bench: install
 # Reruns the quick sweeps (finished runs are skipped) and rewrites the README's results tables from their records.
 results: install
 	$(PY) -m ssmbench.readme_tables
+
+# Tunes alpha on validation for sMNIST and the high-frequency synthetic task beside the baseline tuned with the same
+# budget (docs/tuning.md; about 6 minutes on 2 idle cores) and rewrites the README's tune-example block.
+tune-example: install
+	$(PY) -m ssmbench.tune_example
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -16,6 +16,7 @@ import yaml
 
 from killpoint import cli_run
 from ssmbench import runs
+from ssmbench.report import build_tables
 from ssmbench.report.records import read_runs
 
 optuna = pytest.importorskip("optuna")
@@ -113,6 +114,12 @@ def test_tune_spends_equal_budgets_on_validation_then_trains_the_best_with_every
     alpha = next(r for r in finals if r.tags["variant"] == "alpha")
     assert alpha.recipe["init"]["alpha"] == pytest.approx(study(tmp_path, "tt.alpha").best_params["init.alpha"])
     assert "init.alpha ~ logU[0.5, 8]; train.lr ~ logU[0.001, 0.05]" == alpha.tags["tune_space"]
+    # The report: final runs in the tables (n = 2 seeds per cell), trials only in the Tuning table.
+    tables = build_tables(read_runs([tmp_path / "runs"]))
+    assert [c.value["n"] for c in (row[1] for row in tables[0].rows)] == [2, 2]
+    tuning = next(t for t in tables if t.title == "Tuning")
+    assert {row[0].text: row[4].text for row in tuning.rows} == {"s4d": "3 / 0 / 0 of 3", "alpha": "3 / 0 / 0 of 3"}
+    assert any(n.startswith("tuned on validation by `ssmbench tune`") for n in tables[0].notes)
     # Done: a second tune trains nothing and asks no trial.
     n_dirs = len(list((tmp_path / "runs").glob("tt-*")))
     code, out = cli_run("tune", str(path))
