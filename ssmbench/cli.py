@@ -230,8 +230,7 @@ def tune(
     results = run_tune(tune_file, backend, runs_dir, jobs, dry_run, storage, tuple(set_), console)
     if dry_run:
         return
-    finals = [r for r in results if r.get("tags", {}).get("tune_role") == "final" or "trial" not in r]
-    failed = [r["name"] for r in finals if r["status"] == "failed"]
+    failed = [r["name"] for r in results if "trial" not in r and r["status"] == "failed"]  # final runs
     stopped = [r["name"] for r in results if r["status"] in ("preempted", "stopped")]
     if stopped:
         from ssmbench.train.engine import Preempted

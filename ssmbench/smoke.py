@@ -17,7 +17,8 @@ from ssmbench.errors import SSMBenchError
 
 
 def split_files(paths: list[Path]) -> tuple[list[Path], list[Path]]:
-    """(training recipes, sweep files) among `paths` (folders searched recursively); sweep files have a `grid`."""
+    """(training recipes, sweep and tune files) among `paths` (folders searched recursively); sweep files have a
+    `grid`, tune files `variants` and no `data`."""
     files: list[Path] = []
     for p in paths:
         files += sorted(p.rglob("*.yaml")) if p.is_dir() else [p]
@@ -27,7 +28,8 @@ def split_files(paths: list[Path]) -> tuple[list[Path], list[Path]]:
             raw = yaml.safe_load(f.read_text())
         except (OSError, yaml.YAMLError):
             raw = None
-        (sweeps if isinstance(raw, dict) and "grid" in raw else recipes).append(f)
+        plan = isinstance(raw, dict) and ("grid" in raw or ("variants" in raw and "data" not in raw))
+        (sweeps if plan else recipes).append(f)
     return recipes, sweeps
 
 

@@ -238,3 +238,13 @@ def test_a_postgresql_storage_serves_the_study(tmp_path: Path) -> None:
         n = c.execute(sqlalchemy.text("select count(*) from trials t join studies s on t.study_id = s.study_id "
                                       "where s.study_name = :n"), {"n": f"{name}.s4d"}).scalar()
     assert n == 2 and len(runs_by_role(tmp_path / "runs")["final"]) == 1
+
+
+def test_smoke_skips_tune_files(tmp_path: Path, repo_root: Path) -> None:
+    from ssmbench.smoke import recipe_files, split_files
+
+    path = write_tune(tmp_path)
+    assert recipe_files([tmp_path]) == [tmp_path / "tiny.yaml"] and path.exists()
+    recipes, plans = split_files([repo_root / "recipes" / "tune"])
+    assert sorted(p.name for p in plans) == ["frequency-alpha.yaml", "smnist-alpha.yaml"]
+    assert sorted(p.name for p in recipes) == ["frequency-s4d.yaml", "smnist-s4d.yaml"]
