@@ -438,13 +438,16 @@ def unclaimed(spec: sweep.RunSpec) -> bool:
 
 def next_trial(tune: TuneFile, url: str, study: Study, ostudy, tried: set[tuple[str, int]]) -> Optional[TrialSpec]:
     """A trial of `study` to run now: a RUNNING one no process works on (left by a killed tune; once per
-    process), else a new one while the budget is not spent (asked under the study lock), else None."""
+    process), else a new one while the budget is not spent (asked under the study lock), else None. A trial asked
+    by a process killed before it drew every value of the space fails (it counts in the budget)."""
     from optuna.trial import TrialState
 
     with study_lock(study.base.runs_dir, study.name):
         trials = ostudy.get_trials(deepcopy=False)
         for tr in trials:
-            if tr.state == TrialState.RUNNING and (study.name, tr.number) not in tried:
+            if tr.state == TrialState.RUNNING and set(tr.params) != set(study.space):  # killed while it was asked
+                ostudy.tell(tr.number, state=TrialState.FAIL, skip_if_finished=True)
+            elif tr.state == TrialState.RUNNING and (study.name, tr.number) not in tried:
                 spec = trial_spec(tune, url, study, tr)
                 if unclaimed(spec.run):
                     tried.add((study.name, tr.number))
