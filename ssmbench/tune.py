@@ -572,11 +572,11 @@ def run_tune(tune_file: Path, backend: str = "local", runs_dir: Optional[Path] =
             ostudies[s.name] = load_study(url, s.name, direction(tune))
         finals = [spec for s in found for spec in final_specs(tune, s, ostudies[s.name])]
         index = sweep.index_runs(out_dir)
-        todo = [f for f in finals if sweep.find_finished(f, index) is None]
-        console.print(f"tune {tune.name}: budgets spent; {len(finals)} final runs, {len(finals) - len(todo)} already "
+        to_train = [f for f in finals if sweep.find_finished(f, index) is None]
+        console.print(f"tune {tune.name}: budgets spent; {len(finals)} final runs, {len(finals) - len(to_train)} already "
                       f"finished")
-        results += [sweep.run_spec(f) for f in finals if f not in todo]  # "skipped" dicts, no training
-        results += sweep.execute(todo, lambda spec: launch(sweep.run_spec, spec), jobs, stop,
+        results += [sweep.run_spec(f) for f in finals if f not in to_train]  # "skipped" dicts, no training
+        results += sweep.execute(to_train, lambda spec: launch(sweep.run_spec, spec), jobs, stop,
                                  lambda r: console.print(sweep.result_line(r)))
     return trials + results
 
