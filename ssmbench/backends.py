@@ -26,9 +26,13 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import multiprocessing
+import os
 import time
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Literal, Optional
+from typing import Any, Callable, Iterator, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -94,14 +98,24 @@ def absolute(spec: sweep.RunSpec) -> sweep.RunSpec:
 # Executors: (specs, resources, report) -> one status dict per spec (sweep.run_spec's format)
 
 
-def run_on_ray(specs: list[sweep.RunSpec], res: Resources, report: Callable[[dict], None]) -> list[dict]:
-    """One Ray task per run with {num_cpus: cpus, num_gpus: gpus}; joins `res.ray.address` or starts a local
-    Ray instance (shut down afterwards). An already initialized Ray (e.g. `ray.init` by the caller) is reused."""
+@contextmanager
+def ray_session(res: Resources) -> Iterator[Any]:
+    """The `ray` module, joined to `res.ray.address` or to a local Ray instance started here (and shut down
+    afterwards). An already initialized Ray (e.g. `ray.init` by the caller) is reused."""
     ray = require("ray", "ray")
     started = not ray.is_initialized()
     if started:
         ray.init(address=res.ray.address, include_dashboard=False, log_to_driver=False)
     try:
+        yield ray
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def run_on_ray(specs: list[sweep.RunSpec], res: Resources, report: Callable[[dict], None]) -> list[dict]:
+    """One Ray task per run with {num_cpus: cpus, num_gpus: gpus} (`ray_session`)."""
+    with ray_session(res) as ray:
         task = ray.remote(num_cpus=res.cpus, num_gpus=res.gpus, max_retries=0)(sweep.run_spec)
         pending = [task.remote(absolute(s), res.cpus) for s in specs]
         results = []
@@ -110,15 +124,10 @@ def run_on_ray(specs: list[sweep.RunSpec], res: Resources, report: Callable[[dic
             results.append(ray.get(ready[0]))
             report(results[-1])
         return results
-    finally:
-        if started:
-            ray.shutdown()
 
 
-def run_on_slurm(specs: list[sweep.RunSpec], res: Resources, report: Callable[[dict], None], wait: bool = True,
-                 cluster: str = "slurm") -> list[dict]:
-    """One Slurm job per run, submitted as a job array through submitit. With `wait`, block until all finish;
-    otherwise return status "submitted" with the job ids. `cluster="local"` runs the jobs as local processes
+def slurm_executor(res: Resources, cluster: str = "slurm"):
+    """A submitit executor with the per-run resources of `res`; `cluster="local"` runs the jobs as local processes
     (submitit's LocalExecutor: tests, and trying a sweep file out without Slurm)."""
     submitit = require("submitit", "slurm")
     s = res.slurm
@@ -129,6 +138,16 @@ def run_on_slurm(specs: list[sweep.RunSpec], res: Resources, report: Callable[[d
                             f"node (where `sbatch` works)") from None
     executor.update_parameters(name="ssmbench", timeout_min=s.time, cpus_per_task=res.cpus, gpus_per_node=res.gpus,
                                slurm_partition=s.partition, slurm_additional_parameters=dict(s.extra))
+    return executor
+
+
+def run_on_slurm(specs: list[sweep.RunSpec], res: Resources, report: Callable[[dict], None], wait: bool = True,
+                 cluster: str = "slurm") -> list[dict]:
+    """One Slurm job per run, submitted as a job array through submitit (`slurm_executor`). With `wait`, block
+    until all finish; otherwise return status "submitted" with the job ids."""
+    submitit = require("submitit", "slurm")
+    s = res.slurm
+    executor = slurm_executor(res, cluster)
     with executor.batch():
         jobs = [executor.submit(sweep.run_spec, absolute(spec), res.cpus) for spec in specs]
     by_job = dict(zip((j.job_id for j in jobs), specs))
@@ -151,6 +170,33 @@ def run_on_slurm(specs: list[sweep.RunSpec], res: Resources, report: Callable[[d
                                      f"logs in {s.folder}; `ssmbench sweep` again resumes the run"})
         report(results[-1])
     return results
+
+
+@contextmanager
+def launcher(backend: str, res: Resources, jobs: int = 1, slurm_cluster: str = "slurm"
+             ) -> Iterator[Callable[[Callable[..., dict], Any], Future]]:
+    """Start work one item at a time (`ssmbench tune` decides each trial after the last ones): yields
+    `launch(run, item) -> Future` of `run(item, threads)`, a top-level function and a picklable item whose paths are
+    absolute. local: in this process (jobs = 1) or in a pool of `jobs` spawned worker processes (`sweep.worker_init`:
+    own process group, SIGTERM when this process dies); ray: one Ray task per item; slurm: one job per item, awaited
+    by a thread. How many items run at once is the caller's choice (`jobs`)."""
+    if backend not in BACKENDS:
+        raise SSMBenchError(f"--backend: unknown backend {backend!r}; use one of {', '.join(BACKENDS)}")
+    if backend == "local" and jobs == 1:
+        yield lambda run, item: sweep.done_future(run(item, None))
+    elif backend == "local":
+        threads = max(1, (os.cpu_count() or 1) // jobs)
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
+                                 initializer=sweep.worker_init, initargs=(os.getpid(),)) as pool:
+            yield lambda run, item: pool.submit(sweep.worker_run_spec, item, threads, run)
+    elif backend == "ray":
+        with ray_session(res) as ray:
+            yield lambda run, item: ray.remote(num_cpus=res.cpus, num_gpus=res.gpus, max_retries=0)(run).remote(
+                item, res.cpus).future()
+    else:
+        executor = slurm_executor(res, slurm_cluster)
+        with ThreadPoolExecutor(max_workers=max(1, jobs)) as waiters:
+            yield lambda run, item: waiters.submit(lambda job: job.result(), executor.submit(run, item, res.cpus))
 
 
 # --------------------------------------------------------------------------------------------------

@@ -226,6 +226,41 @@ def sweep(
                         f"train the rest")
 
 
+@app.command()
+def tune(
+    tune_file: Path = typer.Argument(..., help="tune YAML (base recipes, and per variant a search space over recipe fields)"),
+    jobs: int = typer.Option(1, "--jobs", "-j", help="trials (then final runs) at once, on any backend"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="print the spaces, the budget per variant and the fields each "
+                                 "variant tunes, with the trials done so far; train nothing"),
+    storage: Optional[str] = typer.Option(None, "--storage", help="study storage: a database URL (postgresql://user:pw@"
+                                          "host/db, sqlite:///file.db) or a journal file path (shared filesystem); "
+                                          "default: SQLite in the runs folder"),
+    runs_dir: Optional[Path] = typer.Option(None, "--runs-dir", help="where the runs go (default: the tune file's runs_dir, else runs/)"),
+    set_: List[str] = typer.Option([], "--set", help=SET_HELP + "; applied to every trial and final run"),
+    backend: str = typer.Option("local", "--backend", help="where trials execute: local, ray (Ray tasks) or slurm (submitit jobs)"),
+) -> None:
+    """Tune recipe fields on validation data with the same trial budget for every variant, then train and test the
+    chosen configuration of each with several seeds (docs/tuning.md). A killed tune resumes where it stopped."""
+    from ssmbench.tune import run_tune
+
+    if runs_dir is not None and not dry_run:
+        output_folder(runs_dir, "--runs-dir")
+    results = run_tune(tune_file, backend, runs_dir, jobs, dry_run, storage, tuple(set_), console)
+    if dry_run:
+        return
+    failed = [r["name"] for r in results if "trial" not in r and r["status"] == "failed"]  # final runs
+    stopped = [r["name"] for r in results if r["status"] in ("preempted", "stopped")]
+    if stopped:
+        from ssmbench.train.engine import Preempted
+
+        raise Preempted(f"tune: stopped by a signal during {', '.join(stopped)}; run the same `ssmbench tune` again "
+                        f"to resume it")
+    if failed:
+        raise SSMBenchError(f"tune: {len(failed)} final run(s) failed (recorded in their run directories): "
+                            f"{', '.join(failed)}")
+    console.print(f"tune: done; `ssmbench report {runs_dir or 'RUNS_DIR'}` puts the final runs in its tables")
+
+
 def sweep_summary(results: list[dict]) -> str:
     """The sweep's last line: how many runs were trained, already done, failed (with why), stopped or submitted."""
     labels = {"finished": "trained", "skipped": "skipped (already finished)", "failed": "failed",

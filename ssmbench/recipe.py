@@ -360,6 +360,12 @@ class TrainConfig(Section):
                                                            "metrics.jsonl: tensorboard (event files in the run directory), wandb (extra ssmbench[wandb])")
     log_every: Optional[int] = Field(None, ge=1, description="steps between progress rows (loggers; plain lines when "
                                      "the output is not a terminal); null = 20 per run")
+    not_learning: Literal["warn", "stop"] = Field("warn", description="classification: when the training loss is "
+                                                  "still at the chance level ln(classes) at an evaluation past "
+                                                  "not_learning_after of the run, warn (log line, results.json "
+                                                  "not_learning) or stop the run there (tested with its best checkpoint)")
+    not_learning_after: float = Field(0.25, gt=0.0, le=1.0, description="share of the run's steps after which a training "
+                                      "loss at the chance level counts as not learning")
 
     @field_validator("loggers")
     @classmethod

@@ -16,7 +16,8 @@ from ssmbench.recipe import read_yaml_mapping
 
 
 def split_files(paths: list[Path]) -> tuple[list[Path], list[Path]]:
-    """(training recipes, sweep files) among `paths` (folders searched recursively); sweep files have a `grid`."""
+    """(training recipes, sweep and tune files) among `paths` (folders searched recursively); sweep files have a
+    `grid`, tune files `variants` and no `data`."""
     files: list[Path] = []
     for p in paths:
         files += sorted(p.rglob("*.yaml")) if p.is_dir() else [p]
@@ -26,7 +27,8 @@ def split_files(paths: list[Path]) -> tuple[list[Path], list[Path]]:
             raw = read_yaml_mapping(f)
         except RecipeError:  # unreadable: listed as a recipe, whose check then names the problem
             raw = None
-        (sweeps if isinstance(raw, dict) and "grid" in raw else recipes).append(f)
+        plan = isinstance(raw, dict) and ("grid" in raw or ("variants" in raw and "data" not in raw))
+        (sweeps if plan else recipes).append(f)
     return recipes, sweeps
 
 

@@ -364,21 +364,23 @@ def _record_failure(spec: RunSpec, recipe, before: set[Path], error: BaseExcepti
     return run_dir
 
 
-def run_spec(spec: RunSpec, threads: Optional[int] = None) -> dict:
+def run_spec(spec: RunSpec, threads: Optional[int] = None, on_eval: Optional[Callable[[int, dict], Optional[str]]] = None
+             ) -> dict:
     """Train one spec in this process (resuming a preempted/interrupted run) and return a status dict.
 
     {key, name, status: skipped|finished|failed|preempted|busy, action: skip|new|resume|busy, run_dir, test,
     error, seconds}. Errors are recorded in the run's results.json (status failed) and returned, never raised.
-    "busy": another process holds the run's claim (`claim`); nothing was done.
+    "busy": another process holds the run's claim (`claim`); nothing was done. `on_eval`: the engine's hook after
+    every validation evaluation (`ssmbench tune` reports to its pruner there).
     """
     with claim(spec) as mine:
         if not mine:
             return {"key": spec.key, "name": spec.name, "tags": spec.tags, "status": "busy", "action": "busy",
                     "run_dir": "", "test": None, "error": None, "seconds": 0.0}
-        return _run_claimed(spec, threads)
+        return _run_claimed(spec, threads, on_eval)
 
 
-def _run_claimed(spec: RunSpec, threads: Optional[int]) -> dict:
+def _run_claimed(spec: RunSpec, threads: Optional[int], on_eval=None) -> dict:
     """`run_spec` once the claim is held: the state is read now, after any other process let go of the run."""
     import torch
 
@@ -399,9 +401,9 @@ def _run_claimed(spec: RunSpec, threads: Optional[int]) -> dict:
     try:
         recipe = spec_recipe(spec)
         if state == "resume":
-            results = train(resume=run_dir, quiet=True, log=lambda *_: None)
+            results = train(resume=run_dir, quiet=True, log=lambda *_: None, on_eval=on_eval)
         else:
-            results = train(recipe, runs_root=spec.runs_dir, quiet=True, log=lambda *_: None)
+            results = train(recipe, runs_root=spec.runs_dir, quiet=True, log=lambda *_: None, on_eval=on_eval)
         return {**out, "status": results.get("status", "finished"), "run_dir": results.get("run_dir", str(run_dir or "")),
                 "test": results.get("test"), "seconds": time.perf_counter() - tick}
     except Exception as e:  # a failed run is recorded and reported; the sweep goes on
@@ -652,12 +654,13 @@ def _worker_signal(signum, frame) -> None:
         os._exit(75)
 
 
-def worker_run_spec(spec: RunSpec, threads: int) -> dict:
-    """`run_spec` in a worker, unless a signal arrived since the last run (then the run is not started)."""
+def worker_run_spec(spec: RunSpec, threads: int, run: Callable[..., dict] = run_spec) -> dict:
+    """`run(spec, threads)` (default `run_spec`) in a worker, unless a signal arrived since the last run (then the
+    run is not started). `run` must be a top-level function (it is pickled to the worker)."""
     if _WORKER["signal"]:
         return not_started(spec, f"{_WORKER['signal']} received before it started")
     try:
-        result = run_spec(spec, threads)
+        result = run(spec, threads)
     except BaseException:  # a second signal (KeyboardInterrupt) aborted the run: if the sweep is gone, so is this
         if os.getppid() != _WORKER["parent"]:  # worker (else it would wait for work forever, orphaned)
             os._exit(75)

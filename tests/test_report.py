@@ -77,12 +77,22 @@ EXPECTED_MD = """\
 
 | variant | listops (acc %) | smnist (acc %) | Avg. |
 |---|---|---|---|
-| s4d | **50.00 (1)** | 85.00 ± 7.07 (2) | 67.50 |
-| alpha-beta | 40.00 (1) | **90.00 ± 7.07 (2)** | 65.00 |
+| s4d | **50.00 (1)** | 85.00 ± 7.07 (2) [80.00, 90.00] | 67.50 |
+| alpha-beta | 40.00 (1) | **90.00 ± 7.07 (2) [85.00, 95.00]** | 65.00 |
 | zero-real | — | 70.00 (1)† | — |
 
-mean ± sample std over seeds (n runs); best per column in bold (CSV: *); Avg. over the accuracy columns  
+mean ± sample std over seeds (n runs) [95 % bootstrap confidence interval of the mean: percentile method, 9,999 resamples]; best per column in bold (CSV: *); Avg. over the accuracy columns  
+failed seeds not judged for listops, smnist: the runs do not record their class count (results.json n_classes, recorded by newer ssmbench)  
 † trained on the embedded real subset shipped with ssmbench, not the full data set — smnist: smnist data  
+
+### Against the baseline (s4d)
+
+| variant | listops (Δ acc %) | smnist (Δ acc %) |
+|---|---|---|
+| alpha-beta | -10.00, P 0.00, p — | +5.00, P 0.75, p 0.55 |
+| zero-real | — | -15.00, P 0.00, p — |
+
+against the baseline row s4d: Δ = difference of the test means (the Test results table); P = probability that a seed of the row beats a seed of s4d (higher accuracy or lower loss, over every pair of seeds, ties count one half); p = two-sided Welch t-test of equal means (scipy.stats.ttest_ind, equal_var=False), — with fewer than 2 seeds on a side; no correction for multiple comparisons  
 
 ### Runs not in the tables (not finished)
 
@@ -119,13 +129,16 @@ def test_csv_latex_json_are_exact(table_runs: Path) -> None:
     assert to_csv(tables) == (
         "# Test results\n"
         "variant,listops (acc %),smnist (acc %),Avg.\n"
-        "s4d,50.00 (1)*,85.00 ± 7.07 (2),67.50\n"
-        "alpha-beta,40.00 (1),90.00 ± 7.07 (2)*,65.00\n"
+        "s4d,50.00 (1)*,\"85.00 ± 7.07 (2) [80.00, 90.00]\",67.50\n"
+        "alpha-beta,40.00 (1),\"90.00 ± 7.07 (2) [85.00, 95.00]*\",65.00\n"
         "zero-real,—,70.00 (1)†,—\n"
-        "# mean ± sample std over seeds (n runs); best per column in bold (CSV: *); Avg. over the accuracy columns\n"
+        "# mean ± sample std over seeds (n runs) [95 % bootstrap confidence interval of the mean: percentile method, "
+        "9,999 resamples]; best per column in bold (CSV: *); Avg. over the accuracy columns\n"
+        "# failed seeds not judged for listops, smnist: the runs do not record their class count (results.json "
+        "n_classes, recorded by newer ssmbench)\n"
         "# † trained on the embedded real subset shipped with ssmbench, not the full data set — smnist: smnist data\n")
     latex = to_latex(tables)
-    assert r"s4d & \textbf{50.00 (1)} & 85.00 $\pm$ 7.07 (2) & 67.50 \\" in latex
+    assert r"s4d & \textbf{50.00 (1)} & 85.00 $\pm$ 7.07 (2) [80.00, 90.00] & 67.50 \\" in latex
     assert r"zero-real & -- & 70.00 (1)$^\dagger$ & -- \\" in latex
     assert r"variant & listops (acc \%) & smnist (acc \%) & Avg. \\" in latex
     assert latex.count(r"\begin{tabular}{lccc}") == 1 and r"\bottomrule" in latex
@@ -145,7 +158,7 @@ def test_regression_uses_loss_and_lower_is_best(tmp_path: Path) -> None:
     write_run(root, "c", "tdi", "denoise", 0, loss=0.2, kind="regression", source="synthetic")
     table = main_table(read_runs([root]))
     assert table.columns == ["variant", "denoise (loss ↓)", "Avg."]
-    assert [c.text for c in table.rows[0]] == ["s4d", "0.6 ± 0.14 (2)", "—"]
+    assert [c.text for c in table.rows[0]] == ["s4d", "0.6 ± 0.14 (2) [0.5, 0.7]", "—"]
     assert table.rows[1][1].best and not table.rows[0][1].best and table.rows[1][1].mark == "§"
 
 
@@ -162,7 +175,7 @@ def test_data_efficiency_median_over_seeds(tmp_path: Path) -> None:
                       val=[(1, loss + 1, 0.1), (2, loss + 3, 0.3)])
     records = read_runs([root])
     main = build_tables(records)[0]  # the low-data runs stay out of the main table
-    assert [c.text for c in main.rows[0]] == ["tdi", "94.00 ± 2.65 (3)", "94.00"]
+    assert [c.text for c in main.rows[0]] == ["tdi", "94.00 ± 2.65 (3) [91.00, 96.00]", "94.00"]
     assert "3 runs with data.train_fraction < 1" in main.notes[1]
     eff = build_tables(records)[1]
     assert eff.title == "Data efficiency: smnist" and eff.columns == ["variant", "0.1", "1"]
@@ -312,7 +325,7 @@ def test_runs_that_differ_are_split_into_rows_not_pooled(tmp_path: Path) -> None
         write_run(b, f"s60-{seed}", "s4d", "smnist", seed, acc=acc + 0.1, train={"max_steps": 60})
     table = main_table(read_runs([a, b]))
     assert [[c.text for c in row[:2]] for row in table.rows] == [
-        ["s4d [train.max_steps=40]", "75.00 ± 7.07 (2)"], ["s4d [train.max_steps=60]", "85.00 ± 7.07 (2)"]]
+        ["s4d [train.max_steps=40]", "75.00 ± 7.07 (2) [70.00, 80.00]"], ["s4d [train.max_steps=60]", "85.00 ± 7.07 (2) [80.00, 90.00]"]]
     assert "runs of s4d differ in train.max_steps: one row per value" in table.notes
     # Plain `report runs/`: a 20-step and a 30-step run of seed 0 used to give `(2)`.
     c = tmp_path / "runs_c"
@@ -328,7 +341,7 @@ def test_execution_fields_and_seeds_do_not_split(tmp_path: Path) -> None:
     write_run(root, "a", "s4d", "smnist", 0, acc=0.5, train={"threads": 1, "device": "cpu"})
     write_run(root, "b", "s4d", "smnist", 1, acc=0.7, train={"threads": 4, "device": "cuda", "cuda_graphs": True})
     table = main_table(read_runs([root]))
-    assert [c.text for c in table.rows[0][:2]] == ["s4d", "60.00 ± 14.14 (2)"] and len(table.rows) == 1
+    assert [c.text for c in table.rows[0][:2]] == ["s4d", "60.00 ± 14.14 (2) [50.00, 70.00]"] and len(table.rows) == 1
 
 
 def test_a_seed_recorded_twice_counts_once_the_newest(tmp_path: Path) -> None:

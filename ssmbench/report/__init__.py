@@ -13,12 +13,20 @@ from typing import Optional
 from ssmbench.errors import SSMBenchError
 from ssmbench.report.records import RunRecord, parameter_change, printable, read_runs
 from ssmbench.report.cells import cell_runs
-from ssmbench.report.tables import (RENDERERS, Table, efficiency_tables, finished_rows, main_table,
-                                    parameter_change_table, tidy_csv, unfinished_table)
+from ssmbench.report.tables import (RENDERERS, Table, comparison_table, efficiency_tables, finished_rows, main_cells,
+                                    main_table, parameter_change_table, tidy_csv, tuning_table, unfinished_table)
+
+
+def is_trial(r: RunRecord) -> bool:
+    """A trial of `ssmbench tune` (only its Tuning table shows them; the tables show the final runs)."""
+    return r.tags.get("tune_role") == "trial"
 
 
 def build_tables(records: list[RunRecord], group_by: str = "variant", window: int = 0) -> list[Table]:
-    """Main table, data-efficiency tables, parameter-change table and the list of unfinished runs (when present)."""
+    """Main table, comparison with the baseline, tuning, data-efficiency tables, parameter-change table and the
+    list of unfinished runs (when present). Tune trials enter only the tuning table."""
+    tuning = tuning_table(records, group_by)
+    records = [r for r in records if not is_trial(r)]
     changes: dict[tuple[str, str], list[dict]] = {}
     rows = finished_rows(records, group_by)
     full = [r for r in records if r.finished and r.test and r.train_fraction == 1.0]
@@ -27,7 +35,9 @@ def build_tables(records: list[RunRecord], group_by: str = "variant", window: in
             change = parameter_change(r)
             if change is not None:
                 changes.setdefault(key, []).append(change)
-    tables = [main_table(records, group_by), *efficiency_tables(records, group_by, window),
+    mc = main_cells(records, group_by)
+    tables = [main_table(records, group_by, mc), comparison_table(records, group_by, mc), tuning,
+              *efficiency_tables(records, group_by, window),
               parameter_change_table(changes), unfinished_table(records, group_by)]
     return [t for t in tables if t is not None]
 
@@ -50,7 +60,8 @@ def report(paths: list[Path], group_by: str = "variant", fmt: str = "md", out: O
     text = printable(RENDERERS[fmt](build_tables(records, group_by, window), explain))  # no terminal escapes
     from ssmbench.runs import atomic_write_text
 
-    for path, content in ((out, text), (runs_csv, tidy_csv(records, group_by) if runs_csv is not None else None)):
+    tidy = tidy_csv([r for r in records if not is_trial(r)], group_by) if runs_csv is not None else None
+    for path, content in ((out, text), (runs_csv, tidy)):
         if path is not None:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
             atomic_write_text(Path(path), content)

@@ -1,13 +1,18 @@
 """Comparison tables from run records, rendered as Markdown, CSV, LaTeX or JSON.
 
-- Main table (the papers' LRA tables): one row per variant, one column per task, cells `mean ± std (n)` over
-  seeds of test accuracy in % (classification) or test loss (regression); std is the sample std (ddof = 1); the
+- Main table (the papers' LRA tables): one row per variant, one column per task, cells `mean ± std (n) [CI]` over
+  seeds of test accuracy in % (classification) or test loss (regression); std is the sample std (ddof = 1), CI the
+  95 % bootstrap interval of the mean, `k failed` the seeds that never left the chance level (stats.py); the
   best cell of each column is marked; `Avg.` is the mean of a row's accuracy cells when the row has them all.
+- Against the baseline (the first row): per variant and task the difference of means, the probability of
+  improvement and Welch's p-value (stats.py).
+- Tuning: per variant and task chosen by `ssmbench tune`, the chosen values, the space, budget and trials.
 - Data efficiency (TDI paper): per task, median over seeds of test loss (and accuracy) per variant and
   `data.train_fraction`; with `window = W`, the mean of the last W validation evaluations replaces the test value.
   The notes state the training budget (sweep tag `budget`) and the optimizer steps each fraction took.
 - Parameter change (Yu et al., Table 1): mean over runs of ||p_end - p_init|| / ||p_init|| per variant and task.
-- Runs that are not finished are listed in their own table and never enter a mean.
+- Runs that are not finished are listed in their own table and never enter a mean. Tune trials (tag `tune_role:
+  trial`) enter only the Tuning table: the tables show the final runs of the chosen configurations.
 
 A cell pools only runs of one configuration, one run per seed (cells.py: a label whose runs differ is split into
 rows named by the differing fields; a seed recorded twice counts once). Runs trained on data that is not the
@@ -29,6 +34,8 @@ import numpy as np
 
 from ssmbench.report.cells import CellRuns, Rows, assign_rows, cell_runs, describe_cell
 from ssmbench.report.records import RunRecord
+from ssmbench.report.stats import (BOOTSTRAP_RESAMPLES, FAILED_Z, bootstrap_ci, failed_seed, prob_improvement,
+                                   welch_p)
 
 # Rows in the order the papers print them (baseline first), then any other variant alphabetically.
 VARIANT_ORDER = ["s4d", "s4d-lin", "s4d-inv", "s4d-legs", "s4d-real", "alpha", "beta", "alpha-beta", "zero-real",
@@ -144,7 +151,47 @@ def group_runs(records: list[RunRecord], key: Callable[[RunRecord], Any]) -> dic
 # Tables
 
 
-def main_table(records: list[RunRecord], group_by: str = "variant") -> Optional[Table]:
+def is_failed(r: RunRecord) -> Optional[bool]:
+    """stats.failed_seed of a run record (its validation accuracies from metrics.jsonl)."""
+    return failed_seed(r.results, r.curve("val", "accuracy")[1]) if r.kind == "classification" else None
+
+
+def cell_statistics(values: list[float], failed: list[Optional[bool]], base: Optional[list[float]],
+                    higher_is_better: bool) -> dict[str, Any]:
+    """mean, std, n, ci, failed seeds (count, rate, mean of the others) and, given the baseline's values of the
+    same column, the difference of means, probability of improvement and Welch p-value (stats.py)."""
+    m, s = mean_std(values)
+    judged = [f for f in failed if f is not None]
+    k = sum(judged)
+    learned = [v for v, f in zip(values, failed) if not f]
+    out = {"mean": m, "std": s, "n": len(values), "ci": list(bootstrap_ci(values) or []) or None,
+           "failed": k if judged else None, "failed_rate": k / len(judged) if judged else None,
+           "mean_learned": float(np.mean(learned)) if judged and learned else None}
+    if base is not None:
+        out.update(vs_baseline={"difference": m - float(np.mean(base)), "n_baseline": len(base),
+                                "p_improvement": prob_improvement(values, base, higher_is_better),
+                                "welch_p": welch_p(values, base)})
+    return out
+
+
+@dataclass
+class MainCells:
+    """The cells of the main table: runs and statistics per (row, task), in display order."""
+
+    rows: Rows
+    cells: dict[tuple[str, str], CellRuns]
+    variants: list[str]
+    tasks: list[str]
+    accuracy_task: dict[str, bool]
+    stats: dict[tuple[str, str], dict[str, Any]]
+
+    def value(self, task: str) -> Callable[[RunRecord], float]:
+        acc = self.accuracy_task[task]
+        return lambda r: 100 * r.test["accuracy"] if acc else r.test["loss"]
+
+
+def main_cells(records: list[RunRecord], group_by: str = "variant") -> Optional[MainCells]:
+    """Finished full-data runs by (row, task), with `cell_statistics` against the first row (the baseline)."""
     finished = [r for r in records if r.finished and r.test]
     done = [r for r in finished if r.train_fraction == 1.0]  # low-data runs belong to the data-efficiency tables
     if not done:
@@ -154,46 +201,143 @@ def main_table(records: list[RunRecord], group_by: str = "variant") -> Optional[
     variants = ordered({v for v, _ in cells}, VARIANT_ORDER)
     tasks = ordered({t for _, t in cells}, TASK_ORDER)
     accuracy_task = {t: all(is_classification(c.runs) for (_, tt), c in cells.items() if tt == t) for t in tasks}
+    out = MainCells(rows_, cells, variants, tasks, accuracy_task, {})
+    for (v, t), c in cells.items():
+        base = cells.get((variants[0], t)) if v != variants[0] else None
+        out.stats[(v, t)] = cell_statistics([out.value(t)(r) for r in c.runs], [is_failed(r) for r in c.runs],
+                                            [out.value(t)(r) for r in base.runs] if base else None, accuracy_task[t])
+    return out
 
-    def value(acc: bool) -> Callable[[RunRecord], float]:
-        return lambda r: 100 * r.test["accuracy"] if acc else r.test["loss"]
 
-    stats = {}
-    for key, c in cells.items():
-        m, s = mean_std([value(accuracy_task[key[1]])(r) for r in c.runs])
-        stats[key] = (m, s, len(c.runs))
+def main_table(records: list[RunRecord], group_by: str = "variant", mc: Optional[MainCells] = None) -> Optional[Table]:
+    """The Test results table; `mc`: `main_cells(records, group_by)` when the caller has it already."""
+    mc = mc or main_cells(records, group_by)
+    if mc is None:
+        return None
+    finished = [r for r in records if r.finished and r.test]
+    done = [r for r in finished if r.train_fraction == 1.0]
+    rows_, cells, variants, tasks, accuracy_task = mc.rows, mc.cells, mc.variants, mc.tasks, mc.accuracy_task
     best = {}
     for t in tasks:
-        means = [stats[(v, t)][0] for v in variants if (v, t) in stats]
+        means = [mc.stats[(v, t)]["mean"] for v in variants if (v, t) in mc.stats]
         best[t] = max(means) if accuracy_task[t] else min(means)
     rows, explain = [], []
     for v in variants:
         row = [Cell(v, v)]
         for t in tasks:
-            if (v, t) not in stats:
+            if (v, t) not in mc.stats:
                 row.append(Cell("—"))
                 continue
-            m, s, n = stats[(v, t)]
-            text = (f"{m:.2f} ± {s:.2f} ({n})" if accuracy_task[t] else f"{m:.4g} ± {s:.2g} ({n})") if n > 1 \
-                else (f"{m:.2f} ({n})" if accuracy_task[t] else f"{m:.4g} ({n})")
+            st = mc.stats[(v, t)]
+            m, s, n = st["mean"], st["std"], st["n"]
+            count = f"{n}, {st['failed']} failed" if st["failed"] else f"{n}"
+            num = (lambda x: f"{x:.2f}") if accuracy_task[t] else (lambda x: f"{x:.4g}")
+            ci = f" [{num(st['ci'][0])}, {num(st['ci'][1])}]" if st["ci"] else ""
+            text = (f"{m:.2f} ± {s:.2f} ({count}){ci}" if accuracy_task[t] else f"{m:.4g} ± {s:.2g} ({count}){ci}") \
+                if n > 1 else (f"{m:.2f} ({count})" if accuracy_task[t] else f"{m:.4g} ({count})")
             c = cells[(v, t)]
-            row.append(Cell(text, {"mean": m, "std": s, "n": n}, best=m == best[t], mark=cell_mark(c.runs)))
+            row.append(Cell(text, st, best=m == best[t], mark=cell_mark(c.runs)))
             split_by = rows_.split.get(c.runs[0].label(group_by), [])
-            explain += describe_cell(f"Test results | {v} | {t}", c, split_by,
-                                     lambda r, a=accuracy_task[t]: f"{value(a)(r):.6g}")
-        acc_means = [stats[(v, t)][0] for t in tasks if accuracy_task[t] and (v, t) in stats]
+            explain += describe_cell(f"Test results | {v} | {t}", c, split_by, lambda r, f=mc.value(t): f"{f(r):.6g}")
+        acc_means = [mc.stats[(v, t)]["mean"] for t in tasks if accuracy_task[t] and (v, t) in mc.stats]
         n_acc = sum(accuracy_task.values())
         avg = float(np.mean(acc_means)) if n_acc and len(acc_means) == n_acc else None
         row.append(Cell(f"{avg:.2f}" if avg is not None else "—", avg))
         rows.append(row)
     columns = [group_by] + [f"{t} ({'acc %' if accuracy_task[t] else 'loss ↓'})" for t in tasks] + ["Avg."]
-    notes = ["mean ± sample std over seeds (n runs); best per column in bold (CSV: *); Avg. over the accuracy columns"]
+    notes = ["mean ± sample std over seeds (n runs) [95 % bootstrap confidence interval of the mean: percentile "
+             f"method, {BOOTSTRAP_RESAMPLES:,} resamples]; best per column in bold (CSV: *); Avg. over the accuracy columns"]
     if len(done) < len(finished):
         notes.append(f"full training set only; {len(finished) - len(done)} runs with data.train_fraction < 1 are in "
                      "the data-efficiency tables")
     notes += pooling_notes(cells, rows_, {r.label(group_by) for r in done})
+    notes += failed_notes(mc) + tuned_notes([r for c in cells.values() for r in c.runs])
     counted = [r for c in cells.values() for r in c.runs]
     return Table("Test results", columns, rows, notes + legend(counted), explain)
+
+
+def failed_notes(mc: MainCells) -> list[str]:
+    """How failed seeds are defined and counted, and which classification cells could not be judged."""
+    judged = [st for st in mc.stats.values() if st["failed"] is not None]
+    unjudged = sorted({t for (v, t), st in mc.stats.items() if mc.accuracy_task[t] and st["failed"] is None})
+    notes = []
+    if judged:
+        k = sum(st["failed"] for st in judged)
+        notes.append(f"k failed: runs whose validation accuracy never left the chance level 1/C (best validation "
+                     f"accuracy at most 1/C + {FAILED_Z:g} binomial standard errors); counted in n and in the mean "
+                     f"({k} in this table; JSON mean_learned leaves them out)")
+    if unjudged:
+        notes.append(f"failed seeds not judged for {', '.join(unjudged)}: the runs do not record their class count "
+                     f"(results.json n_classes, recorded by newer ssmbench)")
+    return notes
+
+
+def tuned_notes(counted: list[RunRecord]) -> list[str]:
+    """A line naming the rows whose configuration `ssmbench tune` chose on validation."""
+    tuned = sorted({f"{r.label()} ({r.task})" for r in counted if r.tags.get("tune_role") == "final"})
+    return [f"tuned on validation by `ssmbench tune` with the same trial budget per variant: {', '.join(tuned)} "
+            f"(space, budget, trials and chosen values in the Tuning table)"] if tuned else []
+
+
+def comparison_table(records: list[RunRecord], group_by: str = "variant", mc: Optional[MainCells] = None
+                     ) -> Optional[Table]:
+    """Per variant and task, the test metric against the baseline row (the first row of the main table)."""
+    mc = mc or main_cells(records, group_by)
+    if mc is None or len(mc.variants) < 2:
+        return None
+    base = mc.variants[0]
+    rows = []
+    for v in mc.variants[1:]:
+        row = [Cell(v, v)]
+        for t in mc.tasks:
+            vs = mc.stats.get((v, t), {}).get("vs_baseline")
+            if vs is None:
+                row.append(Cell("—"))
+                continue
+            diff = f"{vs['difference']:+.2f}" if mc.accuracy_task[t] else f"{vs['difference']:+.3g}"
+            p = f"{vs['welch_p']:.2g}" if vs["welch_p"] is not None else "—"
+            row.append(Cell(f"{diff}, P {vs['p_improvement']:.2f}, p {p}", vs))
+        rows.append(row)
+    columns = [group_by] + [f"{t} ({'Δ acc %' if mc.accuracy_task[t] else 'Δ loss'})" for t in mc.tasks]
+    notes = [f"against the baseline row {base}: Δ = difference of the test means (the Test results table); P = "
+             f"probability that a seed of the row beats a seed of {base} (higher accuracy or lower loss, over every "
+             f"pair of seeds, ties count one half); p = two-sided Welch t-test of equal means (scipy.stats.ttest_ind, "
+             f"equal_var=False), — with fewer than 2 seeds on a side; no correction for multiple comparisons"]
+    return Table(f"Against the baseline ({base})", columns, rows, notes)
+
+
+def short(value: str) -> str:
+    """`train.lr=0.016742091369400143` -> `train.lr=0.01674` (4 significant digits of a float)."""
+    key, _, v = value.partition("=")
+    try:
+        return f"{key}={float(v):.4g}" if "." in v or "e" in v else value
+    except ValueError:
+        return value
+
+
+def tuning_table(records: list[RunRecord], group_by: str = "variant") -> Optional[Table]:
+    """Per tune, task and variant (final runs, tag `tune_role: final`): the chosen values, the best validation
+    value, the trials that finished, were pruned or failed, of the budget, the space and the final seeds."""
+    finals = [r for r in records if r.tags.get("tune_role") == "final" and r.finished]
+    if not finals:
+        return None
+    groups = group_runs(finals, lambda r: (r.tags.get("tune", ""), r.task, r.label(group_by)))
+    rows = []
+    for (tune, task, label) in sorted(groups, key=lambda k: (k[0], ordered([k[1]], TASK_ORDER)[0],
+                                                             VARIANT_ORDER.index(k[2]) if k[2] in VARIANT_ORDER else 99, k[2])):
+        t = groups[(tune, task, label)][0].tags
+        chosen = ", ".join(short(x) for x in t.get("tune_values", "").split(", ") if x)
+        trials = (f"{t.get('tune_trials', '?')} / {t.get('tune_pruned', '?')} / {t.get('tune_failed', '?')} of "
+                  f"{t.get('tune_budget', '?')}")
+        seeds = sorted({r.seed for r in groups[(tune, task, label)] if isinstance(r.seed, int)})
+        rows.append([Cell(label, label), Cell(task, task), Cell(chosen, chosen),
+                     Cell(t.get("tune_best_value", "?"), t.get("tune_best_value")), Cell(trials, trials),
+                     Cell(t.get("tune_space", ""), t.get("tune_space")), Cell(str(len(seeds)), seeds)])
+    objectives = sorted({r.tags.get("tune_objective", "?") for r in finals})
+    notes = [f"chosen on validation ({'; '.join(objectives)} of the best checkpoint), never on test; trials: "
+             f"finished / pruned (median pruner) / failed of the budget, the same for every variant; final runs: "
+             f"the chosen values trained with each seed, the runs in the tables above"]
+    return Table("Tuning", [group_by, "task", "chosen", "best validation", "trials", "space", "seeds"], rows, notes)
 
 
 def efficiency_value(r: RunRecord, key: str, window: int) -> Optional[float]:
@@ -296,31 +440,57 @@ def unfinished_table(records: list[RunRecord], group_by: str = "variant") -> Opt
 
 
 TIDY_COLUMNS = ["row", "variant", "task", "seed", "train_fraction", "split", "metric", "value", "n_eval", "split_size",
-                "whole_split", "source", "counted", "steps", "epochs", "budget", "sweep", "run_dir"]
+                "whole_split", "source", "counted", "steps", "epochs", "budget", "sweep", "run_dir", "failed_seed",
+                "tuned", "cell_mean", "cell_std", "cell_n", "cell_ci_low", "cell_ci_high", "cell_failed",
+                "baseline", "p_improvement", "welch_p"]
 
 
 def tidy_csv(records: list[RunRecord], group_by: str = "variant") -> str:
     """Long format for plotting elsewhere: one line per finished run and test metric (loss, accuracy).
 
     `row` is the table row (the `group_by` label, split by differing fields), `variant` the label itself;
-    `counted` is "yes", or "duplicate" for a repeated seed that the tables do not count.
+    `counted` is "yes", or "duplicate" for a repeated seed that the tables do not count; `failed_seed` whether the
+    run never left the chance level (stats.py; empty: not judged); `tuned` the `ssmbench tune` that chose the
+    configuration. The `cell_*` columns are the statistics of the line's cell (row, task, fraction) and metric over
+    its counted runs (`cell_statistics`), `p_improvement` and `welch_p` against the `baseline` row (the first row).
     """
     done = [r for r in records if r.finished and r.test]
     rows_ = finished_rows(records, group_by)
     cells = cell_runs(done, lambda r: (rows_.of(r), r.task, r.train_fraction))
+    first = ordered({row for row, _, _ in cells}, VARIANT_ORDER)[0] if cells else ""
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(TIDY_COLUMNS)
+
+    def blank(x: Any) -> Any:
+        return "" if x is None else x
+
     for (row, task, fraction), c in sorted(cells.items(), key=lambda kv: tuple(map(str, kv[0]))):
+        base = cells.get((first, task, fraction)) if row != first else None
+        stats = {}
+        for metric in ("loss", "accuracy"):
+            vals = [r.test[metric] for r in c.runs if metric in r.test]
+            if len(vals) == len(c.runs):
+                stats[metric] = cell_statistics(vals, [is_failed(r) for r in c.runs],
+                                                [r.test[metric] for r in base.runs if metric in r.test] if base else None,
+                                                metric == "accuracy")
         for r, counted in [(r, "yes") for r in c.runs] + [(r, "duplicate") for r in c.duplicates]:
             n, size = r.coverage("test")
+            failed = is_failed(r)
             for metric in ("loss", "accuracy"):
                 if metric in r.test:
+                    st = stats.get(metric, {})
+                    vs = st.get("vs_baseline") or {}
+                    ci = st.get("ci") or [None, None]
                     w.writerow([row, r.label(group_by), task, r.seed, f"{fraction:g}", "test", metric,
                                 repr(r.test[metric]), "" if n is None else n, "" if size is None else size,
                                 "" if n is None or size is None else n == size, r.source, counted,
                                 r.results.get("steps", ""), r.results.get("epochs", ""), r.tags.get("budget", ""),
-                                r.tags.get("sweep", ""), r.run_dir])
+                                r.tags.get("sweep", ""), r.run_dir, "" if failed is None else failed,
+                                r.tags.get("tune", "") if r.tags.get("tune_role") == "final" else "",
+                                blank(st.get("mean")), blank(st.get("std")), blank(st.get("n")), blank(ci[0]),
+                                blank(ci[1]), blank(st.get("failed")), first if base else "",
+                                blank(vs.get("p_improvement")), blank(vs.get("welch_p"))])
     return buf.getvalue()
 
 

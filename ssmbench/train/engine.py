@@ -34,6 +34,14 @@ when the output is not a terminal, to plain progress lines instead of the progre
 
 An input error found while a new run is set up (data, `budget.check`, init) removes its run directory, so a
 run that never started leaves no record.
+
+Not learning (docs/tuning.md). A classifier over C classes that has learned nothing predicts the uniform
+distribution, whose cross-entropy is the chance level ln C. At every evaluation past the share
+`train.not_learning_after` of the run, a mean training loss since the previous evaluation of at least
+(1 - NOT_LEARNING_TOLERANCE) ln C means the run is not learning: a warning line, and results.json `not_learning`
+{step, share, train_loss, chance_loss, stopped} of the first such evaluation; `train.not_learning: stop` ends the
+run there (tested with its best checkpoint, results.json `stopped_early`). An `on_eval(step, val_metrics)` hook may
+end a run the same way by returning a reason (the pruner of `ssmbench tune`).
 """
 
 from __future__ import annotations
@@ -72,6 +80,9 @@ from ssmbench.train.loggers import TextLines, build_loggers, check_wandb_login, 
 from ssmbench.train.optim import build_optimizer, cosine_with_warmup
 from ssmbench.train.prefetch import prefetch
 from ssmbench.train.tally import DeviceTally, Tally
+
+# A training loss within this share below ln C (or above it) counts as the chance level (see the module docstring).
+NOT_LEARNING_TOLERANCE = 0.01
 
 
 # --------------------------------------------------------------------------------------------------
@@ -362,9 +373,9 @@ def sha256_hex(data: bytes) -> str:
 class Trainer:
     def __init__(self, recipe: Recipe, run_dir: Path, resume: bool = False, quiet: bool = False,
                  log: Callable[[str], None] = print, is_writer: bool = True, lines: bool = False,
-                 accept_recipe_change: bool = False):
+                 accept_recipe_change: bool = False, on_eval: Callable[[int, dict], str | None] | None = None):
         self.recipe, self.run_dir, self.quiet, self.log, self.is_writer = recipe, Path(run_dir), quiet, log, is_writer
-        self.accept_recipe_change = accept_recipe_change
+        self.accept_recipe_change, self.on_eval = accept_recipe_change, on_eval
         self.recipe_sha256 = sha256_hex(recipe.to_yaml().encode("utf-8"))  # of recipe.yaml (the file on resume)
         t = recipe.train
         if t.threads:
@@ -387,6 +398,7 @@ class Trainer:
         say(f"data ready in {time.perf_counter() - tick:.1f} s: {sizes} sequences of length {self.data.seq_len} "
             f"({self.data.source})")
         self.task = self.data.task
+        self.n_classes = self.data.io.n_outputs if self.task == "classification" else None
         m = recipe.model
         fitted = " from the training data" if recipe.init.name == "tdi" or recipe.init.dt0 == "auto" else ""
         say(f"building the model ({m.kind}, {plural(m.n_layers, 'layer')} of width {m.d_model}) and initializing "
@@ -639,6 +651,7 @@ class Trainer:
             if self.task == "classification":
                 train_metrics["accuracy"] = p.train_correct / p.train_seen
             self.log_metrics("train", train_metrics)
+            self.check_learning(train_metrics["loss"])
             p.train_loss_sum, p.train_correct, p.train_seen = 0.0, 0, 0
         if len(self.data.val) == 0:
             return
@@ -649,6 +662,33 @@ class Trainer:
             p.best_val, p.best_step = val, p.step
             if self.is_writer:
                 checkpoint.save(self.ckpt_dir / "best.pt", {"model": self.model.state_dict(), "step": p.step})
+        reason = self.on_eval(p.step, val) if self.on_eval is not None else None
+        if reason and not p.extra.get("stopped_early"):
+            p.extra["stopped_early"] = reason
+
+    def check_learning(self, train_loss: float) -> None:
+        """The not-learning check of one evaluation (see the module docstring): past `train.not_learning_after` of
+        the run, a training loss at the chance level ln C is reported once and, under `train.not_learning: stop`,
+        ends the run."""
+        t, p = self.recipe.train, self.progress
+        if self.n_classes is None or self.n_classes < 2 or p.step < t.not_learning_after * self.total_steps:
+            return
+        chance = math.log(self.n_classes)
+        at_chance = train_loss >= (1 - NOT_LEARNING_TOLERANCE) * chance
+        if "not_learning" in p.extra:
+            p.extra["not_learning"]["at_end"] = at_chance
+            return
+        if not at_chance:
+            return
+        stop = t.not_learning == "stop"
+        p.extra["not_learning"] = {"step": p.step, "share": round(p.step / self.total_steps, 4),
+                                   "train_loss": train_loss, "chance_loss": chance, "stopped": stop, "at_end": True}
+        self.log(f"warning: not learning: at step {p.step} ({p.step / self.total_steps:.0%} of the run) the training "
+                 f"loss {train_loss:.4f} is at the chance level ln {self.n_classes} = {chance:.4f}"
+                 + ("; stopping (train.not_learning: stop)" if stop else
+                    "; training goes on (train.not_learning: stop ends such a run)"))
+        if stop:
+            p.extra["stopped_early"] = f"not learning: training loss at the chance level ln {self.n_classes} at step {p.step}"
 
     def fit(self, on_step: Callable[["Trainer"], None] | None = None, stop: StopSignals | None = None) -> None:
         """Train to `total_steps`. A signal caught by `stop` ends training at the next step boundary, after
@@ -656,7 +696,7 @@ class Trainer:
         t, p = self.recipe.train, self.progress
         self.model.train()
         started = time.perf_counter()
-        while p.step < self.total_steps:
+        while p.step < self.total_steps and not p.extra.get("stopped_early"):
             sampler = EpochBatches(len(self.data.train), t.batch_size, self.recipe.seed, p.epoch, start=p.batch_in_epoch,
                                    rank=self.rank, world=self.world)
             tick = time.perf_counter()
@@ -680,6 +720,10 @@ class Trainer:
                 evaluate_now = end_of_epoch if t.eval_every is None else p.step % t.eval_every == 0
                 if evaluate_now or done:
                     self.run_eval()
+                    if p.extra.get("stopped_early"):
+                        self.log(f"{self.recipe.name}: stopped at step {p.step} of {self.total_steps}: "
+                                 f"{p.extra['stopped_early']}")
+                        done = True
                 if evaluate_now or done or (t.checkpoint_every and p.step % t.checkpoint_every == 0):
                     self.save_last()
                 if not done and self.stop_requested(stop):
@@ -719,6 +763,8 @@ class Trainer:
             "data_source": self.data.source, "n_params": sum(q.numel() for q in self.model.parameters()),
             "evaluation": {"test": evaluated(test, self.data.test, self.recipe.train.max_test_batches),
                            "val": evaluated(p.best_val, self.data.val, self.recipe.train.max_eval_batches)},
+            "n_classes": self.n_classes, "not_learning": p.extra.get("not_learning"),
+            "stopped_early": p.extra.get("stopped_early"),
             **({"best_checkpoint_error": best_error} if best_error else {}),
         }
         if self.is_writer:
@@ -766,12 +812,13 @@ def is_input_error(error: BaseException) -> bool:
 
 def train(recipe: Recipe | None = None, runs_root: str | Path = "runs", resume: str | Path | None = None,
           quiet: bool = False, log: Callable[[str], None] = print, on_step=None,
-          accept_recipe_change: bool = False) -> dict[str, Any]:
+          accept_recipe_change: bool = False, on_eval: Callable[[int, dict], str | None] | None = None) -> dict[str, Any]:
     """Train a recipe into a new run directory under `runs_root`, or continue `resume`; return results.json.
 
     Unless `quiet`: a progress bar on a terminal, else (output to a file) plain `log` lines every
     `train.log_every` steps and after every evaluation. `accept_recipe_change`: resume even though recipe.yaml
-    differs from the one the checkpoint was written under."""
+    differs from the one the checkpoint was written under. `on_eval(step, val_metrics)` is called after every
+    validation evaluation; a reason it returns ends the run there (see the module docstring)."""
     from rich.console import Console
 
     from ssmbench.progress import TrainingProgress
@@ -809,7 +856,8 @@ def train(recipe: Recipe | None = None, runs_root: str | Path = "runs", resume: 
             try:
                 stop.setting_up = True  # a signal now stops at once: no step boundary, nothing to checkpoint
                 trainer = Trainer(recipe, run_dir, resume=resume is not None, quiet=quiet, log=log, is_writer=writer,
-                                  lines=not quiet and not terminal, accept_recipe_change=accept_recipe_change)
+                                  lines=not quiet and not terminal, accept_recipe_change=accept_recipe_change,
+                                  on_eval=on_eval)
                 stop.setting_up = False
                 with TrainingProgress(trainer, disable=quiet or not terminal) as bar:
                     trainer.fit(on_step=lambda tr: (bar.update(tr), on_step and on_step(tr)), stop=stop)
