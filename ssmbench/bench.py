@@ -168,8 +168,9 @@ def load_reference(path: str) -> types.ModuleType:
     except (Exception, SystemExit) as e:  # not Python (a SyntaxError), or a module that fails or exits on import
         raise SSMBenchError(f"bench --reference {path}: not an importable Python module ({type(e).__name__}: "
                             f"{str(e).splitlines()[0] if str(e) else ''}); pass the path of a reference s4d.py") from None
-    if not hasattr(module, "S4D"):
-        raise SSMBenchError(f"bench --reference {path}: defines no class S4D; pass the path of a reference s4d.py")
+    if not (hasattr(module, "S4D") or hasattr(module, "S4Block")):
+        raise SSMBenchError(f"bench --reference {path}: defines no class S4D or S4Block; pass the path of a "
+                            f"reference s4d.py or s4.py")
     return module
 
 
