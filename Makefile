@@ -46,7 +46,7 @@ docs: install
 	$(PY) -m ssmbench.docs_gen
 
 # Tunes alpha on validation for sMNIST and the high-frequency synthetic task beside the baseline tuned with the same
-# budget (docs/tuning.md; about 6 minutes on 2 idle cores) and rewrites the README's tune-example block.
+# budget (docs/tuning.md; 28 short runs, a few minutes on 2 idle cores) and rewrites the README's tune-example block.
 tune-example: install
 	$(PY) -m ssmbench.tune_example
 

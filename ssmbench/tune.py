@@ -52,6 +52,7 @@ import fcntl
 import json
 import math
 import time
+import zlib
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -146,7 +147,7 @@ class TuneFile(BaseModel):
     objective: Literal["accuracy", "loss"] = Field("accuracy", description="validation metric of the best checkpoint: "
                                                    "accuracy (maximized) or loss (minimized)")
     sampler: Literal["tpe", "random"] = Field("tpe", description="optuna sampler")
-    sampler_seed: int = Field(0, ge=0, lt=2**32, description="seed of the sampler (each study adds its index)")
+    sampler_seed: int = Field(0, ge=0, lt=2**32, description="seed of the sampler (with the study and trial number)")
     sampler_startup_trials: int = Field(4, ge=1, description="tpe: random trials before the model-based ones")
     pruner: Literal["median", "none"] = Field("median", description="median: stop a trial whose validation value is "
                                               "worse than the median of earlier trials at the same step")
@@ -321,15 +322,26 @@ def make_pruner(name: str, startup: int):
     return optuna.pruners.MedianPruner(n_startup_trials=startup) if name == "median" else optuna.pruners.NopPruner()
 
 
-def load_study(url: str, name: str, direction: str, sampler: str = "tpe", seed: int = 0, pruner: str = "median",
-               startup: int = 3, sampler_startup: int = 4):
+def make_sampler(name: str, seed: int, startup: int = 4):
+    import optuna
+
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup) if name == "tpe" else \
+        optuna.samplers.RandomSampler(seed=seed)
+
+
+def load_study(url: str, name: str, direction: str, pruner: str = "median", startup: int = 3):
+    """The optuna study `name` (created if missing) with the pruner; `next_trial` sets the sampler per trial."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    sampler_ = optuna.samplers.TPESampler(seed=seed, n_startup_trials=sampler_startup) if sampler == "tpe" else \
-        optuna.samplers.RandomSampler(seed=seed)
-    return optuna.create_study(storage=open_storage(url), study_name=name, direction=direction, sampler=sampler_,
+    return optuna.create_study(storage=open_storage(url), study_name=name, direction=direction,
                                pruner=make_pruner(pruner, startup), load_if_exists=True)
+
+
+def sampler_seed_of(tune: TuneFile, study: str, number: int) -> int:
+    """The sampler seed of trial `number` of a study: a function of the tune file, the study and the trial number,
+    so a restarted tune or a second process draws new values, never those of trial 0 again."""
+    return (tune.sampler_seed + zlib.crc32(study.encode()) + 7919 * number) % 2**32
 
 
 @contextmanager
@@ -454,6 +466,8 @@ def next_trial(tune: TuneFile, url: str, study: Study, ostudy, tried: set[tuple[
                     return spec
         if len(trials) >= tune.trials:
             return None
+        ostudy.sampler = make_sampler(tune.sampler, sampler_seed_of(tune, study.name, len(trials)),
+                                      tune.sampler_startup_trials)  # the next trial's number is len(trials): locked
         trial = ostudy.ask()
         for field, param in study.space.items():
             param.suggest(trial, field)
@@ -554,8 +568,7 @@ def run_tune(tune_file: Path, backend: str = "local", runs_dir: Optional[Path] =
         print(format_plan(tune, found, url, {s.name: progress_of(url, s.name) for s in found}))
         return []
     out_dir.mkdir(parents=True, exist_ok=True)
-    ostudies = {s.name: load_study(url, s.name, direction(tune), tune.sampler, tune.sampler_seed + i, tune.pruner,
-                                   tune.pruner_startup_trials, tune.sampler_startup_trials) for i, s in enumerate(found)}
+    ostudies = {s.name: load_study(url, s.name, direction(tune), tune.pruner, tune.pruner_startup_trials) for s in found}
     for s in found:
         ostudies[s.name].set_user_attr("space", {k: p.describe() for k, p in s.space.items()})
     console.print(f"tune {path.name}: {len(found)} studies x {tune.trials} trials ({url.split('@')[-1]}), then "

@@ -248,3 +248,22 @@ def test_smoke_skips_tune_files(tmp_path: Path, repo_root: Path) -> None:
     recipes, plans = split_files([repo_root / "recipes" / "tune"])
     assert sorted(p.name for p in plans) == ["frequency-alpha.yaml", "smnist-alpha.yaml"]
     assert sorted(p.name for p in recipes) == ["frequency-s4d.yaml", "smnist-s4d.yaml"]
+
+
+def test_a_restarted_tune_draws_new_values(tmp_path: Path) -> None:
+    from ssmbench import tune
+
+    path = write_tune(tmp_path, variants={"s4d": {"space": {"train.lr": LR}}})
+    spec = tune.load_tune(path)
+    (s,) = tune.studies(path, spec)
+    url = tune.storage_url(Path(s.base.runs_dir), spec, None)
+    drawn = []
+    for number in range(3):  # each a fresh process's view: a new study object, the earlier trials handled
+        ostudy = tune.load_study(url, s.name, "maximize")
+        trial = tune.next_trial(spec, url, s, ostudy, {(s.name, n) for n in range(number)})
+        assert trial.number == number
+        drawn.append(ostudy.trials[number].params["train.lr"])
+    assert len(set(drawn)) == 3  # a sampler seeded alike in every process would repeat trial 0's value
+    again = tune.make_sampler("tpe", tune.sampler_seed_of(spec, s.name, 1))  # and the values are reproducible
+    assert again.sample_independent(ostudy, ostudy.trials[1], "train.lr",
+                                    optuna.distributions.FloatDistribution(0.001, 0.05, log=True)) == drawn[1]

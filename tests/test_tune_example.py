@@ -15,7 +15,7 @@ from ssmbench.tune_example import BEGIN, END, README, RECORDS, TUNES, render, wr
 @pytest.fixture(autouse=True)
 def records_committed(repo_root: Path) -> None:
     if not (repo_root / RECORDS).is_dir():
-        pytest.skip(f"no records in {RECORDS}: run `make tune-example` (about 6 minutes on 2 idle cores)")
+        pytest.skip(f"no records in {RECORDS}: run `make tune-example` (28 short runs)")
 
 
 def test_readme_block_is_what_the_records_give(repo_root: Path, monkeypatch) -> None:
