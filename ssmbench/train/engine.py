@@ -79,10 +79,16 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def native_bf16(device: torch.device) -> bool:
+    """Whether `device` computes in bfloat16 natively: a CUDA GPU of compute capability >= 8.0 (Ampere and later).
+    `torch.cuda.is_bf16_supported()` also says True where bf16 is only emulated (a T4, sm_75), slower than fp32."""
+    return device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 0)
+
+
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype (None = fp32). auto: bf16 on CUDA when supported, else fp32. fp16 needs CUDA."""
+    """The autocast dtype (None = fp32). auto: bf16 where it is native (`native_bf16`), else fp32. fp16 needs CUDA."""
     if precision == "auto":
-        return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else None
+        return torch.bfloat16 if native_bf16(device) else None
     if precision == "fp16" and device.type != "cuda":
         raise SSMBenchError("train.precision: 'fp16' needs a CUDA device; on the CPU use 'fp32' or 'bf16'")
     return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]

@@ -1,0 +1,69 @@
+"""The CUDA-only parts of the engine held to account on the CPU (issue 22): mocked `torch.cuda` functions and
+CUDA streams/graphs, fake clocks and counted collectives stand in for the GPU; the checks that need one are in
+tests/test_gpu_train.py."""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import weakref
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from killpoint import one_thread, tiny  # noqa: F401 (fixture)
+from ssmbench.train import engine, graphs
+
+QUIET = {"quiet": True, "log": lambda *_: None}
+
+
+@pytest.fixture
+def fake_cuda(monkeypatch):
+    """CUDA streams and graphs on the CPU: a "capture" records the step without running it, a "replay" runs it."""
+    monkeypatch.setattr(torch.cuda, "Stream", lambda device=None: SimpleNamespace(wait_stream=lambda other: None,
+                                                                                   device=device))
+    monkeypatch.setattr(torch.cuda, "current_stream", torch.cuda.Stream)
+    monkeypatch.setattr(torch.cuda, "stream", lambda stream: contextlib.nullcontext())
+    monkeypatch.setattr(graphs, "capture", lambda body, stream=None: SimpleNamespace(replay=body))
+
+
+# --- item 8: precision auto -------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("capability, expected", [((7, 5), None), ((7, 0), None), ((8, 0), torch.bfloat16),
+                                                  ((9, 0), torch.bfloat16)])
+def test_precision_auto_uses_bf16_only_where_it_is_native(monkeypatch, capability, expected):
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)  # counts emulation (a T4 says True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    cuda = torch.device("cuda", 0)
+    assert engine.resolve_precision("auto", cuda) == expected
+    assert engine.native_bf16(cuda) is (expected is not None)
+    assert engine.resolve_precision("bf16", cuda) == torch.bfloat16  # asked for by name: emulated, but given
+    assert not engine.native_bf16(torch.device("cpu")) and engine.resolve_precision("auto", torch.device("cpu")) is None
+
+
+# --- item 6: a finished trainer is freed ------------------------------------------------------------------------
+
+@pytest.mark.usefixtures("one_thread", "fake_cuda")
+def test_a_finished_trainer_is_freed_without_a_gc_pass(tmp_path, monkeypatch):
+    """The graph runner (on the CPU through `fake_cuda`) refers back to the trainer's step; once train() returns,
+    the trainer and its model are released by reference counting alone."""
+    monkeypatch.setattr(engine.Trainer, "_step_graph",
+                        lambda self: graphs.StepGraph(self._update, self.recipe.train.batch_size, self.device))
+    seen = {}
+
+    def remember(trainer):
+        seen.setdefault("trainer", weakref.ref(trainer))
+        seen.setdefault("model", weakref.ref(trainer.model))
+        seen.setdefault("runner", weakref.ref(trainer.graph))
+
+    gc.collect()
+    gc.disable()
+    try:
+        results = engine.train(tiny(max_steps=6, eval_every=6, checkpoint_every=None), runs_root=tmp_path,
+                               on_step=remember, **QUIET)
+        alive = [name for name, ref in seen.items() if ref() is not None]
+    finally:
+        gc.enable()
+    assert results["status"] == "finished" and set(seen) == {"trainer", "model", "runner"}
+    assert alive == []
