@@ -67,3 +67,32 @@ def test_a_finished_trainer_is_freed_without_a_gc_pass(tmp_path, monkeypatch):
         gc.enable()
     assert results["status"] == "finished" and set(seen) == {"trainer", "model", "runner"}
     assert alive == []
+
+
+# --- item 10: samples/s counts the device time drained at log points --------------------------------------------
+
+@pytest.mark.usefixtures("one_thread")
+def test_throughput_window_includes_the_device_time_drained_at_log_points(tmp_path, monkeypatch):
+    """A fake GPU: each step queues 1 s of device work and returns at once (host time 0), reading the tally waits
+    for the queued work. The training time is then exactly 1 s per step, evaluation (which this fake makes free)
+    adding nothing."""
+    clock = {"now": 0.0, "queued": 0.0}
+    monkeypatch.setattr(engine, "time", SimpleNamespace(perf_counter=lambda: clock["now"]))
+    monkeypatch.setattr(engine, "read_each_step", lambda device: False)  # as on CUDA: read at log points only
+    update, read = engine.Trainer._update, engine.DeviceTally.read
+
+    def queue(self, *args):
+        update(self, *args)
+        clock["queued"] += 1.0
+
+    def drain(self):
+        clock["now"] += clock["queued"]
+        clock["queued"] = 0.0
+        return read(self)
+
+    monkeypatch.setattr(engine.Trainer, "_update", queue)
+    monkeypatch.setattr(engine.DeviceTally, "read", drain)
+    results = engine.train(tiny(max_steps=10, eval_every=5, log_every=3, checkpoint_every=None), runs_root=tmp_path,
+                           **QUIET)
+    assert results["steps"] == 10 and results["train_seconds"] == pytest.approx(10.0)
+    assert results["samples_per_second"] == pytest.approx(results["samples"] / 10.0)

@@ -582,17 +582,21 @@ class Trainer:
                 end_of_epoch = p.batch_in_epoch >= self.steps_per_epoch
                 if end_of_epoch:
                     p.epoch, p.batch_in_epoch = p.epoch + 1, 0
+                log_now = p.step % self.log_every == 0
+                evaluate_now = end_of_epoch if t.eval_every is None else p.step % t.eval_every == 0
+                save_now = evaluate_now or done or bool(t.checkpoint_every and p.step % t.checkpoint_every == 0)
+                if log_now or evaluate_now or save_now:
+                    self.collect()  # waits for the queued steps (CUDA): their device time is training time
                 now = time.perf_counter()
                 p.seconds += now - tick
                 tick = now
-                if p.step % self.log_every == 0:
+                if log_now:
                     self.log_progress()
                 if on_step:
                     on_step(self)
-                evaluate_now = end_of_epoch if t.eval_every is None else p.step % t.eval_every == 0
                 if evaluate_now or done:
                     self.run_eval()
-                if evaluate_now or done or (t.checkpoint_every and p.step % t.checkpoint_every == 0):
+                if save_now:
                     self.save_last()
                 if not done and self.stop_requested(stop):
                     if self.saved_step != p.step:
