@@ -25,7 +25,7 @@ def fake_cuda(monkeypatch):
                                                                                    device=device))
     monkeypatch.setattr(torch.cuda, "current_stream", torch.cuda.Stream)
     monkeypatch.setattr(torch.cuda, "stream", lambda stream: contextlib.nullcontext())
-    monkeypatch.setattr(graphs, "capture", lambda body, stream=None: SimpleNamespace(replay=body))
+    monkeypatch.setattr(graphs, "capture", lambda body, stream: SimpleNamespace(replay=body))
 
 
 # --- item 8: precision auto -------------------------------------------------------------------------------------
@@ -96,3 +96,50 @@ def test_throughput_window_includes_the_device_time_drained_at_log_points(tmp_pa
                            **QUIET)
     assert results["steps"] == 10 and results["train_seconds"] == pytest.approx(10.0)
     assert results["samples_per_second"] == pytest.approx(results["samples"] / 10.0)
+
+
+# --- item 4: train.device cuda:1 in one process -----------------------------------------------------------------
+
+class DeviceSet(Exception):
+    pass
+
+
+def test_trainer_makes_the_recipes_gpu_current_before_building_anything(tmp_path, monkeypatch):
+    """Triton launches on the current device: `train.device: cuda:1` must make GPU 1 current (torch.cuda.set_device)
+    before the model, the optimizer and the graph runner exist (the fake set_device stops the trainer there)."""
+    def set_device(device):
+        raise DeviceSet(torch.device(device))
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "set_device", set_device)
+    monkeypatch.setattr(engine, "build_data", lambda cfg: pytest.fail("data built before the device was set"))
+    with pytest.raises(DeviceSet) as e:
+        engine.Trainer(tiny(device="cuda:1"), tmp_path, log=lambda *_: None, is_writer=False)
+    assert e.value.args[0] == torch.device("cuda", 1)
+
+
+def test_graph_is_captured_on_a_stream_of_the_training_device(monkeypatch):
+    """torch.cuda.graph's default capture stream belongs to whichever device was current when it was first made;
+    the runner captures on its own side stream, made on the training device."""
+    streams, captured = [], []
+
+    def make_stream(device=None):
+        stream = SimpleNamespace(device=device, wait_stream=lambda other: None)
+        streams.append(stream)
+        return stream
+
+    @contextlib.contextmanager
+    def fake_graph(graph, stream=None, **kwargs):
+        captured.append(stream)
+        yield
+
+    monkeypatch.setattr(torch.cuda, "Stream", make_stream)
+    monkeypatch.setattr(torch.cuda, "current_stream", make_stream)
+    monkeypatch.setattr(torch.cuda, "stream", lambda stream: contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", lambda: SimpleNamespace(replay=lambda: None))
+    monkeypatch.setattr(torch.cuda, "graph", fake_graph)
+    device = torch.device("cuda", 1)
+    runner = graphs.StepGraph(lambda x, y, share: None, 2, device)
+    x, y = torch.zeros(2, 3), torch.zeros(2)
+    assert [runner.run(x, y, (2, 2)) for _ in range(5)] == ["warmup"] * 3 + ["capture", "replay"]
+    assert len(captured) == 1 and captured[0] is runner.side and runner.side.device == device

@@ -85,6 +85,14 @@ def native_bf16(device: torch.device) -> bool:
     return device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 0)
 
 
+def use_device(device: torch.device) -> None:
+    """Make `device` the current CUDA device (process-wide) when it names one (`cuda:1`). Triton launches its kernels
+    on the current device, whatever the tensors' device, and streams made without a device (torch.cuda.graph's
+    capture stream) belong to it; under DDP `distributed.setup` has already set it to LOCAL_RANK's GPU."""
+    if device.type == "cuda" and device.index is not None:
+        torch.cuda.set_device(device)
+
+
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype (None = fp32). auto: bf16 where it is native (`native_bf16`), else fp32. fp16 needs CUDA."""
     if precision == "auto":
@@ -320,6 +328,7 @@ class Trainer:
         if t.threads:
             torch.set_num_threads(t.threads)
         self.device = distributed.local_device(resolve_device(t.device))
+        use_device(self.device)
         self.rank, self.world = distributed.rank(), distributed.world_size()
         if t.batch_size < self.world or (t.eval_batch_size or t.batch_size) < self.world:
             raise SSMBenchError(f"train.batch_size / train.eval_batch_size: the global batch is split across "

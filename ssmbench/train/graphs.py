@@ -143,17 +143,19 @@ class StepGraph:
         static = self.static = StaticBatch(x, y)
         step = self._step  # not `self`: the recorded body must not refer back to this runner
         try:
-            self.graph = capture(lambda: step()(static.x, static.y, share))
+            self.graph = capture(lambda: step()(static.x, static.y, share), self.side)
         except RuntimeError as e:
             first_line = (str(e).splitlines() or [type(e).__name__])[0]
             raise SSMBenchError(f"train.cuda_graphs: capturing the training step failed ({first_line}); set "
                                 f"train.cuda_graphs: false") from e
 
 
-def capture(body: Callable[[], None]) -> torch.cuda.CUDAGraph:
-    """A CUDA graph of the kernels `body` launches (recorded, not run). thread_local: only this thread's CUDA
-    calls must be capture-safe (the DataLoader's pin-memory thread may allocate pinned memory meanwhile)."""
+def capture(body: Callable[[], None], stream: torch.cuda.Stream) -> torch.cuda.CUDAGraph:
+    """A CUDA graph of the kernels `body` launches (recorded, not run), captured on `stream` (a side stream of the
+    training device: torch.cuda.graph's default capture stream is made once per process, on whichever device is
+    current then). thread_local: only this thread's CUDA calls must be capture-safe (the DataLoader's pin-memory
+    thread may allocate pinned memory meanwhile)."""
     graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+    with torch.cuda.graph(graph, stream=stream, capture_error_mode="thread_local"):
         body()
     return graph
