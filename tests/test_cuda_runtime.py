@@ -5,6 +5,7 @@ tests/test_gpu_train.py."""
 from __future__ import annotations
 
 import contextlib
+import math
 import gc
 import weakref
 from types import SimpleNamespace
@@ -143,3 +144,31 @@ def test_graph_is_captured_on_a_stream_of_the_training_device(monkeypatch):
     x, y = torch.zeros(2, 3), torch.zeros(2)
     assert [runner.run(x, y, (2, 2)) for _ in range(5)] == ["warmup"] * 3 + ["capture", "replay"]
     assert len(captured) == 1 and captured[0] is runner.side and runner.side.device == device
+
+
+# --- item 5: a skipped step leaves BatchNorm's statistics as they were ------------------------------------------
+
+@pytest.mark.usefixtures("one_thread")
+@pytest.mark.parametrize("read_each_step", [True, False])
+def test_a_skipped_step_restores_batchnorm_statistics(tmp_path, monkeypatch, read_each_step):
+    """A NaN batch under on_nonfinite: skip drops the update and restores the running statistics (on the device:
+    also when the tally is read only at log points, as on CUDA); validation stays finite."""
+    monkeypatch.setattr(engine, "read_each_step", lambda device: read_each_step)
+    trainer = engine.Trainer(tiny(on_nonfinite="skip"), tmp_path, log=lambda *_: None, is_writer=False)
+    norms = [m for m in trainer.model.modules() if isinstance(m, torch.nn.BatchNorm1d)]
+    assert norms
+    batches = list(engine.loader(trainer.data.train, engine.EpochBatches(8 * 4, 8, 0, 0), 0, trainer.device))
+    for x, y in batches[:2]:
+        trainer.train_step(x, y)
+    before = [{k: v.clone() for k, v in m.state_dict().items()} for m in norms]
+    x, y = batches[2]
+    trainer.train_step(torch.full_like(x, float("nan")) if x.is_floating_point() else x, y)
+    for m, saved in zip(norms, before):
+        for k, v in m.state_dict().items():
+            assert torch.equal(v, saved[k]), k
+    trainer.train_step(*batches[3])
+    trainer.collect()
+    assert trainer.progress.skipped_steps == 1
+    assert all(torch.isfinite(m.running_mean).all() and torch.isfinite(m.running_var).all() for m in norms)
+    val = engine.evaluate(trainer.model, trainer.eval_loader(trainer.data.val), trainer.task, trainer.device, None, 1)
+    assert math.isfinite(val["loss"])

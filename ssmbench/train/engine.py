@@ -240,6 +240,13 @@ def better(task: str, new: dict, best: dict | None) -> bool:
     return new["loss"] < best["loss"]
 
 
+def persistent_buffers(model: torch.nn.Module) -> list[torch.Tensor]:
+    """The buffers of `model` in its state dict: what a forward may update besides the parameters (BatchNorm's
+    running mean, variance and batch count). Non-persistent buffers are caches (the STU's filter taps)."""
+    return [b for m in model.modules() for name, b in m._buffers.items()
+            if b is not None and name not in m._non_persistent_buffers_set]
+
+
 def nonfinite_parameters(model: torch.nn.Module, gradients: bool = True) -> list[str]:
     """Parameters with non-finite values, then (if `gradients`) those with only a non-finite gradient."""
     params = list(model.named_parameters())
@@ -504,6 +511,8 @@ class Trainer:
         `train.cuda_graphs` captures (gradients then stay in place, and autocast caches no weight casts)."""
         t = self.recipe.train
         mine, total = share
+        state = persistent_buffers(self.model)  # a dropped update restores them (BatchNorm's running statistics)
+        before = [b.clone() for b in state]
         with torch.autocast(self.device.type, dtype=self.amp or torch.float32, enabled=self.amp is not None,
                             cache_enabled=self.graph is None):
             out = self.ddp(x)
@@ -519,6 +528,9 @@ class Trainer:
         bad = self.tally.add(loss, correct if mine else None, mine, total, None if fp16 else grad_norm)
         if not fp16:
             self.optimizer.found_inf = bad  # read by the fused AdamW: 1 leaves parameters and state unchanged
+        dropped = bad.bool()
+        for b, old in zip(state, before):  # on the device, no host read: a NaN batch must not poison the statistics
+            b.copy_(torch.where(dropped, old, b))
         self.scaler.step(self.optimizer)
         self.optimizer.__dict__.pop("found_inf", None)
         self.scaler.update()
