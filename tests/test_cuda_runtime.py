@@ -172,3 +172,59 @@ def test_a_skipped_step_restores_batchnorm_statistics(tmp_path, monkeypatch, rea
     assert all(torch.isfinite(m.running_mean).all() and torch.isfinite(m.running_var).all() for m in norms)
     val = engine.evaluate(trainer.model, trainer.eval_loader(trainer.data.val), trainer.task, trainer.device, None, 1)
     assert math.isfinite(val["loss"])
+
+
+# --- item 9: DDP without a synchronization per step -------------------------------------------------------------
+
+@pytest.mark.usefixtures("one_thread")
+def test_ddp_asks_for_stop_signals_every_few_steps_not_every_step(tmp_path, monkeypatch):
+    """Under DDP (world 2, the collective counted by a stand-in) the stop check is an all-reduce and a host read:
+    asked every STOP_CHECK_EVERY steps, and a signal caught at step 3 still stops the run at the next check."""
+    checks = []
+
+    def all_reduce_sum(values):
+        if len(values) == 1:
+            checks.append(values[0])
+        return [float(v) for v in values]
+
+    monkeypatch.setattr(engine.distributed, "all_reduce_sum", all_reduce_sum)
+    trainer = engine.Trainer(tiny(max_steps=25, eval_every=100, checkpoint_every=None), tmp_path,
+                             log=lambda *_: None, is_writer=False)
+    trainer.world = 2
+    stop = SimpleNamespace(received=None)
+
+    def signal_at_3(tr):
+        if tr.progress.step == 3:
+            stop.received = "SIGTERM"
+
+    with pytest.raises(engine.Preempted):
+        trainer.fit(on_step=signal_at_3, stop=stop)
+    assert trainer.progress.step == engine.STOP_CHECK_EVERY == 10
+    assert checks == [True]
+
+
+class FakeDDP:
+    def __init__(self, module, device_ids=None, **kwargs):
+        self.module, self.kwargs = module, kwargs
+
+
+@pytest.mark.parametrize("norm, device, broadcast", [("batch", "cpu", True), ("batch", "cuda", False),
+                                                     ("layer", "cpu", False)])
+def test_ddp_broadcasts_buffers_only_for_per_rank_batchnorm(monkeypatch, norm, device, broadcast):
+    """Rank 0's buffers are re-broadcast at every forward only where ranks' buffers differ: per-rank BatchNorm
+    statistics on the CPU; SyncBatchNorm (CUDA) gives every rank the same statistics."""
+    monkeypatch.setattr(engine.distributed, "is_active", lambda: True)
+    monkeypatch.setattr(engine.distributed, "DistributedDataParallel", FakeDDP)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.BatchNorm1d(3) if norm == "batch" else torch.nn.LayerNorm(3))
+    wrapped = engine.distributed.wrap(model, torch.device(device, 0) if device == "cuda" else torch.device(device))
+    assert wrapped.kwargs.get("broadcast_buffers", True) is broadcast
+
+
+def test_stu_filter_taps_are_not_a_buffer():
+    """DDP broadcasts every buffer; the STU's float64 taps (R x L) are a constant cache, rebuilt on a device change."""
+    from ssmbench.models.stu import STU
+
+    layer = STU(4, k=4, k_u=2)
+    layer(torch.randn(2, 24, 4))
+    assert layer.taps is not None and layer.taps.dtype == torch.float64
+    assert not any(b.dtype == torch.float64 for b in layer.buffers()) and "taps" not in dict(layer.named_buffers())

@@ -88,9 +88,11 @@ def test_a_nonfinite_replayed_batch_is_dropped(tmp_path):
     for x, y in batches[:5]:
         trainer.train_step(x, y)
     before = {n: q.detach().clone() for n, q in trainer.model.named_parameters()}
+    statistics = {n: b.clone() for n, b in trainer.model.named_buffers()}  # BatchNorm's running statistics
     x, y = batches[5]
     trainer.train_step(torch.full_like(x, float("nan")), y)  # step 6: loss and gradients NaN
     assert all(torch.equal(q, before[n]) for n, q in trainer.model.named_parameters())
+    assert all(torch.equal(b, statistics[n]) for n, b in trainer.model.named_buffers())
     trainer.train_step(*batches[0])
     assert not all(torch.equal(q, before[n]) for n, q in trainer.model.named_parameters())
     trainer.collect()

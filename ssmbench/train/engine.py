@@ -280,6 +280,9 @@ class Progress:
     extra: dict = field(default_factory=dict)
 
 
+STOP_CHECK_EVERY = 10  # steps between the ranks' collective checks for a stop signal under DDP
+
+
 class Preempted(SSMBenchError):
     """SIGTERM/SIGINT stopped training at a step boundary after writing last.pt; the run can be resumed."""
 
@@ -606,7 +609,7 @@ class Trainer:
                 log_now = p.step % self.log_every == 0
                 evaluate_now = end_of_epoch if t.eval_every is None else p.step % t.eval_every == 0
                 save_now = evaluate_now or done or bool(t.checkpoint_every and p.step % t.checkpoint_every == 0)
-                if log_now or evaluate_now or save_now:
+                if log_now or evaluate_now or save_now or (self.world > 1 and self.stop_check_due(stop)):
                     self.collect()  # waits for the queued steps (CUDA): their device time is training time
                 now = time.perf_counter()
                 p.seconds += now - tick
@@ -629,10 +632,18 @@ class Trainer:
                 if done or end_of_epoch:
                     break
 
-    @staticmethod
-    def stop_requested(stop: StopSignals | None) -> bool:
-        """Whether any rank caught a stop signal (all ranks must stop at the same step)."""
-        return stop is not None and distributed.all_reduce_sum([stop.received is not None])[0] > 0
+    def stop_check_due(self, stop: StopSignals | None) -> bool:
+        """Whether this step asks the ranks about a stop signal: every step in one process (a flag), every
+        STOP_CHECK_EVERY steps under DDP, where asking is a collective and a host read (a synchronization)."""
+        return stop is not None and (self.world == 1 or self.progress.step % STOP_CHECK_EVERY == 0)
+
+    def stop_requested(self, stop: StopSignals | None) -> bool:
+        """Whether any rank caught a stop signal (all ranks must stop at the same step), asked when due."""
+        if not self.stop_check_due(stop):
+            return False
+        if self.world == 1:
+            return stop.received is not None
+        return distributed.all_reduce_sum([stop.received is not None])[0] > 0
 
     def test(self) -> dict[str, Any]:
         """Evaluate the best checkpoint (by validation) on the test split; return and write results.json."""
