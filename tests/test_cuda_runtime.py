@@ -228,3 +228,33 @@ def test_stu_filter_taps_are_not_a_buffer():
     layer(torch.randn(2, 24, 4))
     assert layer.taps is not None and layer.taps.dtype == torch.float64
     assert not any(b.dtype == torch.float64 for b in layer.buffers()) and "taps" not in dict(layer.named_buffers())
+
+
+# --- item 11: sweep --jobs N spreads its workers over the GPUs --------------------------------------------------
+
+@pytest.mark.parametrize("count, devices, expected", [(4, ["auto", "cpu"], 4), (2, ["cuda"], 2), (1, ["auto"], 0),
+                                                      (4, ["cpu", "cuda:1"], 0)])
+def test_sweep_workers_take_turns_on_the_visible_gpus(monkeypatch, count, devices, expected):
+    import multiprocessing
+
+    from ssmbench import sweep
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: count)
+    monkeypatch.setattr(sweep, "spec_recipe", lambda spec: SimpleNamespace(train=SimpleNamespace(device=spec)))
+    gpus = sweep.worker_gpus(devices)
+    assert gpus == expected
+    turns = multiprocessing.get_context("spawn").Value("i", 0)
+    taken = [sweep.take_gpu(turns, gpus) for _ in range(2 * count + 1)]
+    assert taken == ([i % count for i in range(2 * count + 1)] if expected else [None] * (2 * count + 1))
+
+
+def test_a_sweep_worker_makes_its_gpu_current_before_each_run(monkeypatch):
+    from ssmbench import sweep
+
+    current = []
+    monkeypatch.setattr(torch.cuda, "set_device", current.append)
+    monkeypatch.setattr(sweep, "run_spec", lambda spec, threads: {"status": "finished", "gpu": current[-1]})
+    monkeypatch.setitem(sweep._WORKER, "gpu", 1)
+    monkeypatch.setitem(sweep._WORKER, "parent", __import__("os").getppid())
+    assert sweep.worker_run_spec("spec", 1) == {"status": "finished", "gpu": 1}
