@@ -215,7 +215,8 @@ def test_ddp_broadcasts_buffers_only_for_per_rank_batchnorm(monkeypatch, norm, d
     statistics on the CPU; SyncBatchNorm (CUDA) gives every rank the same statistics."""
     monkeypatch.setattr(engine.distributed, "is_active", lambda: True)
     monkeypatch.setattr(engine.distributed, "DistributedDataParallel", FakeDDP)
-    model = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.BatchNorm1d(3) if norm == "batch" else torch.nn.LayerNorm(3))
+    norm_layer = torch.nn.BatchNorm1d(3) if norm == "batch" else torch.nn.LayerNorm(3)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 3), norm_layer)
     wrapped = engine.distributed.wrap(model, torch.device(device, 0) if device == "cuda" else torch.device(device))
     assert wrapped.kwargs.get("broadcast_buffers", True) is broadcast
 

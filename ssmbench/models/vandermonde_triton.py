@@ -33,8 +33,8 @@ a holomorphic map passes g_x = g_w conj(u'(x)) and a real x gets Re(g_w conj(du/
     dA = dt g_z,  dA_re = -Re(dA) f'(A_re),  dA_im = Im(dA),  dlog_dt = dL/d dt * (dt or sigmoid(log_dt)).
 phi1 and phi1' use their Taylor series for |z| < 1/2 (9 terms, error < 1e-9), so neither cancels at small z; the
 phase l a^im is reduced to [-pi, pi] before cos/sin, from a^im in float64 (per mode) and without a float32 product
-l a^im, which on an undamped mode reaches ~1e5 rad at L = 16384 (`_phase_terms`). Cost: H M L exp + sin + cos per pass, memory O(c H L) for K
-and O(H M L / BLOCK_L_BACKWARD) for the partial sums.
+l a^im, which on an undamped mode reaches ~1e5 rad at L = 16384 (`_phase_terms`).
+Cost: H M L exp + sin + cos per pass, memory O(c H L) for K and O(H M L / BLOCK_L_BACKWARD) for the partial sums.
 
 Used by `S4D.kernel` and `S4D.ssm` for float32 layers on CUDA (`s4d.fused_kernel_available`); on the CPU it runs under
 TRITON_INTERPRET=1 (the tests; `ssmbench bench` counts its launches there). Importing this module needs Triton.
