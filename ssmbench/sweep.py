@@ -553,8 +553,9 @@ def run_sweep(sweep_file: Path, runs_dir: Optional[Path] = None, jobs: int = 1, 
             results += execute(todo, lambda s: done_future(run_spec(s)), 1, stop, report)
         else:
             threads = max(1, (os.cpu_count() or 1) // jobs)
-            with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
-                                     initializer=worker_init, initargs=(os.getpid(),)) as pool:
+            spawn = multiprocessing.get_context("spawn")
+            with ProcessPoolExecutor(max_workers=jobs, mp_context=spawn, initializer=worker_init,
+                                     initargs=(os.getpid(), spawn.Value("i", 0), worker_gpus(todo))) as pool:
                 results += execute(todo, lambda s: pool.submit(worker_run_spec, s, threads), jobs, stop, report)
     order = {s.key: i for i, s in enumerate(specs)}
     return sorted(results, key=lambda r: order[r["key"]])
@@ -629,14 +630,42 @@ def signal_workers() -> None:
             pass
 
 
-_WORKER = {"parent": 0, "signal": None}
+_WORKER = {"parent": 0, "signal": None, "gpu": None}
 
 
-def worker_init(parent: int) -> None:
+def worker_gpus(specs: list[RunSpec]) -> int:
+    """How many GPUs the workers of `sweep --jobs N` take turns on: all visible ones when there are several and a
+    run trains on CUDA without naming a GPU (train.device auto or cuda), else 0 (every worker keeps the default)."""
+    import torch
+
+    if not torch.cuda.is_available() or torch.cuda.device_count() < 2:
+        return 0
+    devices = set()
+    for spec in specs:
+        try:
+            devices.add(spec_recipe(spec).train.device)
+        except SSMBenchError:  # a bad recipe fails when its run starts
+            continue
+    return torch.cuda.device_count() if devices & {"auto", "cuda"} else 0
+
+
+def take_gpu(turns, gpus: int) -> int | None:
+    """The GPU of the next worker to start: worker i (in start order, counted by the shared `turns`) gets i mod
+    `gpus`; None when `gpus` is 0."""
+    if not gpus:
+        return None
+    with turns.get_lock():
+        turns.value += 1
+        return (turns.value - 1) % gpus
+
+
+def worker_init(parent: int, turns=None, gpus: int = 0) -> None:
     """Set up a worker process of `sweep --jobs N`: its own process group (a Ctrl-C at the terminal reaches only
     the sweep, which passes it on once), SIGTERM when the sweep process dies (Linux PR_SET_PDEATHSIG, so no worker
-    outlives a killed sweep), and a handler that turns a signal between two runs into "start nothing more"."""
+    outlives a killed sweep), a handler that turns a signal between two runs into "start nothing more", and its
+    GPU (`take_gpu`), made current for its runs on `train.device` auto or cuda."""
     _WORKER["parent"] = parent
+    _WORKER["gpu"] = take_gpu(turns, gpus)
     os.setpgrp()
     if sys.platform.startswith("linux"):
         import ctypes
@@ -659,6 +688,10 @@ def worker_run_spec(spec: RunSpec, threads: int, run: Callable[..., dict] = run_
     run is not started). `run` must be a top-level function (it is pickled to the worker)."""
     if _WORKER["signal"]:
         return not_started(spec, f"{_WORKER['signal']} received before it started")
+    if _WORKER["gpu"] is not None:  # "cuda" and "auto" mean the current GPU; a recipe's cuda:N sets its own
+        import torch
+
+        torch.cuda.set_device(_WORKER["gpu"])
     try:
         result = run(spec, threads)
     except BaseException:  # a second signal (KeyboardInterrupt) aborted the run: if the sweep is gone, so is this

@@ -88,9 +88,11 @@ def test_a_nonfinite_replayed_batch_is_dropped(tmp_path):
     for x, y in batches[:5]:
         trainer.train_step(x, y)
     before = {n: q.detach().clone() for n, q in trainer.model.named_parameters()}
+    statistics = {n: b.clone() for n, b in trainer.model.named_buffers()}  # BatchNorm's running statistics
     x, y = batches[5]
     trainer.train_step(torch.full_like(x, float("nan")), y)  # step 6: loss and gradients NaN
     assert all(torch.equal(q, before[n]) for n, q in trainer.model.named_parameters())
+    assert all(torch.equal(b, statistics[n]) for n, b in trainer.model.named_buffers())
     trainer.train_step(*batches[0])
     assert not all(torch.equal(q, before[n]) for n, q in trainer.model.named_parameters())
     trainer.collect()
@@ -107,3 +109,18 @@ def test_prefetch_hands_out_the_loaders_batches_in_order(tmp_path):
     assert len(got) == len(plain) == 7
     for (x, y), (gx, gy) in zip(plain, got):
         assert gx.is_cuda and gy.is_cuda and torch.equal(gx.cpu(), x) and torch.equal(gy.cpu(), y)
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")
+@pytest.mark.parametrize("cuda_graphs", [False, True])
+def test_training_on_the_second_gpu(tmp_path, cuda_graphs):
+    """`train.device: cuda:1` in one process: GPU 1 becomes current (Triton launches and the capture stream go
+    there), the steps run and leave finite parameters on GPU 1."""
+    torch.cuda.set_device(0)
+    trainer = graph_trainer(tmp_path, cuda_graphs, device="cuda:1")
+    assert torch.cuda.current_device() == 1
+    for x, y in epoch_batches(trainer):
+        trainer.train_step(x, y)
+    trainer.collect()
+    assert trainer.progress.step == 7 and trainer.progress.skipped_steps == 0
+    assert all(q.device == torch.device("cuda", 1) and torch.isfinite(q).all() for q in trainer.model.parameters())

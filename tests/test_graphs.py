@@ -134,7 +134,7 @@ def fake_cuda(monkeypatch):
     monkeypatch.setattr(torch.cuda, "Stream", lambda device: SimpleNamespace(wait_stream=lambda other: None))
     monkeypatch.setattr(torch.cuda, "current_stream", torch.cuda.Stream)
     monkeypatch.setattr(torch.cuda, "stream", lambda stream: contextlib.nullcontext())
-    monkeypatch.setattr(graphs, "capture", lambda body: SimpleNamespace(replay=body))
+    monkeypatch.setattr(graphs, "capture", lambda body, stream: SimpleNamespace(replay=body))
 
 
 @pytest.mark.usefixtures("one_thread", "fake_cuda")
@@ -163,7 +163,7 @@ def test_graph_runner_replays_the_loaded_batch(tmp_path):
 
 @pytest.mark.usefixtures("fake_cuda")
 def test_a_failed_capture_names_the_field(monkeypatch):
-    def refuse(body):
+    def refuse(body, stream):
         raise RuntimeError("operation not permitted when stream is capturing\nCUDA kernel errors ...")
 
     monkeypatch.setattr(graphs, "capture", refuse)

@@ -271,3 +271,22 @@ def test_fft_conv_gradcheck(n_extra):
     u = torch.randn(2, L, 3, dtype=torch.float64, requires_grad=True)
     k_f = torch.fft.rfft(torch.randn(3, L, dtype=torch.float64), n=n).requires_grad_()
     assert torch.autograd.gradcheck(lambda u, k: fft_conv(u, k, n), (u, k_f))
+
+
+@pytest.mark.parametrize("discretization", ["zoh", "bilinear"])
+@pytest.mark.parametrize("path", ["fast", "direct"])
+def test_long_undamped_lags_float32_close_to_float64(path, discretization):
+    """Re(A) = 0 (zero-real init), dt = 0.1, L = 16384: the phase l dt Im(A) reaches ~1e5 rad, where float32
+    rounding of dt, dt Im(A) or l dt Im(A) is ~1e-2 rad (K then off by ~5e-3). The float32 kernel is computed from
+    a float64 log A_bar with its phases reduced mod 2 pi before the cast (`kernels.powers`)."""
+    torch.manual_seed(0)
+    layer = S4D(4, d_state=64, path=path, discretization=discretization, triton=False)
+    with torch.no_grad():
+        layer.linear_real.fill_(True)
+        layer.A_re.zero_()
+        layer.set_dt(0.1)
+    L = 16384
+    with torch.no_grad():
+        k32 = layer.kernel(L).double()
+        k64 = layer.double().kernel(L)
+    assert ((k32 - k64).abs().max() / k64.abs().max()) < 1e-5

@@ -19,7 +19,9 @@ from pathlib import Path
 import pytest
 import torch
 
-pytest.importorskip("triton")
+triton = pytest.importorskip("triton")
+tl = triton.language
+vt = pytest.importorskip("ssmbench.models.vandermonde_triton")
 ROOT = Path(__file__).resolve().parents[1]
 
 # (discretization, real_transform, dt_transform, bidirectional, n_ssm, init, L): every option of the fused kernel
@@ -104,11 +106,95 @@ def block_cases() -> dict:
     return out
 
 
-def test_triton_kernel_matches_pytorch_and_float64():
+def interpreted(*args: str) -> dict:
+    """The JSON printed by `python tests/test_vandermonde_triton.py ARGS` under TRITON_INTERPRET=1."""
     env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run([sys.executable, __file__], capture_output=True, text=True, env=env, timeout=600)
+    proc = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True, env=env, timeout=1800)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    errors = json.loads(proc.stdout.strip().splitlines()[-1])
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+# Long undamped lags (issue 22): Re(A) = 0, dt = 0.1, S4D-Lin Im(A) = pi n, lags up to 16384, where the phase
+# l dt Im(A) reaches ~1e5 rad and float32 rounding of dt, of dt Im(A) or of their product with l is ~1e-2 rad.
+LONG_L = 16384
+PHASE_CASES = [(disc, dt) for disc in ("zoh", "bilinear") for dt in ("exp", "softplus")]
+
+
+@triton.jit
+def _probe(a_re_ptr, a_im_ptr, lin_ptr, log_dt_ptr, b_ptr, out_ptr, M, start, REAL: tl.constexpr,
+           DT: tl.constexpr, ZOH: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_L: tl.constexpr):
+    offs_m = tl.arange(0, BLOCK_M)
+    mask_m = offs_m < M
+    a_re, a_im, _, dt, _, b_re, b_im = vt._parameters(a_re_ptr, a_im_ptr, lin_ptr, log_dt_ptr, b_ptr, 0, 0, M,
+                                                      offs_m, mask_m, REAL, DT)
+    la_re, _, _, _ = vt._discretize(a_re, a_im, dt, b_re, b_im, 1.0, ZOH)
+    _, cos, sin = vt._phase_terms(la_re, vt._phase_rate(a_re, a_im, log_dt_ptr, 0, DT, ZOH), start, BLOCK_L)
+    at = offs_m[:, None] * BLOCK_L + tl.arange(0, BLOCK_L)[None, :]
+    tl.store(out_ptr + at, cos)
+    tl.store(out_ptr + BLOCK_M * BLOCK_L + at, sin)
+
+
+def phase_cases() -> dict:
+    """cos and sin of the phase of the fused kernel's tiles (`_phase_rate`, `_phase_terms`) for the last block of lags
+    before LONG_L, on undamped modes, vs float64: max absolute error per (discretization, dt transform)."""
+    import math
+
+    from ssmbench.models.s4d import DT_TRANSFORMS
+
+    M, block = 32, vt.BLOCK_L
+    start = LONG_L - block
+    out = {}
+    for disc, dt_transform in PHASE_CASES:
+        A_im = (math.pi * torch.arange(M, dtype=torch.float32))[None]
+        log_dt = DT_TRANSFORMS[dt_transform][1](torch.tensor([0.1]))
+        tiles = torch.empty(2, M, block)
+        _probe[(1,)](torch.zeros(1, M), A_im, torch.ones(1, dtype=torch.bool), log_dt, torch.zeros(1, M, 2), tiles, M,
+                     start, REAL=0, DT=vt.DT_TRANSFORM_CODES[dt_transform], ZOH=disc == "zoh", BLOCK_M=M, BLOCK_L=block)
+        z = DT_TRANSFORMS[dt_transform][0](log_dt.double()) * torch.complex(torch.zeros(M, dtype=torch.float64),
+                                                                             A_im[0].double())
+        w = z.imag if disc == "zoh" else torch.log((1 + z / 2) / (1 - z / 2)).imag
+        phase = w[:, None] * torch.arange(start, LONG_L, dtype=torch.float64)
+        out[f"{disc} {dt_transform}"] = max((tiles[0].double() - phase.cos()).abs().max().item(),
+                                            (tiles[1].double() - phase.sin()).abs().max().item())
+    return out
+
+
+def test_fused_kernel_phase_is_exact_at_long_undamped_lags():
+    errors = interpreted("phase")
+    assert sorted(errors) == sorted(f"{d} {t}" for d, t in PHASE_CASES)
+    assert max(errors.values()) < 2e-6, errors  # float32: a float32 phase l w gives ~1e-2
+
+
+def long_lags_case(discretization: str) -> dict:
+    """K and every gradient of an undamped S4D-Lin layer (dt 0.1, L = LONG_L) on the fused path and on the float32
+    PyTorch path, relative to float64."""
+    from ssmbench.models.s4d import S4D
+
+    results = {}
+    for name, triton, dtype in [("triton", True, torch.float32), ("torch32", False, torch.float32),
+                                ("torch64", False, torch.float64)]:
+        torch.manual_seed(0)
+        m = S4D(2, d_state=8, discretization=discretization, triton=triton)
+        with torch.no_grad():
+            m.linear_real.fill_(True)
+            m.A_re.zero_()
+            m.set_dt(0.1)
+        m = m.to(dtype)
+        k = m.kernel(LONG_L)
+        k.backward(torch.randn(k.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64).to(dtype))
+        results[name] = [k.detach().double()] + [p.grad.double() for p in m.parameters() if p.grad is not None]
+    return {name: [rel(a, b) for a, b in zip(results[name], results["torch64"])] for name in ("triton", "torch32")}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("discretization", ["zoh", "bilinear"])
+def test_fused_kernel_at_long_undamped_lags(discretization):
+    errors = interpreted("long", discretization)
+    assert len(errors["triton"]) == 6 and max(errors["triton"]) < 1e-5 and max(errors["torch32"]) < 1e-5, errors
+
+
+def test_triton_kernel_matches_pytorch_and_float64():
+    errors = interpreted()
     assert len(errors) == 4 * len(CASES) + len(BLOCKS)
     for block in BLOCKS:  # the whole block, output and every gradient
         assert max(errors.pop(f"block {block}")) < 1e-5, block
@@ -144,4 +230,9 @@ def test_compiled_triton_kernel_on_cuda():
 
 
 if __name__ == "__main__":
-    print(json.dumps({**kernel_cases(), **block_cases()}))
+    if sys.argv[1:2] == ["phase"]:
+        print(json.dumps(phase_cases()))
+    elif sys.argv[1:2] == ["long"]:
+        print(json.dumps(long_lags_case(sys.argv[2])))
+    else:
+        print(json.dumps({**kernel_cases(), **block_cases()}))

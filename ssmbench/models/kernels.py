@@ -67,13 +67,27 @@ def limit_growth(log_A_bar: torch.Tensor, L: int, max_log_growth: float = MAX_LO
     return torch.complex(re.clamp(max=max_log_growth / L).detach() + (re - re.detach()), log_A_bar.imag)
 
 
+def powers(log_A_bar: torch.Tensor, lags: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """A_bar^l = exp(l Re log A_bar) e^{i theta_l} for each lag l of `lags`, (..., len(lags)), complex in the real
+    `dtype`, with the phase theta_l = l Im(log A_bar) reduced to [-pi, pi) in the precision of log_A_bar.
+
+    An undamped mode (Re A = 0) keeps |A_bar^l| = 1 while its phase grows to dt Im(A) L ~ 1e5 rad at L = 16384; a
+    float32 phase (or rate dt Im(A)) carries a rounding error of ~1e-2 rad there. With log_A_bar in float64
+    (`S4D.discrete`) the phase is exact to ~1e-11 rad before its cast; the magnitude is computed in `dtype`.
+    """
+    lags = lags.to(log_A_bar.real.dtype)
+    z = log_A_bar.unsqueeze(-1)
+    phase = torch.remainder(z.imag * lags + math.pi, 2 * math.pi) - math.pi  # d phase / d Im(log A_bar) = l
+    return torch.exp(torch.complex(z.real.to(dtype) * lags.to(dtype), phase.to(dtype)))
+
+
 def vandermonde_kernel(W: torch.Tensor, log_A_bar: torch.Tensor, L: int, conjugate_pairs: bool = True) -> torch.Tensor:
     """K_{c,h,l} = s * Re sum_n W_{c,h,n} exp(l * log A_bar_{h,n}),  l = 0..L-1,  s = 2 for conjugate pairs else 1.
 
-    W = C * B_bar (c, H, M). Materializes the (H, M, L) Vandermonde matrix: the straightforward path.
+    W = C * B_bar (c, H, M). Materializes the (H, M, L) Vandermonde matrix: the straightforward path. The powers
+    are computed by `powers` in W's precision, their phases reduced in that of log_A_bar.
     """
-    l = torch.arange(L, device=log_A_bar.device, dtype=log_A_bar.real.dtype)
-    V = torch.exp(log_A_bar.unsqueeze(-1) * l)  # (H, M, L)
+    V = powers(log_A_bar, torch.arange(L, device=log_A_bar.device), W.real.dtype)  # (H, M, L)
     K = torch.einsum("chm,hml->chl", W, V).real
     return 2 * K if conjugate_pairs else K
 
@@ -87,16 +101,16 @@ def blocked_vandermonde_kernel(W: torch.Tensor, log_A_bar: torch.Tensor, L: int,
     with the giant steps G = W A_bar^{jT} (c, H, J, M) and the baby steps V = A_bar^t (H, M, T), each power
     evaluated as exp(k log A_bar) (never repeated products). The sum over n is one batched real GEMM of
     (J, 2M) x (2M, T) per (c, h). Cost: H M (J + T) ~ 2 H M sqrt(L) complex exps and 2 c H M L real
-    multiply-adds; memory and saved-for-backward tensors are O(c H M sqrt(L)).
+    multiply-adds; memory and saved-for-backward tensors are O(c H M sqrt(L)). Both factors come from `powers` (phases
+    reduced in log_A_bar's precision, values in W's).
     """
     T = block or max(1, math.isqrt(L - 1) + 1)
     J = -(-L // T)
-    real = log_A_bar.real.dtype
-    t = torch.arange(T, device=log_A_bar.device, dtype=real)
-    jT = torch.arange(J, device=log_A_bar.device, dtype=real) * T
-    V = torch.exp(log_A_bar.unsqueeze(-1) * t)  # (H, M, T)
-    G = (2 * W if conjugate_pairs else W).unsqueeze(-2) * torch.exp(log_A_bar.unsqueeze(-2) * jT.unsqueeze(-1))
-    lhs = torch.cat([G.real, -G.imag], dim=-1)  # (c, H, J, 2M)
+    t = torch.arange(T, device=log_A_bar.device)
+    V = powers(log_A_bar, t, W.real.dtype)  # (H, M, T)
+    jT = torch.arange(J, device=log_A_bar.device) * T
+    G = (2 * W if conjugate_pairs else W).unsqueeze(-2) * powers(log_A_bar, jT, W.real.dtype).transpose(-1, -2)
+    lhs = torch.cat([G.real, -G.imag], dim=-1)  # G: (c, H, J, M); lhs (c, H, J, 2M)
     rhs = torch.cat([V.real, V.imag], dim=-2)  # (H, 2M, T)
     K = torch.matmul(lhs, rhs)  # (c, H, J, T)
     return K.flatten(-2)[..., :L]

@@ -229,8 +229,8 @@ class SpectralMix(torch.autograd.Function):
 class STU(nn.Module):
     """STU block: (batch, length, d_model) -> (batch, length, d_model); STU -> GELU -> dropout -> Linear(H, 2H) -> GLU.
 
-    `cache_dir`: folder of the on-disk filter cache (None: memory only). The filters are buffers
-    (persistent=False, not in the state dict), rebuilt when the sequence length changes.
+    `cache_dir`: folder of the on-disk filter cache (None: memory only). The filters are a cached attribute (not a
+    buffer, not in the state dict), rebuilt when the sequence length or the layer's device changes.
     `mixing`: "full" (Eq. 4 exactly: parameters M_u, M_phi_plus, M_phi_minus) or "tensordot" (the approximation
     M^{phi+-}_k = diag(m^+-_k) P of the module docstring: parameters M_u, P (H, H), m_plus, m_minus (K, H); the
     M_phi_* attributes are None).
@@ -254,7 +254,8 @@ class STU(nn.Module):
             self.P = nn.Parameter(torch.empty(H, H).uniform_(-H**-0.5, H**-0.5))  # (H_out, H_in), nn.Linear's init
             self.m_plus = nn.Parameter(torch.zeros(k, H))
             self.m_minus = nn.Parameter(torch.zeros(k, H)) if hankel == "z" else None
-        self.register_buffer("taps", torch.zeros(0, 0), persistent=False)
+        # A cache, not a buffer: DDP would broadcast a buffer (R x L float64) from rank 0 at every forward.
+        self.taps: torch.Tensor | None = None
 
         self.activation = nn.GELU()
         self.dropout = nn.Dropout(dropout)
@@ -263,7 +264,7 @@ class STU(nn.Module):
 
     def filters(self, L: int) -> torch.Tensor:
         """The (R, L) tap buffer for length L, float64 from the (cached) eigenpairs, moved to the layer's device."""
-        if self.taps.shape[-1] != L:
+        if self.taps is None or self.taps.shape[-1] != L or self.taps.device != self.M_u.device:
             if L < self.k:
                 raise SSMBenchError(f"model.stu.k: {self.k} spectral filters need sequences of at least {self.k} "
                                     f"steps, got length {L}; lower model.stu.k")

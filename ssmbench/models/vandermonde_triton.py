@@ -32,8 +32,10 @@ a holomorphic map passes g_x = g_w conj(u'(x)) and a real x gets Re(g_w conj(du/
               dL/d dt = sum_n Re(g_z conj(A)) + Re(g_Bbar conj(B / (1 - z/2))),
     dA = dt g_z,  dA_re = -Re(dA) f'(A_re),  dA_im = Im(dA),  dlog_dt = dL/d dt * (dt or sigmoid(log_dt)).
 phi1 and phi1' use their Taylor series for |z| < 1/2 (9 terms, error < 1e-9), so neither cancels at small z; the
-phase l a^im is reduced to [-pi, pi] before cos/sin. Cost: H M L exp + sin + cos per pass, memory O(c H L) for K
-and O(H M L / BLOCK_L) for the partial sums of the backward (`block_lags`).
+phase l a^im is reduced to [-pi, pi] before cos/sin, from a^im in float64 (per mode) and without a float32 product
+l a^im, which on an undamped mode reaches ~1e5 rad at L = 16384 (`_phase_terms`).
+Cost: H M L exp + sin + cos per pass, memory O(c H L) for K and O(H M L / BLOCK_L) for the partial sums of the
+backward (`block_lags`).
 
 Used by `S4D.kernel` and `S4D.ssm` for float32 layers on CUDA (`s4d.fused_kernel_available`); on the CPU it runs under
 TRITON_INTERPRET=1 (the tests; `ssmbench bench` counts its launches there). Importing this module needs Triton.
@@ -57,6 +59,12 @@ FORWARD_TILE, MAX_BLOCK_L = 1024, 128
 BACKWARD_TILE, MAX_BLOCK_L_BACKWARD = 2048, 64
 TWO_PI = tl.constexpr(6.283185307179586)
 INV_TWO_PI = tl.constexpr(0.15915494309189535)
+# The phase l w of a tile (`_phase_terms`): 2 pi = TWO_PI_HI + TWO_PI_LO with TWO_PI_HI = 12868 / 2^11, so k TWO_PI_HI
+# is exact in float32 for k < 2^10; the rate's high part is a multiple of 2^-RATE_BITS (14 significant bits), so
+# its product with a lag offset i < 2^10 (BLOCK_L <= 1024) is exact too.
+TWO_PI_HI = tl.constexpr(6.283203125)
+TWO_PI_LO = tl.constexpr(-1.7817820413768004e-05)
+RATE_SCALE = tl.constexpr(4096.0)  # 2^RATE_BITS, RATE_BITS = 12
 REAL_TRANSFORM_CODES = {"exp": 0, "relu": 1, "none": 2}  # s4d.REAL_TRANSFORMS
 DT_TRANSFORM_CODES = {"exp": 0, "softplus": 1}  # s4d.DT_TRANSFORMS
 
@@ -87,9 +95,11 @@ def _cdiv(ar, ai, br, bi):
 
 
 @triton.jit
-def _atan2(y, x):
+def _atan2(y, x, FLOAT64: tl.constexpr = False):
     """atan2 in float32: atan of t = min/max(|x|, |y|) in [0, 1], reduced to |t| <= tan(pi/8) and a degree-9 odd
-    polynomial (relative error ~1e-7), then mapped to the octant and quadrant of (x, y)."""
+    polynomial (relative error ~1e-7), then mapped to the octant and quadrant of (x, y). FLOAT64 (float64 y, x):
+    one more reduction, atan(t) = 2 atan(u), u = t / (1 + sqrt(1 + t^2)), |u| <= 0.2, and the Taylor series of
+    atan(u) to u^21 (truncation error < 2e-18)."""
     ax = tl.abs(x)
     ay = tl.abs(y)
     big = tl.maximum(ax, ay)
@@ -97,7 +107,13 @@ def _atan2(y, x):
     reduce = t > 0.41421356237309503
     t = tl.where(reduce, (t - 1.0) / (t + 1.0), t)
     t2 = t * t
-    r = (((0.0805374449538 * t2 - 0.138776856032) * t2 + 0.199777106478) * t2 - 0.333329491539) * t2 * t + t
+    if FLOAT64:
+        u = t / (1.0 + tl.sqrt(1.0 + t2))
+        v = u * u
+        p = ((((1 / 21 * v - 1 / 19) * v + 1 / 17) * v - 1 / 15) * v + 1 / 13) * v - 1 / 11
+        r = 2.0 * u * (((((p * v + 1 / 9) * v - 1 / 7) * v + 1 / 5) * v - 1 / 3) * v + 1.0)
+    else:
+        r = (((0.0805374449538 * t2 - 0.138776856032) * t2 + 0.199777106478) * t2 - 0.333329491539) * t2 * t + t
     r = tl.where(reduce, r + 0.7853981633974483, r)
     r = tl.where(ay > ax, 1.5707963267948966 - r, r)
     r = tl.where(x < 0.0, 3.141592653589793 - r, r)
@@ -192,18 +208,50 @@ def _discretize(a_re, a_im, dt, b_re, b_im, max_re, ZOH: tl.constexpr):
         li = zi
     else:
         qr, qi = _cdiv(1.0 + zr / 2, zi / 2, 1.0 - zr / 2, -zi / 2)
-        lr = 0.5 * tl.log(qr * qr + qi * qi)
+        # log |q| = log(1 + 2 z^re / |1 - z/2|^2) / 2: exactly 0 on an undamped mode (log |q|^2 is off by ~1e-7,
+        # a factor e^{1e-7 l} at lag l)
+        lr = 0.5 * _log1p(2.0 * zr / ((1.0 - zr / 2) * (1.0 - zr / 2) + zi * zi / 4))
         li = _atan2(qi, qr)
         bb_r, bb_i = _cdiv(b_re, b_im, 1.0 - zr / 2, -zi / 2)
     return tl.minimum(lr, max_re), li, dt * bb_r, dt * bb_i
 
 
 @triton.jit
-def _phase_terms(a_re, a_im, lags):
-    """E = exp(l a^re), cos(l a^im), sin(l a^im) for a (BLOCK_M, BLOCK_L) tile, the phase reduced to [-pi, pi]."""
-    mag = tl.exp(a_re[:, None] * lags[None, :])
-    phase = a_im[:, None] * lags[None, :]
-    phase = phase - TWO_PI * tl.floor(phase * INV_TWO_PI + 0.5)
+def _phase_rate(a_re, a_im, log_dt_ptr, h, DT: tl.constexpr, ZOH: tl.constexpr):
+    """w = Im(log A_bar) in float64 from the float32 parameters (a_re, a_im: the continuous A; dt from log_dt[h]).
+    ZOH: w = dt Im(A). Bilinear: w = arg((1 + z/2)/(1 - z/2)) = atan2(z^im, 1 - |z|^2/4). A float32 w is off by
+    ~6e-8 w: ~1e-2 rad of phase at lag 16384 on an undamped mode."""
+    x = tl.load(log_dt_ptr + h).to(tl.float64)
+    if DT == 0:
+        dt = tl.exp(x)
+    else:
+        dt = tl.where(x > 20.0, x, _log1p(tl.exp(tl.minimum(x, 20.0))))
+    zi = dt * a_im.to(tl.float64)
+    if ZOH:
+        w = zi
+    else:
+        zr = dt * a_re.to(tl.float64)
+        w = _atan2(zi, 1.0 - (zr * zr + zi * zi) / 4, True)
+    return w
+
+
+@triton.jit
+def _phase_terms(a_re, rate, start, BLOCK_L: tl.constexpr):
+    """E = exp(l a^re), cos(l w), sin(l w) for the lags l = start + i, i < BLOCK_L, of a (BLOCK_M, BLOCK_L) tile;
+    w = Im(log A_bar) in float64 (`_phase_rate`). The phase is reduced to [-pi, pi] without a float32 product of
+    size l w: theta0 = start w mod 2 pi and r = w mod 2 pi = r_hi + r_lo in float64 (per mode), then
+    l w = theta0 + i r_hi + i r_lo (mod 2 pi), i r_hi exact in float32, k 2 pi subtracted in two exact-ish parts."""
+    lags = start + tl.arange(0, BLOCK_L)
+    mag = tl.exp(a_re[:, None] * lags.to(tl.float32)[None, :])
+    theta0 = rate * start.to(tl.float64)
+    theta0 = (theta0 - TWO_PI * tl.floor(theta0 * INV_TWO_PI + 0.5)).to(tl.float32)
+    r = rate - TWO_PI * tl.floor(rate * INV_TWO_PI + 0.5)
+    r_hi = tl.floor(r * RATE_SCALE + 0.5) / RATE_SCALE
+    r_lo = (r - r_hi).to(tl.float32)
+    i = tl.arange(0, BLOCK_L).to(tl.float32)[None, :]
+    hi = r_hi.to(tl.float32)[:, None] * i
+    k = tl.floor((hi + theta0[:, None]) * INV_TWO_PI + 0.5)
+    phase = (hi - k * TWO_PI_HI) + theta0[:, None] - k * TWO_PI_LO + r_lo[:, None] * i
     return mag, tl.cos(phase), tl.sin(phase)
 
 
@@ -232,8 +280,9 @@ def _forward(a_re_ptr, a_im_ptr, lin_ptr, log_dt_ptr, b_ptr, c_ptr, d_ptr, k_ptr
         mask_m = offs_m < M
         a_re, a_im, _, dt, _, b_re, b_im = _parameters(a_re_ptr, a_im_ptr, lin_ptr, log_dt_ptr, b_ptr, h % S, h, M,
                                                        offs_m, mask_m, REAL, DT)
+        rate = _phase_rate(a_re, a_im, log_dt_ptr, h, DT, ZOH)
         la_re, la_im, bb_re, bb_im = _discretize(a_re, a_im, dt, b_re, b_im, max_re, ZOH)
-        mag, cos, sin = _phase_terms(la_re, la_im, offs_l.to(tl.float32))
+        mag, cos, sin = _phase_terms(la_re, rate, tl.program_id(1) * BLOCK_L, BLOCK_L)
         for c in tl.static_range(C):
             cw = (c * H + h) * M + offs_m
             c_re = tl.load(c_ptr + cw * 2, mask=mask_m, other=0.0)  # padded modes: C = 0, so W = 0
@@ -266,7 +315,7 @@ def _backward_lags(a_re_ptr, a_im_ptr, lin_ptr, log_dt_ptr, b_ptr, c_ptr, g_ptr,
                                                    offs_m, mask_m, REAL, DT)
     la_re, la_im, bb_re, bb_im = _discretize(a_re, a_im, dt, b_re, b_im, max_re, ZOH)
     lags = offs_l.to(tl.float32)
-    mag, cos, sin = _phase_terms(la_re, la_im, lags)
+    mag, cos, sin = _phase_terms(la_re, _phase_rate(a_re, a_im, log_dt_ptr, h, DT, ZOH), b * BLOCK_L, BLOCK_L)
     ga_re = tl.zeros([BLOCK_M], dtype=tl.float32)
     ga_im = tl.zeros([BLOCK_M], dtype=tl.float32)
     for c in tl.static_range(C):

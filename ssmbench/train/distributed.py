@@ -162,7 +162,11 @@ def wrap(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
     # correctly and only warns that the copy costs time.
     warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
     ids = [device.index] if device.type == "cuda" else None
-    return DistributedDataParallel(model, device_ids=ids)
+    # Buffers are broadcast from rank 0 at every forward only where ranks' buffers drift apart: per-rank BatchNorm
+    # statistics (CPU). SyncBatchNorm computes the same statistics on every rank, and other buffers (S4D's
+    # linear_real) change only before wrapping, when DDP broadcasts the module state once.
+    return DistributedDataParallel(model, device_ids=ids,
+                                   broadcast_buffers=batchnorm_policy(model, device) == "per-rank")
 
 
 def facts(model: torch.nn.Module, device: torch.device, batch_size: int) -> dict[str, Any]:

@@ -104,10 +104,24 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def native_bf16(device: torch.device) -> bool:
+    """Whether `device` computes in bfloat16 natively: a CUDA GPU of compute capability >= 8.0 (Ampere and later).
+    `torch.cuda.is_bf16_supported()` also says True where bf16 is only emulated (a T4, sm_75), slower than fp32."""
+    return device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 0)
+
+
+def use_device(device: torch.device) -> None:
+    """Make `device` the current CUDA device (process-wide) when it names one (`cuda:1`). Triton launches its kernels
+    on the current device, whatever the tensors' device, and streams made without a device (torch.cuda.graph's
+    capture stream) belong to it; under DDP `distributed.setup` has already set it to LOCAL_RANK's GPU."""
+    if device.type == "cuda" and device.index is not None:
+        torch.cuda.set_device(device)
+
+
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype (None = fp32). auto: bf16 on CUDA when supported, else fp32. fp16 needs CUDA."""
+    """The autocast dtype (None = fp32). auto: bf16 where it is native (`native_bf16`), else fp32. fp16 needs CUDA."""
     if precision == "auto":
-        return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else None
+        return torch.bfloat16 if native_bf16(device) else None
     if precision == "fp16" and device.type != "cuda":
         raise SSMBenchError("train.precision: 'fp16' needs a CUDA device; on the CPU use 'fp32' or 'bf16'")
     return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
@@ -264,6 +278,13 @@ def better(task: str, new: dict, best: dict | None) -> bool:
     return new["loss"] < best["loss"]
 
 
+def persistent_buffers(model: torch.nn.Module) -> list[torch.Tensor]:
+    """The buffers of `model` in its state dict: what a forward may update besides the parameters (BatchNorm's
+    running mean, variance and batch count). Non-persistent buffers are caches (the STU's filter taps)."""
+    return [b for m in model.modules() for name, b in m._buffers.items()
+            if b is not None and name not in m._non_persistent_buffers_set]
+
+
 def nonfinite_parameters(model: torch.nn.Module, gradients: bool = True) -> list[str]:
     """Parameters with non-finite values, then (if `gradients`) those with only a non-finite gradient."""
     params = list(model.named_parameters())
@@ -315,6 +336,9 @@ def checked_progress(raw: Any, total_steps: int, steps_per_epoch: int) -> Progre
     if progress.step == 0 and (progress.train_seen or progress.seconds or progress.samples):
         raise ValueError("progress at step 0 records samples or time already")
     return progress
+
+
+STOP_CHECK_EVERY = 10  # steps between the ranks' collective checks for a stop signal under DDP
 
 
 class Preempted(SSMBenchError):
@@ -381,6 +405,7 @@ class Trainer:
         if t.threads:
             torch.set_num_threads(t.threads)
         self.device = distributed.local_device(resolve_device(t.device))
+        use_device(self.device)
         self.rank, self.world = distributed.rank(), distributed.world_size()
         if t.batch_size < self.world or (t.eval_batch_size or t.batch_size) < self.world:
             raise SSMBenchError(f"train.batch_size / train.eval_batch_size: the global batch is split across "
@@ -591,6 +616,8 @@ class Trainer:
         `train.cuda_graphs` captures (gradients then stay in place, and autocast caches no weight casts)."""
         t = self.recipe.train
         mine, total = share
+        state = persistent_buffers(self.model)  # a dropped update restores them (BatchNorm's running statistics)
+        before = [b.clone() for b in state]
         with torch.autocast(self.device.type, dtype=self.amp or torch.float32, enabled=self.amp is not None,
                             cache_enabled=self.graph is None):
             out = self.ddp(x)
@@ -606,6 +633,9 @@ class Trainer:
         bad = self.tally.add(loss, correct if mine else None, mine, total, None if fp16 else grad_norm)
         if not fp16:
             self.optimizer.found_inf = bad  # read by the fused AdamW: 1 leaves parameters and state unchanged
+        dropped = bad.bool()
+        for b, old in zip(state, before):  # on the device, no host read: a NaN batch must not poison the statistics
+            b.copy_(torch.where(dropped, old, b))
         self.scaler.step(self.optimizer)
         self.optimizer.__dict__.pop("found_inf", None)
         self.scaler.update()
@@ -707,24 +737,28 @@ class Trainer:
                 end_of_epoch = p.batch_in_epoch >= self.steps_per_epoch
                 if end_of_epoch:
                     p.epoch, p.batch_in_epoch = p.epoch + 1, 0
+                log_now = p.step % self.log_every == 0
+                evaluate_now = end_of_epoch if t.eval_every is None else p.step % t.eval_every == 0
+                save_now = evaluate_now or done or bool(t.checkpoint_every and p.step % t.checkpoint_every == 0)
+                if log_now or evaluate_now or save_now or (self.world > 1 and self.stop_check_due(stop)):
+                    self.collect()  # waits for the queued steps (CUDA): their device time is training time
                 now = time.perf_counter()
                 p.seconds += now - tick
                 tick = now
                 if self.first_step_line is not None:
                     self.first_step_line(f"step {p.step} done ({time.perf_counter() - started:.1f} s)")
                     self.first_step_line = None
-                if p.step % self.log_every == 0:
+                if log_now:
                     self.log_progress()
                 if on_step:
                     on_step(self)
-                evaluate_now = end_of_epoch if t.eval_every is None else p.step % t.eval_every == 0
                 if evaluate_now or done:
                     self.run_eval()
                     if p.extra.get("stopped_early"):
                         self.log(f"{self.recipe.name}: stopped at step {p.step} of {self.total_steps}: "
                                  f"{p.extra['stopped_early']}")
                         done = True
-                if evaluate_now or done or (t.checkpoint_every and p.step % t.checkpoint_every == 0):
+                if save_now or done:
                     self.save_last()
                 if not done and self.stop_requested(stop):
                     if self.saved_step != p.step:
@@ -736,10 +770,18 @@ class Trainer:
                 if done or end_of_epoch:
                     break
 
-    @staticmethod
-    def stop_requested(stop: StopSignals | None) -> bool:
-        """Whether any rank caught a stop signal (all ranks must stop at the same step)."""
-        return stop is not None and distributed.all_reduce_sum([stop.received is not None])[0] > 0
+    def stop_check_due(self, stop: StopSignals | None) -> bool:
+        """Whether this step asks the ranks about a stop signal: every step in one process (a flag), every
+        STOP_CHECK_EVERY steps under DDP, where asking is a collective and a host read (a synchronization)."""
+        return stop is not None and (self.world == 1 or self.progress.step % STOP_CHECK_EVERY == 0)
+
+    def stop_requested(self, stop: StopSignals | None) -> bool:
+        """Whether any rank caught a stop signal (all ranks must stop at the same step), asked when due."""
+        if not self.stop_check_due(stop):
+            return False
+        if self.world == 1:
+            return stop.received is not None
+        return distributed.all_reduce_sum([stop.received is not None])[0] > 0
 
     def test(self) -> dict[str, Any]:
         """Evaluate the best checkpoint (by validation) on the test split; return and write results.json."""

@@ -33,6 +33,8 @@ step (the short last batch) or an evaluation allocates beside it rather than in 
 
 from __future__ import annotations
 
+import inspect
+import weakref
 from typing import Callable
 
 import torch
@@ -106,11 +108,18 @@ class StepGraph:
 
     def __init__(self, step: Callable[[torch.Tensor, torch.Tensor, tuple[int, int]], None], batch_size: int,
                  device: torch.device):
-        self.step, self.device = step, device
+        # A bound method (the trainer's `_update`) is held weakly: the trainer holds this runner, and a strong
+        # reference back would make a cycle that keeps the model, the optimizer state, the graph's pool and the
+        # static buffers allocated after the run, until a garbage-collection pass.
+        self._step = weakref.WeakMethod(step) if inspect.ismethod(step) else (lambda: step)
+        self.device = device
         self.plan = GraphPlan(batch_size)
         self.side = torch.cuda.Stream(device)
         self.graph: torch.cuda.CUDAGraph | None = None
         self.static: StaticBatch | None = None
+
+    def step(self, x: torch.Tensor, y: torch.Tensor, share: tuple[int, int]) -> None:
+        self._step()(x, y, share)
 
     def run(self, x: torch.Tensor, y: torch.Tensor, share: tuple[int, int]) -> str:
         action = self.plan.decide(batch_key(x, y, share), len(x))
@@ -131,19 +140,22 @@ class StepGraph:
         return action
 
     def _capture(self, x: torch.Tensor, y: torch.Tensor, share: tuple[int, int]) -> None:
-        self.static = StaticBatch(x, y)
+        static = self.static = StaticBatch(x, y)
+        step = self._step  # not `self`: the recorded body must not refer back to this runner
         try:
-            self.graph = capture(lambda: self.step(self.static.x, self.static.y, share))
+            self.graph = capture(lambda: step()(static.x, static.y, share), self.side)
         except RuntimeError as e:
             first_line = (str(e).splitlines() or [type(e).__name__])[0]
             raise SSMBenchError(f"train.cuda_graphs: capturing the training step failed ({first_line}); set "
                                 f"train.cuda_graphs: false") from e
 
 
-def capture(body: Callable[[], None]) -> torch.cuda.CUDAGraph:
-    """A CUDA graph of the kernels `body` launches (recorded, not run). thread_local: only this thread's CUDA
-    calls must be capture-safe (the DataLoader's pin-memory thread may allocate pinned memory meanwhile)."""
+def capture(body: Callable[[], None], stream: torch.cuda.Stream) -> torch.cuda.CUDAGraph:
+    """A CUDA graph of the kernels `body` launches (recorded, not run), captured on `stream` (a side stream of the
+    training device: torch.cuda.graph's default capture stream is made once per process, on whichever device is
+    current then). thread_local: only this thread's CUDA calls must be capture-safe (the DataLoader's pin-memory
+    thread may allocate pinned memory meanwhile)."""
     graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+    with torch.cuda.graph(graph, stream=stream, capture_error_mode="thread_local"):
         body()
     return graph
