@@ -27,21 +27,19 @@ BEGIN, END = "<!-- compile-matrix:begin -->", "<!-- compile-matrix:end -->"
 
 def recipe_models(root: Path = ROOT / "recipes", sweeps: bool = True) -> dict[str, tuple]:
     """{a recipe or sweep run: (model section, init name)} for every recipe file and (with `sweeps`) every run of
-    every sweep file."""
+    every sweep file; tune files add nothing (their base recipes are recipe files of their own)."""
     from ssmbench.recipe import load_recipe, read_yaml_mapping
+    from ssmbench.smoke import split_files
     from ssmbench.sweep import expand, spec_recipe
 
-    out = {}
-    for path in sorted(root.rglob("*.yaml")):
-        raw = read_yaml_mapping(path)
-        if "grid" in raw and "data" not in raw:
-            for spec in expand(path) if sweeps else ():
+    recipes, plans = split_files([root])
+    out = {str(path.relative_to(ROOT)): (lambda r: (r.model, r.init.name))(load_recipe(path)) for path in recipes}
+    for path in plans if sweeps else ():
+        if "grid" in read_yaml_mapping(path):
+            for spec in expand(path):
                 recipe = spec_recipe(spec)
                 out[f"{path.relative_to(ROOT)}:{spec.name}"] = (recipe.model, recipe.init.name)
-        else:
-            recipe = load_recipe(path)
-            out[str(path.relative_to(ROOT))] = (recipe.model, recipe.init.name)
-    return out
+    return dict(sorted(out.items()))
 
 
 def specializations(models: dict[str, tuple]) -> dict:

@@ -683,7 +683,7 @@ def _worker_signal(signum, frame) -> None:
         os._exit(75)
 
 
-def worker_run_spec(spec: RunSpec, threads: int, run: Callable[..., dict] = run_spec) -> dict:
+def worker_run_spec(spec: RunSpec, threads: int, run: Callable[..., dict] | None = None) -> dict:
     """`run(spec, threads)` (default `run_spec`) in a worker, unless a signal arrived since the last run (then the
     run is not started). `run` must be a top-level function (it is pickled to the worker)."""
     if _WORKER["signal"]:
@@ -693,7 +693,7 @@ def worker_run_spec(spec: RunSpec, threads: int, run: Callable[..., dict] = run_
 
         torch.cuda.set_device(_WORKER["gpu"])
     try:
-        result = run(spec, threads)
+        result = (run or run_spec)(spec, threads)
     except BaseException:  # a second signal (KeyboardInterrupt) aborted the run: if the sweep is gone, so is this
         if os.getppid() != _WORKER["parent"]:  # worker (else it would wait for work forever, orphaned)
             os._exit(75)

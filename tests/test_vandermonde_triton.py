@@ -141,7 +141,7 @@ def phase_cases() -> dict:
 
     from ssmbench.models.s4d import DT_TRANSFORMS
 
-    M, block = 32, vt.BLOCK_L
+    M, block = 32, vt.MAX_BLOCK_L
     start = LONG_L - block
     out = {}
     for disc, dt_transform in PHASE_CASES:
