@@ -38,7 +38,7 @@ from ssmbench.report import build_tables
 from ssmbench.report.records import RunRecord, parameter_change, read_run, read_runs
 from ssmbench.report.tables import mean_std, tidy_csv, to_markdown
 
-SWEEPS = ["frequency-bias", "smnist-table", "tdi-data-efficiency", "synthetic-memory", "lds"]
+SWEEPS = ["frequency-bias", "lds", "synthetic-memory", "smnist-table", "tdi-data-efficiency"]
 RECORDS = Path("benchmarks/results")
 RUNS = Path("runs/readme")
 STALE = RUNS / "stale"
