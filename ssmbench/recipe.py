@@ -190,8 +190,8 @@ class ModelConfig(Section):
         if self.bidirectional and self.kind in ("stu", "ar-stu"):
             raise ValueError(f"bidirectional: the {self.kind} layer is causal only; set model.bidirectional: false")
         if self.kind == "ar-stu" and self.stu.y_term != "none":
-            raise ValueError("stu.y_term: ar-stu learns its y terms (M^y, from stu.ar_init); y_term applies to "
-                             "kind stu; remove it or set model.stu.ar_init: 1.0")
+            raise ValueError("stu.y_term: ar-stu learns its y terms (M^y from stu.ar_init; ar_init: 1.0 starts "
+                             "as stu with y_term: fixed); y_term applies to kind stu: set model.stu.y_term: none")
         if self.kind in ("stu", "ar-stu") and (self.tie_dropout or self.dropout_before_gelu):
             raise ValueError(f"tie_dropout, dropout_before_gelu: options of the s4d layer, not {self.kind}; set them to false")
         if self.ssm.n_ssm is not None and self.d_model % self.ssm.n_ssm:
