@@ -222,7 +222,7 @@ def score(records: list[RunRecord], variant: str, fraction: float = 1.0) -> Opti
     if not group:
         return None
     classification = group[0].kind == "classification"
-    values = [r.test["acc"] * 100 if classification else r.test["loss"] for r in group]
+    values = [r.test["accuracy"] * 100 if classification else r.test["loss"] for r in group]
     mean, std = mean_std(values)
     return Score(mean, std, len(values), classification)
 
