@@ -164,8 +164,13 @@ class STUConfig(Section):
                                                  "tensordot: the approximation M^phi_k = diag(m_k) P (Flash-STU), far fewer parameters")
     ar_lr: float = Field(1e-3, ge=0.0, le=10.0, description="ar-stu: absolute learning rate of M^y (weight decay 0); "
                          "default 0.1 x the default train.lr")
-    ar_init: float = Field(1.0, ge=-10.0, le=10.0, description="ar-stu: M^y_2 = ar_init * I at initialization "
-                           "(1.0 equals STU; the paper's stabler variant is 0.9)")
+    ar_init: float = Field(0.0, ge=-10.0, le=10.0, description="ar-stu: M^y_2 = ar_init * I at initialization "
+                           "(0.0: M^y learned from zero, the official code; 1.0 equals stu with y_term: fixed)")
+    y_term: Literal["none", "fixed"] = Field("none", description="stu: none (the official code's STU) or fixed "
+                                             "(Eq. 4's y_(t-2) term with coefficient 1, for the marginally stable LDS)")
+    m_u_init: Literal["truncated-normal", "zero"] = Field("truncated-normal", description="M^u at initialization: "
+                                                           "N(0, 1) truncated to [-2, 2] times 1/sqrt(d_model) "
+                                                           "(the official code) or zero (App. C.2)")
     cache_dir: Optional[DataPath] = Field(None, description="folder of the on-disk filter cache; null = <data.root>/cache/stu")
 
 
@@ -246,6 +251,9 @@ class ModelConfig(Section):
         """STU and AR-STU are causal and take no s4d-only dropout options; model.ssm.n_ssm divides d_model."""
         if self.bidirectional and self.kind in ("stu", "ar-stu"):
             raise ValueError(f"bidirectional: the {self.kind} layer is causal only; set model.bidirectional: false")
+        if self.kind == "ar-stu" and self.stu.y_term != "none":
+            raise ValueError("stu.y_term: ar-stu learns its y terms (M^y from stu.ar_init; ar_init: 1.0 starts "
+                             "as stu with y_term: fixed); y_term applies to kind stu: set model.stu.y_term: none")
         if self.kind in ("stu", "ar-stu") and (self.tie_dropout or self.dropout_before_gelu):
             raise ValueError(f"tie_dropout, dropout_before_gelu: options of the s4d layer, not {self.kind}; set them to false")
         if self.ssm.n_ssm is not None and self.d_model % self.ssm.n_ssm:

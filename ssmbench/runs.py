@@ -5,6 +5,7 @@ The run directory is the only interface between training and reporting.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -202,6 +203,17 @@ def git_commit() -> str | None:
         return None
 
 
+def code_version(root: Path | None = None) -> str:
+    """sha256 (16 hex) of every ssmbench/**/*.py file (relative path and bytes, in path order; `root`: another
+    package folder): the code that made a run, as it was on disk, committed or not. `make results` reruns records
+    whose code_version differs."""
+    root = Path(__file__).resolve().parent if root is None else Path(root)
+    h = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        h.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return h.hexdigest()[:16]
+
+
 def environment(device: str) -> dict[str, Any]:
     """Versions, device and host facts for env.json."""
     import numpy
@@ -212,6 +224,7 @@ def environment(device: str) -> dict[str, Any]:
     info = {
         "ssmbench": ssmbench.__version__,
         "git_commit": git_commit(),
+        "code_version": code_version(),
         "python": sys.version.split()[0],
         "torch": torch.__version__,
         "numpy": numpy.__version__,

@@ -56,7 +56,8 @@ def test_odd_d_state_is_fine_for_real_modes(repo_root):
 
 @pytest.mark.parametrize("recipe, overrides, words", [
     ("quickstart.yaml", ["model.pool=none"], "model.pool: none keeps one output per time step, but smnist"),
-    ("synthetic/lds-stu.yaml", ["model.kind=ar-stu", "model.stu.k_y=257"], "model.stu.k_y: 257 output lags"),
+    ("synthetic/lds-stu.yaml", ["model.kind=ar-stu", "model.stu.y_term=none", "model.stu.k_y=257"],
+     "model.stu.k_y: 257 output lags"),
     ("synthetic/lds-stu.yaml", ["model.stu.k=300"], "model.stu.k: 300 spectral filters"),
     ("quickstart.yaml", ["model.d_model=65536"], "model: training needs at least"),
     ("quickstart.yaml", ["model.d_model=1024", "model.n_layers=256"], "lower model.d_model, model.n_layers or train.batch_size"),
@@ -72,7 +73,8 @@ def test_recipes_that_cannot_fit_the_data_or_machine_stop_before_a_run_dir(tmp_p
 
 
 def test_the_largest_k_y_that_fits_trains(tmp_path, repo_root):
-    sets = ["model.kind=ar-stu", "model.stu.k_y=256", "data.n_train=40", "train.batch_size=4", *QUICK[:3]]
+    sets = ["model.kind=ar-stu", "model.stu.y_term=none", "model.stu.k_y=256", "data.n_train=40", "train.batch_size=4",
+            *QUICK[:3]]
     code, text = cli_run("train", str(repo_root / "recipes" / "synthetic" / "lds-stu.yaml"),
                          *[a for o in sets for a in ("--set", o)], "--runs-dir", str(tmp_path / "runs"), "-q")
     assert code == 0, text

@@ -26,12 +26,14 @@ def randomize(layer: STU, seed: int = 0, scale: float = 0.3) -> STU:
     return layer
 
 
-def direct_stu(layer: STU, u: torch.Tensor) -> torch.Tensor:
-    """Eq. 4 term by term in O(L^2): X+-_{t,k} = sum_i (+-1)^i phi_k(i) u_{t-i}, then the y_{t-2} recursion.
+def direct_stu(layer: STU, u: torch.Tensor, y_term: str | None = None) -> torch.Tensor:
+    """Eq. 4 term by term in O(L^2): X+-_{t,k} = sum_i (+-1)^i phi_k(i) u_{t-i}, then the y_{t-2} recursion
+    (`y_term` "fixed") or none ("none"; None: the layer's own `y_term`).
 
     0-indexed time t = 0..L-1 (the paper's t - 1); u and y are 0 before the start.
     """
     B, L, H = u.shape
+    y_term = y_term or layer.y_term
     sigma, phi = spectral_filters(L, layer.k, layer.hankel)
     scale = sigma ** 0.25
     X = {1: torch.zeros(B, L, layer.k, H, dtype=u.dtype), -1: torch.zeros(B, L, layer.k, H, dtype=u.dtype)}
@@ -41,7 +43,7 @@ def direct_stu(layer: STU, u: torch.Tensor) -> torch.Tensor:
                 X[sign][:, t] += (sign ** i) * phi[i][:, None] * u[:, t - i][:, None, :]
     y = torch.zeros(B, L, H, dtype=u.dtype)
     for t in range(L):
-        acc = y[:, t - 2].clone() if t >= 2 else torch.zeros(B, H, dtype=u.dtype)
+        acc = y[:, t - 2].clone() if t >= 2 and y_term == "fixed" else torch.zeros(B, H, dtype=u.dtype)
         for i in range(layer.k_u):  # M^u_{i+1} u_{t-i}
             if t - i >= 0:
                 acc += u[:, t - i] @ layer.M_u[i].T
@@ -54,14 +56,39 @@ def direct_stu(layer: STU, u: torch.Tensor) -> torch.Tensor:
     return y
 
 
+@pytest.mark.parametrize("y_term", ["none", "fixed"])
 @pytest.mark.parametrize("hankel", ["z", "l"])
 @pytest.mark.parametrize("L", [23, 24])
-def test_fft_path_equals_direct_sum(hankel, L):
-    layer = randomize(STU(3, k=5, k_u=3, hankel=hankel).double())
+def test_fft_path_equals_direct_sum(hankel, L, y_term):
+    layer = randomize(STU(3, k=5, k_u=3, hankel=hankel, y_term=y_term).double())
     u = torch.randn(2, L, 3, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     with torch.no_grad():
-        expected = direct_stu(layer, u)
+        expected = direct_stu(layer, u, y_term)
         assert torch.allclose(layer.stu(u), expected, rtol=1e-10, atol=1e-11)
+        other = direct_stu(layer, u, "fixed" if y_term == "none" else "none")
+        assert (layer.stu(u) - other).abs().max() > 0.1  # the two forms differ: the test tells them apart
+
+
+def test_default_stu_is_the_official_codes():
+    """No fixed y term, M^phi = 0, M^u ~ N(0, 1) truncated to [-2, 2] times 1/sqrt(H) (google-deepmind/spectral_ssm
+    `get_random_real_matrix`): mean 0, std 0.8796/sqrt(H) (the truncated normal's), |M^u| <= 2/sqrt(H)."""
+    H = 64
+    torch.manual_seed(0)
+    layer = STU(H, k=6)
+    assert layer.y_term == "none" and not layer.M_phi_plus.any() and not layer.M_phi_minus.any()
+    m = layer.M_u.detach().double() * H ** 0.5
+    assert m.abs().max() <= 2.0 and m.abs().max() > 1.9
+    assert m.mean().abs() < 0.02 and m.std().item() == pytest.approx(0.8796, abs=0.01)
+    assert not STU(H, k=6, m_u_init="zero").M_u.any()
+    layer.double()
+    u = torch.randn(1, 12, H, dtype=torch.float64)
+    with torch.no_grad():
+        assert torch.allclose(layer.stu(u), direct_stu(layer, u, "none"), atol=1e-10)
+        assert layer.stu(u).abs().max() > 0.5  # M^u alone already maps u through
+    ar = ARSTU(H, k=6)
+    assert not ar.M_y.any() and ar.M_y._optim == {"lr": 1e-3, "weight_decay": 0.0}
+    with pytest.raises(ValueError, match="unknown STU y term 'learned'"):
+        STU(4, k=6, y_term="learned")
 
 
 def dense_spectral(layer: STU, u: torch.Tensor) -> torch.Tensor:
@@ -124,7 +151,7 @@ def test_stu_saves_no_transfer_matrix():
 
 
 def test_zero_parameters_give_zero_output():
-    layer = STU(4, k=6).double()
+    layer = STU(4, k=6, m_u_init="zero").double()
     u = torch.randn(2, 30, 4, dtype=torch.float64)
     assert torch.equal(layer.stu(u), torch.zeros_like(u))
 
@@ -152,7 +179,7 @@ def lds_and_stu(L: int, hankel: str, K: int, seed: int = 0) -> tuple[torch.Tenso
         ys.append(x @ C.T)
     y = torch.stack(ys, dim=1)
 
-    layer = STU(d, k=K, k_u=3, hankel=hankel).double()
+    layer = STU(d, k=K, k_u=3, hankel=hankel, y_term="fixed").double()
     sigma, phi = spectral_filters(L, K, hankel)
     i = torch.arange(L, dtype=torch.float64)
     c, b = C @ Q, Q.T @ B
@@ -258,15 +285,19 @@ def test_output_autoregression_gradient():
     assert torch.autograd.gradcheck(OutputAutoregression.apply, (z, M))
 
 
-def test_ar_stu_equals_stu_at_initialization():
-    stu = randomize(STU(4, k=6).double())
-    ar = ARSTU(4, k=6).double()
+@pytest.mark.parametrize("ar_init,y_term", [(0.0, "none"), (1.0, "fixed")])
+def test_ar_stu_equals_stu_at_initialization(ar_init, y_term):
+    """M^y from zero (the official code) starts as STU without the y term; M^y_2 = I as STU with Eq. 4's term."""
+    stu = randomize(STU(4, k=6, y_term=y_term).double())
+    ar = ARSTU(4, k=6, ar_init=ar_init).double()
     missing, unexpected = ar.load_state_dict(stu.state_dict(), strict=False)
     assert missing == ["M_y"] and not unexpected
-    assert torch.equal(ar.M_y[1], torch.eye(4, dtype=torch.float64)) and not ar.M_y[0].any()
+    assert torch.equal(ar.M_y[1], ar_init * torch.eye(4, dtype=torch.float64)) and not ar.M_y[0].any()
     u = torch.randn(2, 40, 4, dtype=torch.float64)
     assert torch.allclose(ar(u), stu(u), atol=1e-10)
-    assert ar.stu(u).abs().max() > 1  # not trivially zero
+    with torch.no_grad():
+        assert torch.allclose(ar.stu(u), direct_stu(stu, u, y_term), atol=1e-10)
+    assert ar.stu(u).abs().max() > 0.5  # not trivially zero
     stabler = ARSTU(4, k=6, ar_init=0.9)
     assert torch.allclose(stabler.M_y[1], 0.9 * torch.eye(4))
 
@@ -398,8 +429,8 @@ def test_tensordot_initialization_trains():
 
 
 def test_ar_stu_with_tensordot_equals_stu_with_tensordot_at_initialization():
-    stu = randomize(STU(4, k=6, mixing="tensordot").double())
-    ar = ARSTU(4, k=6, mixing="tensordot").double()
+    stu = randomize(STU(4, k=6, mixing="tensordot", y_term="fixed").double())
+    ar = ARSTU(4, k=6, mixing="tensordot", ar_init=1.0).double()
     missing, unexpected = ar.load_state_dict(stu.state_dict(), strict=False)
     assert missing == ["M_y"] and not unexpected
     u = torch.randn(2, 40, 4, dtype=torch.float64)
@@ -474,6 +505,36 @@ def test_recipe_schema(tmp_path):
     with pytest.raises(RecipeError, match="r.yaml: model.stu.mixing: .*'full' or 'tensordot'"):
         validate_recipe(raw, "r.yaml")
     assert load_recipe(RECIPES / "lra" / "pathx" / "stu-tensordot.yaml").model.stu.mixing == "tensordot"
+    assert recipe.model.stu.y_term == "none" and recipe.model.stu.ar_init == 0.0
+    assert recipe.model.stu.m_u_init == "truncated-normal"
+    raw = lds_recipe(tmp_path)
+    raw["model"].update(kind="ar-stu", stu={"y_term": "fixed"})
+    with pytest.raises(RecipeError, match="r.yaml: model: stu.y_term: ar-stu learns its y terms"):
+        validate_recipe(raw, "r.yaml")
+    assert load_recipe(RECIPES / "synthetic" / "lds-stu.yaml").model.stu.y_term == "fixed"
+
+
+@pytest.mark.parametrize("task", ["listops", "text", "retrieval", "image", "pathfinder", "pathx"])
+def test_lra_stu_recipes_take_the_official_optimizer(task):
+    """google-deepmind/spectral_ssm optimizer.py / example.py: AdamW lr 5e-4, weight decay 0.1 on every parameter,
+    M^y at lr 5e-5 without decay, K = 24; the layers as the official code (no fixed y term, M^y from zero)."""
+    from ssmbench.models.backbone import ModelIO, SequenceModel
+    from ssmbench.train.optim import param_groups
+
+    for name in ("stu", "ar-stu"):
+        recipe = load_recipe(RECIPES / "lra" / task / f"{name}.yaml", ["model.d_model=4", "model.n_layers=1",
+                                                                        "model.stu.cache_dir=null"])
+        t, s = recipe.train, recipe.model.stu
+        assert (t.lr, t.weight_decay, list(t.no_weight_decay), s.k) == (5e-4, 0.1, [], 24)
+        assert s.y_term == "none" and s.ar_init == 0.0 and s.m_u_init == "truncated-normal"
+        model = SequenceModel(recipe.model, recipe.init.name, ModelIO(d_input=1, input_kind="real", n_outputs=2))
+        groups = {(g["lr"], g["weight_decay"]): g["names"] for g in param_groups(model, t.lr, t.weight_decay,
+                                                                                t.no_weight_decay)}
+        if name == "ar-stu":
+            assert set(groups) == {(5e-4, 0.1), (5e-5, 0.0)}
+            assert groups[(5e-5, 0.0)] and all(n.endswith("M_y") for n in groups[(5e-5, 0.0)])
+        else:
+            assert set(groups) == {(5e-4, 0.1)}
 
 
 @pytest.mark.parametrize("kind", ["stu", "ar-stu"])

@@ -3,8 +3,11 @@
 With the top-K eigenpairs (sigma_k, phi_k) of the L x L Hankel matrix (`ssmbench.models.hankel`), lags i >= 0
 and u_t = 0 for t <= 0, the features are
     X+_{t,k} = sum_i phi_k(i) u_{t-i},        X-_{t,k} = sum_i (-1)^i phi_k(i) u_{t-i},
-and the STU output (Eq. 4) is
-    y_t = y_{t-2} + sum_{i=1}^{k_u} M^u_i u_{t+1-i} + sum_k sigma_k^(1/4) (M^{phi+}_k X+_{t-2,k} + M^{phi-}_k X-_{t-2,k}).
+and the STU output is
+    y_t = [y_{t-2}] + sum_{i=1}^{k_u} M^u_i u_{t+1-i} + sum_k sigma_k^(1/4) (M^{phi+}_k X+_{t-2,k} + M^{phi-}_k X-_{t-2,k}).
+The bracketed term is `y_term`: "none" (the default, what google-deepmind/spectral_ssm trains: its STU has no fixed
+y term, `learnable_m_y: False`) or "fixed" (Eq. 4 read literally: coefficient 1, a running sum of every second
+step whose gain grows like L/2; it suits the marginally stable LDS it was derived for).
 With the alternative Hankel matrix Z_L (`hankel: l`, App. B) only the X+ branch exists.
 
 Everything except the y_{t-2} term is one causal convolution with a bank of R = k_u + 2K fixed scalar filters
@@ -28,13 +31,14 @@ full matrices. Initialization: P as nn.Linear's default (uniform, bound 1/sqrt(H
 spectral term starts at 0 as with the exact layer's zero M^phi, while the gradient of m (through P != 0) is nonzero
 from the first step and P's follows once m moves; with P = 0 as well, both gradients would stay 0 forever.
 
-AR-STU (Eq. 6) replaces the fixed y_{t-2} term by y_t = sum_{i=1}^{k_y} M^y_i y_{t-i} + (the rest of Eq. 4),
-computed exactly by a chunked scan (`ar_scan`): sqrt(L)-scale sequential steps instead of L.
-Initialization: the paper's App. C.2 initializes M^y "so that at initialization the model mimics the standard
-STU", i.e. M^y_2 = I and every other M^y_i = 0; this is the default (`ar_init: 1.0`), so AR-STU equals STU at
-initialization for any shared M^u, M^phi. The value 0.9 that docs/methods.md reconstructs ("better for stability") is
-available as `ar_init: 0.9`. M^y gets its own absolute learning rate (`ar_lr`) and no weight decay, since decay
-would pull M^y_2 away from I. All other M are initialized to 0 (App. C.2; docs/methods.md §E "Defaults").
+AR-STU (Eq. 6) learns the y terms instead: y_t = sum_{i=1}^{k_y} M^y_i y_{t-i} + (the rest of Eq. 4), computed
+exactly by a chunked scan (`ar_scan`): sqrt(L)-scale sequential steps instead of L.
+
+Initialization (docs/methods.md §E "Initialization"): as the official code, M^phi = 0, M^u from a normal
+truncated to +-2 standard deviations and scaled by 1/sqrt(H) (`m_u_init: truncated-normal`; `zero` is App. C.2's
+all-zero start), and M^y = 0, learned from zero (`ar_init: 0.0`); `ar_init: 1.0` sets M^y_2 = I, the literal
+Eq. 4 term (AR-STU then equals STU with `y_term: fixed` at initialization). M^y gets its own absolute learning
+rate (`ar_lr`; the official code's 5e-5 is 0.1 x its lr) and no weight decay, as the official optimizer.
 """
 
 from __future__ import annotations
@@ -175,6 +179,8 @@ class OutputAutoregression(torch.autograd.Function):
 
 
 MIXINGS = ("full", "tensordot")
+Y_TERMS = ("none", "fixed")  # STU's y_{t-2} term: absent (official code) or Eq. 4's, with coefficient 1
+M_U_INITS = ("truncated-normal", "zero")
 MIX_BLOCK_BYTES = 2**28  # bytes of one block of the transfer matrix W in `SpectralMix` (256 MiB)
 
 
@@ -233,19 +239,29 @@ class STU(nn.Module):
     buffer, not in the state dict), rebuilt when the sequence length or the layer's device changes.
     `mixing`: "full" (Eq. 4 exactly: parameters M_u, M_phi_plus, M_phi_minus) or "tensordot" (the approximation
     M^{phi+-}_k = diag(m^+-_k) P of the module docstring: parameters M_u, P (H, H), m_plus, m_minus (K, H); the
-    M_phi_* attributes are None).
+    M_phi_* attributes are None). `y_term`: "none" (the official code's STU) or "fixed" (Eq. 4's y_{t-2} term).
+    `m_u_init`: "truncated-normal" (the official code: N(0, 1) truncated to [-2, 2], times 1/sqrt(H)) or "zero".
     """
 
     def __init__(self, d_model: int, k: int = 16, k_u: int = 3, hankel: str = "z", dropout: float = 0.0,
-                 cache_dir: str | None = None, mixing: str = "full"):
+                 cache_dir: str | None = None, mixing: str = "full", y_term: str = "none",
+                 m_u_init: str = "truncated-normal"):
         super().__init__()
         if hankel not in VARIANTS:
             raise ValueError(f"unknown Hankel variant {hankel!r}; known: {', '.join(VARIANTS)}")
         if mixing not in MIXINGS:
             raise ValueError(f"unknown STU mixing {mixing!r}; known: {', '.join(MIXINGS)}")
+        if y_term not in Y_TERMS:
+            raise ValueError(f"unknown STU y term {y_term!r}; known: {', '.join(Y_TERMS)}")
+        if m_u_init not in M_U_INITS:
+            raise ValueError(f"unknown M^u initialization {m_u_init!r}; known: {', '.join(M_U_INITS)}")
         H = d_model
         self.d_model, self.k, self.k_u, self.hankel, self.cache_dir = H, k, k_u, hankel, cache_dir
+        self.y_term = y_term
         self.M_u = nn.Parameter(torch.zeros(k_u, H, H))
+        if m_u_init == "truncated-normal":
+            with torch.no_grad():
+                nn.init.trunc_normal_(self.M_u, mean=0.0, std=1.0, a=-2.0, b=2.0).mul_(H ** -0.5)
         self.M_phi_plus = self.M_phi_minus = self.P = self.m_plus = self.m_minus = None
         if mixing == "full":
             self.M_phi_plus = nn.Parameter(torch.zeros(k, H, H))
@@ -316,8 +332,8 @@ class STU(nn.Module):
         return z
 
     def autoregress(self, z: torch.Tensor) -> torch.Tensor:
-        """y_t = y_{t-2} + z_t (Eq. 4)."""
-        return lag2_cumsum(z)
+        """y_t = y_{t-2} + z_t (Eq. 4, `y_term: fixed`) or y_t = z_t (`y_term: none`)."""
+        return lag2_cumsum(z) if self.y_term == "fixed" else z
 
     def stu(self, u: torch.Tensor) -> torch.Tensor:
         """The STU map of Eq. 4, in float32 (float64 inputs stay float64) whatever the autocast state."""
@@ -331,17 +347,19 @@ class STU(nn.Module):
 
 
 class ARSTU(STU):
-    """AR-STU block (Eq. 6): the fixed y_{t-2} term of STU becomes sum_{i=1}^{k_y} M^y_i y_{t-i} (any `mixing`).
+    """AR-STU block (Eq. 6): the y terms are learned, sum_{i=1}^{k_y} M^y_i y_{t-i} (any `mixing`).
 
-    M^y_2 = ar_init * I and the other M^y_i = 0 at initialization (ar_init = 1 makes it equal STU); M^y is
-    trained with learning rate `ar_lr` and no weight decay. `scan_chunk`: the chunk length of `ar_scan` (None:
-    `chunk_length`'s choice; >= L: the plain loop, which `ssmbench bench` compares against).
+    M^y_2 = ar_init * I and the other M^y_i = 0 at initialization: ar_init = 0 (default) learns M^y from zero
+    as the official code; ar_init = 1 starts as STU with `y_term: fixed`. M^y is trained with learning rate
+    `ar_lr` and no weight decay. `scan_chunk`: the chunk length of `ar_scan` (None: `chunk_length`'s choice;
+    >= L: the plain loop, which `ssmbench bench` compares against).
     """
 
     def __init__(self, d_model: int, k: int = 16, k_u: int = 3, k_y: int = 2, hankel: str = "z", dropout: float = 0.0,
-                 cache_dir: str | None = None, ar_lr: float = 1e-3, ar_init: float = 1.0, scan_chunk: int | None = None,
-                 mixing: str = "full"):
-        super().__init__(d_model, k=k, k_u=k_u, hankel=hankel, dropout=dropout, cache_dir=cache_dir, mixing=mixing)
+                 cache_dir: str | None = None, ar_lr: float = 1e-3, ar_init: float = 0.0, scan_chunk: int | None = None,
+                 mixing: str = "full", m_u_init: str = "truncated-normal"):
+        super().__init__(d_model, k=k, k_u=k_u, hankel=hankel, dropout=dropout, cache_dir=cache_dir, mixing=mixing,
+                         m_u_init=m_u_init)
         self.scan_chunk = scan_chunk
         if k_y < 2:
             raise ValueError(f"AR-STU needs k_y >= 2 (M^y_2 carries the y_(t-2) term of STU); got {k_y}")
@@ -359,7 +377,7 @@ def build_stu(cfg, init_name: str) -> nn.Module:
     """STU from `model.stu` (`init.name` configures diagonal SSMs and does not apply here)."""
     s = cfg.stu
     return STU(cfg.d_model, k=s.k, k_u=s.k_u, hankel=s.hankel, dropout=cfg.dropout, cache_dir=s.cache_dir,
-               mixing=s.mixing)
+               mixing=s.mixing, y_term=s.y_term, m_u_init=s.m_u_init)
 
 
 @LAYERS.register("ar-stu")
@@ -367,4 +385,4 @@ def build_ar_stu(cfg, init_name: str) -> nn.Module:
     """AR-STU from `model.stu`."""
     s = cfg.stu
     return ARSTU(cfg.d_model, k=s.k, k_u=s.k_u, k_y=s.k_y, hankel=s.hankel, dropout=cfg.dropout,
-                 cache_dir=s.cache_dir, ar_lr=s.ar_lr, ar_init=s.ar_init, mixing=s.mixing)
+                 cache_dir=s.cache_dir, ar_lr=s.ar_lr, ar_init=s.ar_init, mixing=s.mixing, m_u_init=s.m_u_init)
