@@ -480,7 +480,7 @@ def _submodel(model: type[BaseModel], loc: tuple) -> Optional[type[BaseModel]]:
     return model
 
 
-FIELD_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")  # a key shown in a message; others are not echoed (file content)
+FIELD_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")  # a key (or dotted field path) shown in a message; others are not echoed (file content)
 
 
 def _format_errors(err: ValidationError, root: type[BaseModel], prefix: tuple = (), top_keys: list[str] | None = None) -> list[str]:

@@ -280,7 +280,7 @@ def test_long_undamped_lags_float32_close_to_float64(path, discretization):
     rounding of dt, dt Im(A) or l dt Im(A) is ~1e-2 rad (K then off by ~5e-3). The float32 kernel is computed from
     a float64 log A_bar with its phases reduced mod 2 pi before the cast (`kernels.powers`)."""
     torch.manual_seed(0)
-    layer = S4D(4, d_state=64, path=path, discretization=discretization, triton=False)
+    layer = S4D(4, d_state=64, path=path, discretization=discretization, backend="torch")
     with torch.no_grad():
         layer.linear_real.fill_(True)
         layer.A_re.zero_()

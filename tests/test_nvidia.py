@@ -94,7 +94,7 @@ def make_install(tmp_path: Path, path: str, *make_args: str) -> list[str]:
 
 
 def test_make_install_runs_the_chosen_pip_commands(tmp_path):
-    project = "-m pip install -q -c constraints.txt -e .[dev,slurm,wandb,bench]"
+    project = "-m pip install -q -c constraints.txt -e .[dev,slurm,wandb,bench,postgres]"
     upgrade, detect = "-m pip install -q --upgrade pip", "-m ssmbench.nvidia pip-args --cuda "
     assert make_install(tmp_path / "a", str(tmp_path / "none")) == [upgrade, detect, project]  # today's install
     old_driver = fake_smi(tmp_path / "b", gpu("550.54.15", "8.6"))
