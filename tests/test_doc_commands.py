@@ -35,6 +35,8 @@ FAST = [  # run in-process in the fast suite
     "ssmbench report benchmarks/results/smnist-table --plots runs/plots --runs-csv runs/runs.csv",
     "ssmbench sweep recipes/quick/smnist-table.yaml --dry-run",
     "ssmbench --import my_data data show sign-of-sum",
+    "ssmbench tune recipes/tune/smnist-alpha.yaml --dry-run",
+    "ssmbench doctor",
 ]
 SLOW = [  # run in this order by a shell under `make test-slow` (minutes on a CPU)
     "ssmbench train recipes/quick/smnist/zero-real.yaml --set seed=1",
