@@ -1,5 +1,7 @@
 """`ssmbench init-tdi`: compute a TDI artifact for a dataset or a recipe, outside a training run.
 
+The artifact is S4D's (Algorithm 1 fits S4D channels); a recipe of kind dss, s5, lru or s4 is refused with one
+line, since TDI on DSS, S5 and LRU is the F.1 placement done at the start of a run (docs/methods.md §I.6).
 The command builds the recipe's data and model (the same encoder a training run starts from) and calls the TDI
 math in `ssmbench.init.tdi` (task spectrum, matching, saving the artifact), with a progress bar.
 """
@@ -35,6 +37,14 @@ def init_tdi(dataset: str | None, recipe_path: Path | None, overrides: list[str]
     if dataset is not None and recipe_path is not None:
         raise SSMBenchError("init-tdi: give --dataset NAME or --recipe FILE, not both")
     raw = read_recipe_mapping(recipe_path) if recipe_path else {"name": "init-tdi", "data": {"name": dataset}}
+    model_section = raw.get("model")
+    kind = model_section.get("kind", "s4d") if isinstance(model_section, dict) else "s4d"
+    if kind in ("dss", "s5", "lru", "s4"):
+        raise SSMBenchError(f"{recipe_path}: model.kind: {kind}: the artifact holds Algorithm 1's fit of S4D channels; "
+                            + ("s4 takes no TDI (its low-rank part couples the modes)" if kind == "s4" else
+                               f"a {kind} recipe with init.name: tdi places its first layer's modes at the start of "
+                               f"the run, with no artifact")
+                            + " (docs/methods.md §I.6); run init-tdi on an s4d recipe or a dataset")
     flags = {"init.name": "tdi", "init.samples": samples, "init.tdi.steps": steps, "model.d_model": d_model,
              "model.ssm.d_state": d_state, "model.kind": "s4d"}
     raw = apply_overrides(raw, [f"{k}={v}" for k, v in flags.items() if v is not None] + [data_shorthand(o) for o in overrides])

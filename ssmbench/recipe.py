@@ -283,9 +283,11 @@ class ModelConfig(Section):
 
 
 class TDIConfig(Section):
-    """Algorithm 1 of TDI, power-spectrum matching (docs/methods.md §C)."""
+    """Algorithm 1 of TDI, power-spectrum matching (docs/methods.md §C); on DSS, S5 and LRU only the F.1 placement
+    runs (§I.6), which reads task_power."""
 
-    steps: int = Field(2000, ge=0, le=1_000_000, description="full-batch Adam iterations of the matching loss")
+    steps: int = Field(2000, ge=0, le=1_000_000, description="full-batch Adam iterations of the matching loss (s4d; "
+                       "dss, s5, lru take the F.1 placement only)")
     lr: float = Field(1e-2, gt=0.0, le=10.0, description="Adam learning rate, cosine-annealed to 0 over the steps")
     normalization: Literal["l2", "sum"] = Field("l2", description="spectrum normalization in the loss: P/||P||_2 or P/sum(P)")
     task_power: Literal["magnitude", "squared"] = Field("magnitude", description="P_task from |FFT(Sigma_xy)| (Definition 2) or its square (Lemma 3.6)")
@@ -299,8 +301,8 @@ class InitConfig(Section):
     zero_real_fraction: float = Field(0.0, ge=0.0, le=1.0, description="share p of channels per layer whose state vector starts at Re(A) = 0 with a raw real part (docs/methods.md §D)")
     dt0: Optional[Union[Literal["auto"], float]] = Field(None, description="step size of the zero-real channels: a number, auto = 1/sqrt(L lambda_max(E[x x^T])), null = model.ssm.dt_min")
     samples: int = Field(20000, ge=2, le=10_000_000, description="most training sequences read by data-dependent inits (dt0: auto, tdi)")
-    base: str = Field("s4d-lin", description="tdi: initializer of the layers after the first (a complex-pair init)")
-    artifact: Optional[DataPath] = Field(None, description="tdi: .pt file written by `ssmbench init-tdi`; computed and "
+    base: str = Field("s4d-lin", description="tdi on s4d: initializer of the layers after the first (a complex-pair init)")
+    artifact: Optional[DataPath] = Field(None, description="tdi on s4d: .pt file written by `ssmbench init-tdi`; computed and "
                                          "saved there if missing (never over a file ssmbench did not write; same "
                                          "containment rule as data.root); null = cache under <data.root>/cache/tdi/")
     tdi: TDIConfig = Field(default_factory=TDIConfig)
@@ -433,11 +435,18 @@ class Recipe(Section):
         kind, init = self.model.kind, self.init
         if kind not in BASELINE_KINDS:
             return self
-        if init.name == "tdi":
-            raise ValueError(f"init.name: tdi fits per-channel SISO modes (A, C, dt of S4D) to the task spectrum; the "
-                             f"{kind} layer {'has a low-rank part' if kind == 's4' else 'shares its modes across channels'} "
-                             f"where that placement has no meaning (docs/methods.md §I.6): use model.kind: s4d")
-        if init.name != "s4d-lin":
+        if init.name == "tdi" and kind == "s4":
+            raise ValueError("init.name: tdi places per-mode frequencies; the s4 layer has a low-rank part P P^* that "
+                             "couples its modes, where that placement has no meaning (docs/methods.md §I.6): use "
+                             "model.kind: s4d, dss, s5 or lru")
+        if init.name == "tdi" and init.artifact is not None:
+            raise ValueError(f"init.artifact: holds Algorithm 1's fit of S4D channels; on the {kind} layer, whose modes "
+                             f"are shared by the channels, TDI is the F.1 placement computed at the start of the run "
+                             f"(docs/methods.md §I.6): remove init.artifact")
+        if init.name == "tdi" and init.base != "s4d-lin":
+            raise ValueError(f"init.base: {init.base} initializes s4d layers; the {kind} layers after the first keep "
+                             f"their own initialization (docs/methods.md §I.6): remove init.base")
+        if init.name not in ("s4d-lin", "tdi"):
             raise ValueError(f"init.name: {init.name} initializes the s4d layer; the {kind} layer has its own "
                              f"initialization (docs/methods.md §I): remove init.name")
         if kind == "s4" and (init.alpha != 1.0 or init.zero_real_fraction > 0):

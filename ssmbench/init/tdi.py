@@ -14,6 +14,12 @@
 4. Algorithm 1: minimize L_PSM = mean_h sum_k (P_model/||P_model|| - P_task/||P_task||)^2 (= 2 - 2 cos) over
    (a_re, A_im, C, log_dt) with full-batch Adam and cosine annealing to 0.
 
+5. DSS, S5, LRU (modes shared by the channels; docs/methods.md §I.6): F.1 placement only. The M stored modes get
+   the top-M bins of the same task spectrum, omega_n = 2 pi k_n / L radians per step, through each layer's
+   `place_frequencies` (DSS: Im Lambda_n = omega_n / dt_ref with one dt_im = sqrt(dt_min dt_max) for all channels;
+   S5: Im Lambda_p = omega_p / dt_p; LRU: theta_n = omega_n); everything else keeps the layer's own init.
+   Algorithm 1 stays S4D's (it fits H independent SISO channels); no artifact is written for these layers.
+
 `ssmbench init-tdi` (command in ssmbench/init_tdi.py) writes the result as an artifact: `<stem>.pt` (tensors,
 loadable with weights_only=True), `<stem>.json` (metadata and spectra) and `<stem>.png` (task vs model spectrum
 before/after). A recipe with `init: {name: tdi}` copies it into the first SSM layer (computing and caching it when
@@ -333,8 +339,11 @@ def plot_spectra(meta: dict, out: Path) -> None:
 
 @torch.no_grad()
 def apply_base(layers: list[torch.nn.Module], base: str) -> None:
-    """Give every layer the A and B of `init.base` (the layers were built with S4D-Lin, see `tdi_base`)."""
+    """Give every S4D layer the A and B of `init.base` (the layers were built with S4D-Lin, see `tdi_base`); DSS, S5
+    and LRU layers keep their own initialization."""
     for layer in layers:
+        if not hasattr(layer, "A_im"):
+            continue
         H, M = layer.A_im.shape
         diag = INITIALIZERS.get(base)(2 * M)
         layer.set_A(diag.A.expand(H, M).to(layer.A_im.device))
@@ -357,8 +366,37 @@ def set_layer(layer: torch.nn.Module, tensors: dict, source: str) -> None:
     layer.C.copy_(torch.view_as_real(tensors["C"].to(torch.complex64)).to(dev).expand_as(layer.C))
 
 
+def stored_modes(layer: torch.nn.Module) -> int:
+    """M, the complex modes a DSS, S5 or LRU layer stores (DSS: N, S5: P/2 with conj_sym else P, LRU: N)."""
+    return (layer.theta_log if hasattr(layer, "theta_log") else layer.Lambda_im).shape[0]
+
+
+@torch.no_grad()
+def place_shared_modes(model: torch.nn.Module, layer: torch.nn.Module, cfg, context: dict) -> dict:
+    """F.1 placement on a layer whose modes are shared by the channels (DSS, S5, LRU; docs/methods.md §I.6):
+    omega_n = 2 pi k_n / L for the top-M bins k_1 < ... < k_M of P_task (mode n gets the n-th), set by the layer's
+    `place_frequencies(omega, dt_ref)` with dt_ref = sqrt(dt_min dt_max); returns facts for the run record."""
+    recipe, data, log = context["recipe"], context["data"], context.get("log", print)
+    sigma = cross_covariance(feature_batches(data, model.encoder, cfg.samples, recipe.data.split_seed))
+    P_task = task_spectrum(sigma, cfg.tdi.task_power)
+    L, M = data.seq_len, stored_modes(layer)
+    bins = top_bins(P_task, M)
+    dt_ref = math.sqrt(recipe.model.ssm.dt_min * recipe.model.ssm.dt_max)
+    layer.place_frequencies(2 * math.pi * bins.double() / L, dt_ref)
+    log(f"TDI: F.1 placement of the first {recipe.model.kind} layer's {M} modes on the top bins of the task spectrum "
+        f"of {recipe.data.name} (L = {L}; Algorithm 1 is S4D's)")
+    return {"placement": "F.1", "bins": bins.tolist(), "samples": min(cfg.samples, len(data.train)), "L": L,
+            "route": "encoder" if uses_encoder(data) else "raw", "peak_bin_task": int(P_task.argmax()),
+            "task_spectrum": normalize(P_task.double(), cfg.tdi.normalization).tolist()}
+
+
 def apply_tdi(model: torch.nn.Module, layers: list[torch.nn.Module], cfg, context: dict) -> dict:
-    """TDI on the first SSM layer from `init.artifact` (or the cache), computing and saving it when missing."""
+    """TDI on the first SSM layer: S4D from `init.artifact` (or the cache), computing and saving it when missing;
+    DSS, S5 and LRU by `place_shared_modes`."""
+    from ssmbench.models.s4d import S4D
+
+    if not isinstance(layers[0], S4D):
+        return place_shared_modes(model, layers[0], cfg, context)
     recipe, data, log = context["recipe"], context["data"], context.get("log", print)
     path = Path(cfg.artifact) if cfg.artifact else default_path(recipe)
     H, M = layers[0].A_im.shape

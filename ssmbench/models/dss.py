@@ -82,6 +82,18 @@ class DSS(RawModes, KernelBlock):
             raise ValueError("DSS-exp keeps Re(Lambda) < 0 by construction; zero real part needs dss.version: softmax")
         return len(self.zero_modes(fraction, generator))
 
+    @torch.no_grad()
+    def place_frequencies(self, omega: torch.Tensor, dt_ref: float) -> None:
+        """TDI's F.1 placement (docs/methods.md §I.6): Im(z_{h,n}) = omega_n for every channel h. The modes are shared
+        and dt is per channel, so the channels get one common step size for Im, dt_ref (with `sep_dt_re_im` only
+        dt_im; dt_re keeps its per-channel draw, and with it each channel's decay), and Im(Lambda_n) = omega_n / dt_ref.
+        Re(Lambda) and W keep their initialization."""
+        if self.log_dt.dim() == 2:
+            self.log_dt[:, 1] = math.log(dt_ref)
+        else:
+            self.log_dt.fill_(math.log(dt_ref))
+        self.Lambda_im.copy_(omega.to(self.Lambda_im) / dt_ref)
+
     def dt_lambda(self) -> torch.Tensor:
         """z = dt Lambda, complex (H, N); with separate step sizes dt_re Re(Lambda) + i dt_im Im(Lambda)."""
         Lambda, dt = self.Lambda, torch.exp(self.log_dt)

@@ -74,6 +74,13 @@ class LRU(SSMBlock):
         self.theta_log.add_(math.log(alpha))
 
     @torch.no_grad()
+    def place_frequencies(self, omega: torch.Tensor, dt_ref: float) -> None:
+        """TDI's F.1 placement (docs/methods.md §I.6): the phase theta_n = omega_n (LRU's phase is already in radians
+        per step; theta_log = log max(omega_n, 1e-12), as the ring init clamps it). |lambda| keeps the ring draw and
+        gamma with it; LRU has no step size, so dt_ref is not used."""
+        self.theta_log.copy_(torch.log(omega.to(self.theta_log).clamp_min(1e-12)))
+
+    @torch.no_grad()
     def zero_real(self, fraction: float, dt0: float, generator: torch.Generator) -> int:
         """|lambda| = 1 on floor(fraction N) random modes (raw -log|lambda| = 0, free to move), with gamma = 1 there
         (sqrt(1 - |lambda|^2) = 0 would silence them); LRU has no step size, so dt0 does not apply."""

@@ -98,6 +98,13 @@ class S5(RawModes, SSMBlock):
         self.log_dt[chosen] = math.log(dt0)
         return len(chosen)
 
+    @torch.no_grad()
+    def place_frequencies(self, omega: torch.Tensor, dt_ref: float) -> None:
+        """TDI's F.1 placement (docs/methods.md §I.6): Im(Lambda_p) = omega_p / dt_p with the state's own step size,
+        so arg(Lambda_bar_p) = omega_p under ZOH. Re(Lambda), dt, B~ and C~ keep their initialization; dt_ref is not
+        used (S5 has one step size per state)."""
+        self.Lambda_im.copy_(omega.to(self.Lambda_im) / torch.exp(self.log_dt))
+
     def discrete(self, L: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(log Lambda_bar (P_s,), B_bar (P_s, H)) with one step size per state and S4D's overflow guard."""
         log_lam, B_bar = discretize(self.Lambda[:, None], torch.view_as_complex(self.B), torch.exp(self.log_dt),
