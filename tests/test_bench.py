@@ -7,7 +7,7 @@ import pytest
 
 import torch
 
-from ssmbench.bench import Case, OpCounter, bench, lower_bound, peak_memory_here, run_bench
+from ssmbench.bench import Case, OpCounter, bench, lower_bound, peak_memory, peak_memory_here, run_bench
 from ssmbench.errors import SSMBenchError
 from ssmbench.models.stu import chunk_length
 
@@ -48,6 +48,19 @@ def test_ops_only_counts_every_case_without_timing():
 def test_memory_worker_reports_bytes():
     out = peak_memory_here(Case("s4d", "fast", L=64, batch=1, d_model=4, d_state=8))
     assert isinstance(out["peak_bytes"], int) and out["peak_bytes"] >= 0 and out["method"]
+
+
+@pytest.mark.parametrize("block", ["s4", "dss", "s5", "lru"])
+def test_memory_worker_measures_the_baseline_blocks(block):
+    out = peak_memory_here(Case(block, "fast", L=64, batch=1, d_model=4, d_state=8))
+    assert isinstance(out["peak_bytes"], int) and out["peak_bytes"] >= 0 and out["method"]
+
+
+def test_peak_memory_of_a_baseline_step_in_a_fresh_process_counts_its_activations():
+    """S5 at L = 4096, H = 32: the step's output projection alone is B L 2H float32 = 1 MiB, so the measured rise
+    of the resident set (CPU) or of the allocator (CUDA) must exceed 1 MB."""
+    out = peak_memory(Case("s5", "fast", L=4096, batch=1, d_model=32, d_state=16, threads=1))
+    assert out["peak_bytes"] is not None and out["peak_bytes"] > 1_000_000, out
 
 
 def test_bench_command_writes_json_and_rejects_bad_arguments(tmp_path):
