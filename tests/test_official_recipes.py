@@ -40,11 +40,11 @@ def test_recipe_header_names_its_source(path):
         assert OFFICIAL[rel]["source"] in first, f"{path}: header names another source than {OFFICIAL[rel]['source']}"
 
 
-def test_every_s4d_and_alpha_beta_recipe_is_pinned():
+def test_every_sourced_recipe_of_a_pinned_kind_is_pinned():
     pinned = {p for p in OFFICIAL}
     for path in SOURCED:
         rel = str(path.relative_to(ROOT / "recipes"))
-        if path.stem in ("s4d", "alpha-beta", "tdi"):
+        if path.stem in ("s4d", "alpha-beta", "tdi", "s4", "dss", "s5", "lru"):
             assert rel in pinned, f"recipes/{rel} has no entry in tests/data/official_configs.yaml"
 
 
