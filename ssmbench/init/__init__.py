@@ -21,7 +21,8 @@ if TYPE_CHECKING:
 
 def ssm_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
     """The diagonal SSM layers of a model, in depth order: S4D, and the DSS, S5 and LRU layers (which take alpha
-    and the zero real part through their `scale_frequencies` / `zero_real` methods, docs/methods.md §I.6)."""
+    and the zero real part through their `scale_frequencies` / `zero_real` methods, and TDI's F.1 placement through
+    `place_frequencies`, docs/methods.md §I.6)."""
     from ssmbench.models.s4d import S4D
 
     return [m for m in model.modules() if isinstance(m, S4D) or hasattr(m, "zero_real")]
@@ -31,7 +32,8 @@ def ssm_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
 def apply_init(model: torch.nn.Module, cfg: "InitConfig", context: dict | None = None) -> dict:
     """Apply the recipe's initialization modifiers to a freshly built model; return facts for the run record.
 
-    Fixed order: (tdi: `init.base` on every layer), alpha (§B), zero real part (§D), TDI on the first layer (§C).
+    Fixed order: (tdi: `init.base` on every S4D layer), alpha (§B), zero real part (§D), TDI on the first layer (§C;
+    on DSS, S5 and LRU its F.1 placement, §I.6).
     `context` = {"data": DataBundle, "recipe": Recipe, "log": print-like}; zero real part and TDI need it.
     """
     layers = ssm_layers(model)
