@@ -55,7 +55,7 @@ import triton.language as tl
 # registers and 1.3 KB of spills per thread at BLOCK_M 32, BLOCK_L 128). `block_lags` keeps the tiles at
 # FORWARD_TILE and BACKWARD_TILE elements; the bilinear backward, which also holds the discretization's atan2
 # (float32, and float64 for the phase rate) per mode, at BILINEAR_BACKWARD_TILE (252-254 registers and 8 warps per
-# SM at 2,048 elements, BLOCK_M 32 and 64; 152 and 12 at 1,024). With `WARPS`, no specialization of a shipped
+# SM at 2,048 elements, BLOCK_M 32 and 64; 150-154 and 12 at 1,024). With `WARPS`, no specialization of a shipped
 # recipe or of the bilinear discretization spills or keeps fewer than 8 warps per SM on sm_75 .. sm_120
 # (benchmarks/README.md, "Compiled kernels"; ssmbench/models/triton_compile.py).
 FORWARD_TILE, MAX_BLOCK_L = 1024, 128
@@ -75,8 +75,8 @@ DT_TRANSFORM_CODES = {"exp": 0, "softplus": 1}  # s4d.DT_TRANSFORMS
 # Per target, the launches whose default of 4 warps per program spills, and the warps they take instead:
 # {(compute capability, kernel, BLOCK_M): num_warps}. sm_120's ptxas (48 warps per SM) puts `_backward_lags` at
 # BLOCK_M 16, BLOCK_L 64 in 80 registers to keep 24 warps resident and spills 16 bytes per thread; with 8 warps the
-# tile is 4 elements per thread, 60 registers, no spill, 32 warps per SM (the other targets allocate 96 registers
-# at 4 warps without spilling and keep them). Same tiles and grid on every target (benchmarks/README.md,
+# tile is 4 elements per thread, 60 registers, no spill, 32 warps per SM (the other targets fit it in 80 or 96
+# registers at 4 warps without a spill and keep them). Same tiles and grid on every target (benchmarks/README.md,
 # "Compiled kernels").
 WARPS = {(120, "_backward_lags", 16): 8}
 DEFAULT_WARPS = 4
