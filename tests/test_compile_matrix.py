@@ -65,6 +65,7 @@ def test_launch_warps_follow_the_target():
     assert all(w == {"_forward": 4, "_backward_lags": 4, "_backward_parameters": 4} for cc, w in warps.items()
                if cc != 120)
     assert {s.num_warps for s in capture(S4D(64, d_state=64), (1000,), cc=120)} == {4}  # BLOCK_M 32: 4 warps
+    assert vt.num_warps("_backward_lags", 16, 121) == 8 and vt.num_warps("_backward_lags", 16, None) == 4
     assert vt.target_capability is None and vt.capability(torch.device("cpu")) is None  # restored after the capture
 
 

@@ -73,7 +73,7 @@ REAL_TRANSFORM_CODES = {"exp": 0, "relu": 1, "none": 2}  # s4d.REAL_TRANSFORMS
 DT_TRANSFORM_CODES = {"exp": 0, "softplus": 1}  # s4d.DT_TRANSFORMS
 
 # Per target, the launches whose default of 4 warps per program spills, and the warps they take instead:
-# {(compute capability, kernel, BLOCK_M): num_warps}. sm_120's ptxas (48 warps per SM) puts `_backward_lags` at
+# {(compute capability, kernel, BLOCK_M): num_warps}; a minor revision (sm_121) takes its family's entry. sm_120's ptxas (48 warps per SM) puts `_backward_lags` at
 # BLOCK_M 16, BLOCK_L 64 in 80 registers to keep 24 warps resident and spills 16 bytes per thread; with 8 warps the
 # tile is 4 elements per thread, 60 registers, no spill, 32 warps per SM (the other targets fit it in 80 or 96
 # registers at 4 warps without a spill and keep them). Same tiles and grid on every target (benchmarks/README.md,
@@ -102,8 +102,11 @@ def capability(device: torch.device) -> int | None:
 
 
 def num_warps(kernel: str, block_m: int, cc: int | None) -> int:
-    """Warps per program of `kernel` at BLOCK_M modes on compute capability `cc` (`WARPS`, else DEFAULT_WARPS)."""
-    return WARPS.get((cc, kernel, block_m), DEFAULT_WARPS)
+    """Warps per program of `kernel` at BLOCK_M modes on compute capability `cc`: `WARPS` of `cc`, else of its
+    family's first revision (sm_121 takes sm_120's), else DEFAULT_WARPS."""
+    if cc is None:
+        return DEFAULT_WARPS
+    return WARPS.get((cc, kernel, block_m), WARPS.get((cc - cc % 10, kernel, block_m), DEFAULT_WARPS))
 
 
 def _launch(kernel, grid: tuple, *args, **meta) -> None:
