@@ -73,11 +73,11 @@ REAL_TRANSFORM_CODES = {"exp": 0, "relu": 1, "none": 2}  # s4d.REAL_TRANSFORMS
 DT_TRANSFORM_CODES = {"exp": 0, "softplus": 1}  # s4d.DT_TRANSFORMS
 
 # Per target, the launches whose default of 4 warps per program spills, and the warps they take instead:
-# {(compute capability, kernel, BLOCK_M): num_warps}; a minor revision (sm_121) takes its family's entry. sm_120's ptxas (48 warps per SM) puts `_backward_lags` at
-# BLOCK_M 16, BLOCK_L 64 in 80 registers to keep 24 warps resident and spills 16 bytes per thread; with 8 warps the
-# tile is 4 elements per thread, 60 registers, no spill, 32 warps per SM (the other targets fit it in 80 or 96
-# registers at 4 warps without a spill and keep them). Same tiles and grid on every target (benchmarks/README.md,
-# "Compiled kernels").
+# {(compute capability, kernel, BLOCK_M): num_warps}; a minor revision (sm_121) takes its family's entry.
+# sm_120's ptxas (48 warps per SM) puts `_backward_lags` at BLOCK_M 16, BLOCK_L 64 in 80 registers to keep 24 warps
+# resident and spills 16 bytes per thread; with 8 warps the tile is 4 elements per thread, 60 registers, no spill,
+# 32 warps per SM (the other targets fit it in 80 or 96 registers at 4 warps without a spill and keep them). Same
+# tiles and grid on every target (benchmarks/README.md, "Compiled kernels").
 WARPS = {(120, "_backward_lags", 16): 8}
 DEFAULT_WARPS = 4
 
