@@ -4,10 +4,12 @@
     python benchmarks/compile_matrix.py --targets 90       # one target
     python benchmarks/compile_matrix.py --readme           # also rewrite the table in benchmarks/README.md
 
-The recipes are every file under recipes/ (a sweep file contributes every run of its grid); each S4D model's
-launches are captured on the CPU (`ssmbench.models.triton_compile.capture`) and each distinct specialization is
-compiled for each target with Triton and its bundled ptxas. A compile error, any register spill, or fewer than 8
-resident warps per SM fails the check (`triton_compile.Compiled.problems`). No GPU is needed.
+The recipes are every file under recipes/ (a sweep file contributes every run of its grid), and `OPTIONS` adds the
+kernel options no recipe ships (the bilinear discretization); each S4D model's launches are captured on the CPU for
+each target (`ssmbench.models.triton_compile.capture`: the launch options may depend on the compute capability)
+and each distinct specialization is compiled for its target with Triton and its bundled ptxas. A compile error,
+any register spill, or fewer than 8 resident warps per SM fails the check (`triton_compile.Compiled.problems`).
+No GPU is needed.
 """
 
 from __future__ import annotations
@@ -42,8 +44,23 @@ def recipe_models(root: Path = ROOT / "recipes", sweeps: bool = True) -> dict[st
     return dict(sorted(out.items()))
 
 
-def specializations(models: dict[str, tuple]) -> dict:
-    """{Specialization: [recipes that launch it]}, captured once per distinct S4D configuration."""
+# S4D configurations the fused kernels support that no shipped recipe launches, held to the same rule: the bilinear
+# discretization (its phase rate is an atan2 in float64 in the kernels) at the recipes' state sizes, both directions.
+OPTIONS = {f"options: bilinear, d_state {n}, {'bidirectional' if both else 'causal'}": (n, both)
+           for n, both in [(32, True), (64, True), (64, False), (128, True)]}
+
+
+def option_models() -> dict[str, tuple]:
+    """{name: (model section, init name)} of `OPTIONS`, as `recipe_models` gives them."""
+    from ssmbench.recipe import ModelConfig
+
+    return {name: (ModelConfig(kind="s4d", d_model=64, bidirectional=both,
+                               ssm={"d_state": n, "discretization": "bilinear"}), "s4d-lin")
+            for name, (n, both) in OPTIONS.items()}
+
+
+def specializations(models: dict[str, tuple], cc: int = 90) -> dict:
+    """{Specialization: [recipes that launch it]} on sm_`cc`, captured once per distinct S4D configuration."""
     from ssmbench.models.triton_compile import capture_recipe
 
     by_config: dict[str, set] = {}
@@ -51,17 +68,19 @@ def specializations(models: dict[str, tuple]) -> dict:
     for name, (model, init) in models.items():
         key = json.dumps([model.model_dump(mode="json"), init], sort_keys=True)
         if key not in by_config:
-            by_config[key] = capture_recipe(model, init)
+            by_config[key] = capture_recipe(model, init, cc)
         for spec in by_config[key]:
             found.setdefault(spec, []).append(name)
     return found
 
 
-def compile_all(specs, targets, jobs: int | None = None) -> list:
-    """`compile_for` of every specialization and target, in `jobs` processes (default: one per CPU)."""
+def compile_all(specs: dict, jobs: int | None = None) -> list:
+    """`compile_for` of every specialization of every target ({cc: specializations}), in `jobs` processes
+    (default: one per CPU)."""
     from ssmbench.models.triton_compile import compile_for
 
-    work = [(spec, cc) for spec in sorted(specs, key=lambda s: s.label()) for cc in targets]
+    work = [(spec, cc) for spec in sorted({s for found in specs.values() for s in found}, key=lambda s: s.label())
+            for cc in specs if spec in specs[cc]]
     start, results = time.perf_counter(), []
     with ProcessPoolExecutor(jobs or os.cpu_count() or 1) as pool:
         for r in pool.map(compile_for, *zip(*work)):
@@ -73,8 +92,17 @@ def compile_all(specs, targets, jobs: int | None = None) -> list:
     return results
 
 
+def launched_by(specs: dict, spec) -> str:
+    """The recipes column: how many recipes and sweep runs launch `spec` (on any target), and `OPTIONS` entries."""
+    names = {name for found in specs.values() for name in found.get(spec, ())}
+    options = sum(name in OPTIONS for name in names)
+    count = str(len(names) - options)
+    return f"{count} + {options} bilinear" if options else count
+
+
 def table(results, specs: dict) -> str:
-    """Markdown: a row per specialization, a column per target, cells `registers / spill bytes / warps per SM`."""
+    """Markdown: a row per specialization, a column per target, cells `registers / spill bytes / warps per SM`; `-`
+    where the target launches another specialization instead (other warps)."""
     targets = sorted({r.cc for r in results})
     cells: dict = {}
     for r in results:
@@ -82,8 +110,8 @@ def table(results, specs: dict) -> str:
     lines = ["| kernel [constexprs] warps | recipes | " + " | ".join(f"sm_{cc}" for cc in targets) + " |",
              "|---|---:|" + "---|" * len(targets)]
     for spec in sorted(cells, key=lambda s: s.label()):
-        lines.append(f"| `{spec.label()}` | {len(specs[spec])} | "
-                     + " | ".join(cells[spec].get(cc, "") for cc in targets) + " |")
+        lines.append(f"| `{spec.label()}` | {launched_by(specs, spec)} | "
+                     + " | ".join(cells[spec].get(cc, "-") for cc in targets) + " |")
     return "\n".join(lines)
 
 
@@ -103,8 +131,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=None, help="compiling processes (default: one per CPU)")
     args = parser.parse_args(argv)
     targets = [int(t) for t in args.targets.split(",")]
-    specs = specializations(recipe_models())
-    results = compile_all(specs, targets, args.jobs)
+    models = {**recipe_models(), **option_models()}
+    specs = {cc: specializations(models, cc) for cc in targets}
+    results = compile_all(specs, args.jobs)
     text = table(results, specs)
     print(text)
     if args.readme:

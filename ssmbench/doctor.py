@@ -54,7 +54,7 @@ def triton_compile_line(cc: int) -> tuple[str, str]:
     except ImportError as e:
         return WARN, f"Triton: not importable ({e}); the S4D layers use the PyTorch path"
     try:
-        forward = next(s for s in capture(S4D(4, d_state=64, bidirectional=True), lengths=(256,))
+        forward = next(s for s in capture(S4D(4, d_state=64, bidirectional=True), lengths=(256,), cc=cc)
                        if s.kernel == "_forward")
         result = compile_for(forward, cc)
     except Exception as e:  # any failure of Triton's toolchain is the finding

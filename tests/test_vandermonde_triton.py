@@ -24,12 +24,20 @@ tl = triton.language
 vt = pytest.importorskip("ssmbench.models.vandermonde_triton")
 ROOT = Path(__file__).resolve().parents[1]
 
-# (discretization, real_transform, dt_transform, bidirectional, n_ssm, init, L): every option of the fused kernel
-# at least once; L = 1 (one lag), 70 (two backward blocks of lags), 300 (three forward blocks, a partial last one)
-CASES = [("zoh", "exp", "exp", False, None, "s4d-lin", 300), ("bilinear", "exp", "exp", True, None, "s4d-lin", 70),
-         ("zoh", "relu", "softplus", True, 2, "s4d-lin", 70), ("bilinear", "none", "softplus", False, 2, "s4d-lin", 70),
-         ("zoh", "none", "exp", True, None, "s4d-real", 70), ("bilinear", "relu", "exp", False, 1, "s4d-real", 1),
-         ("zoh", "exp", "softplus", False, 4, "s4d-inv", 70)]
+# (discretization, real_transform, dt_transform, bidirectional, n_ssm, init, d_state, L): every option of the fused
+# kernel at least once; L = 1 (one lag), 70 (two backward blocks of lags), 300 (three forward blocks, a partial last
+# one). d_state 10 is BLOCK_M 8 (forward BLOCK_L 128, backward 64); the bilinear backward's own tiles at BLOCK_M 32
+# (d_state 64: BLOCK_L 32, three blocks at L = 70) and 64 (d_state 128: BLOCK_L 16, three blocks at L = 40)
+# (`vandermonde_triton.BILINEAR_BACKWARD_TILE`).
+CASES = [("zoh", "exp", "exp", False, None, "s4d-lin", 10, 300),
+         ("bilinear", "exp", "exp", True, None, "s4d-lin", 10, 70),
+         ("zoh", "relu", "softplus", True, 2, "s4d-lin", 10, 70),
+         ("bilinear", "none", "softplus", False, 2, "s4d-lin", 10, 70),
+         ("zoh", "none", "exp", True, None, "s4d-real", 10, 70),
+         ("bilinear", "relu", "exp", False, 1, "s4d-real", 10, 1),
+         ("zoh", "exp", "softplus", False, 4, "s4d-inv", 10, 70),
+         ("bilinear", "exp", "exp", True, None, "s4d-lin", 64, 70),
+         ("bilinear", "exp", "softplus", False, 2, "s4d-lin", 128, 40)]
 
 
 def rel(a, b) -> float:
@@ -37,13 +45,13 @@ def rel(a, b) -> float:
 
 
 def layer(case: tuple, triton: bool, dtype: torch.dtype):
-    """An S4D layer of `case` (d_model 4, d_state 10) with row 0 on the linear real part and one unstable mode
-    there (clamped by the overflow guard), identical parameters whatever `triton` and `dtype`."""
+    """An S4D layer of `case` (d_model 4) with row 0 on the linear real part and one unstable mode there (clamped
+    by the overflow guard), identical parameters whatever `triton` and `dtype`."""
     from ssmbench.models.s4d import S4D
 
-    disc, real, dt, bidirectional, n_ssm, init, _ = case
+    disc, real, dt, bidirectional, n_ssm, init, d_state, _ = case
     torch.manual_seed(0)
-    m = S4D(4, d_state=10, init=init, discretization=disc, real_transform=real, dt_transform=dt,
+    m = S4D(4, d_state=d_state, init=init, discretization=disc, real_transform=real, dt_transform=dt,
             bidirectional=bidirectional, n_ssm=n_ssm, backend="triton" if triton else "torch")
     with torch.no_grad():
         m.log_dt.uniform_(-4, 0.5)  # dt up to 1.6: |dt A| beyond the series range of phi1 for some modes
@@ -194,6 +202,10 @@ def test_fused_kernel_at_long_undamped_lags(discretization):
 
 
 def test_triton_kernel_matches_pytorch_and_float64():
+    modes = {case[6] // 2 for case in CASES if case[0] == "bilinear" and case[5] != "s4d-real"}  # conjugate pairs
+    tiles = {(triton.next_power_of_2(m), vt.block_lags(triton.next_power_of_2(m), vt.BILINEAR_BACKWARD_TILE,
+                                                        vt.MAX_BLOCK_L_BACKWARD)) for m in modes}
+    assert tiles >= {(32, 32), (64, 16)}, tiles  # the bilinear backward's own tiles are among the cases
     errors = interpreted()
     assert len(errors) == 4 * len(CASES) + len(BLOCKS)
     for block in BLOCKS:  # the whole block, output and every gradient

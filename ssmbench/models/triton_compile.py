@@ -6,7 +6,8 @@ A layer's launches are captured by running its forward and backward on the CPU u
 `triton.knobs.runtime.jit_cache_hook`, before anything is compiled or launched. The kernels do not specialize on
 the sequence length (`do_not_specialize` in models/vandermonde_triton.py), so what a layer launches depends only
 on its options (d_model, d_state, n_ssm, transforms, discretization, direction, Sobolev filter), which a recipe
-states.
+states, and on the target: the warps per program may differ per compute capability (`vandermonde_triton.WARPS`),
+so launches are captured for each target (`capture(..., cc=...)`), as the launcher chooses them on that device.
 
 `compile_for` compiles one specialization with `triton.compile(ASTSource(...), target=GPUTarget("cuda", cc, 32))`
 (LLVM to PTX, then Triton's bundled `ptxas -v`, whose log gives the registers per thread and the spill bytes) and
@@ -113,8 +114,10 @@ def _interpreted(kernel) -> bool:
 
 
 @contextlib.contextmanager
-def capturing(found: set):
-    """Within: every fused-kernel launch adds its Specialization to `found` and returns without compiling."""
+def capturing(found: set, cc: int = 90):
+    """Within: every fused-kernel launch adds its Specialization to `found` and returns without compiling. The
+    launches are made for sm_`cc` (the binder's target, and `vandermonde_triton.target_capability` for the launch
+    options that depend on it)."""
     from triton import knobs
     from triton.runtime.driver import driver
 
@@ -130,11 +133,14 @@ def capturing(found: set):
         return True  # handled: Triton neither compiles nor launches
 
     previous, active = knobs.runtime.jit_cache_hook, driver._active  # no default driver is made on a CPU machine
-    driver.set_active(_CaptureDriver(90))
+    previous_cc = vandermonde_triton.target_capability
+    driver.set_active(_CaptureDriver(cc))
     knobs.runtime.jit_cache_hook = hook
+    vandermonde_triton.target_capability = cc
     try:
         yield found
     finally:
+        vandermonde_triton.target_capability = previous_cc
         knobs.runtime.jit_cache_hook = previous
         driver.set_active(active)
         for kernel in (vandermonde_triton._forward, vandermonde_triton._backward_lags,
@@ -142,13 +148,14 @@ def capturing(found: set):
             kernel.device_caches.pop(_CaptureDriver.device, None)
 
 
-def capture(layer, lengths: tuple[int, ...] = (1000, 1024)) -> set[Specialization]:
+def capture(layer, lengths: tuple[int, ...] = (1000, 1024), cc: int = 90) -> set[Specialization]:
     """The specializations an S4D layer launches in a training step (forward and backward of `layer.ssm`) at each
-    sequence length in `lengths`, captured on the CPU. The layer takes its fused path here as it would on CUDA."""
+    sequence length in `lengths` on sm_`cc`, captured on the CPU. The layer takes its fused path here as it would
+    on CUDA."""
     found: set[Specialization] = set()
     layer.fused = lambda: layer.path == "fast"  # this layer only: its launches go to the capture driver
     try:
-        with capturing(found):
+        with capturing(found, cc):
             for L in lengths:
                 u = torch.zeros(1, L, layer.d_model, requires_grad=True)
                 layer.ssm(u).sum().backward()
@@ -157,13 +164,13 @@ def capture(layer, lengths: tuple[int, ...] = (1000, 1024)) -> set[Specializatio
     return found
 
 
-def capture_recipe(model_cfg, init_name: str) -> set[Specialization]:
-    """The specializations a recipe's S4D layers launch (every layer of a model has the same options)."""
+def capture_recipe(model_cfg, init_name: str, cc: int = 90) -> set[Specialization]:
+    """The specializations a recipe's S4D layers launch on sm_`cc` (every layer of a model has the same options)."""
     from ssmbench.registry import LAYERS
 
     if model_cfg.kind != "s4d":
         return set()
-    return capture(LAYERS.get("s4d")(model_cfg, init_name))
+    return capture(LAYERS.get("s4d")(model_cfg, init_name), cc=cc)
 
 
 @dataclass

@@ -53,10 +53,14 @@ import triton.language as tl
 # A program holds (BLOCK_M, BLOCK_L) tiles in registers: three live in the forward (E, cos, sin), six in the
 # backward. Their elements per thread, BLOCK_M BLOCK_L / (32 num_warps), must stay small or ptxas spills (255
 # registers and 1.3 KB of spills per thread at BLOCK_M 32, BLOCK_L 128). `block_lags` keeps the tiles at
-# FORWARD_TILE and BACKWARD_TILE elements, so no shipped recipe's specialization spills on sm_75 .. sm_120
+# FORWARD_TILE and BACKWARD_TILE elements; the bilinear backward, which also holds the discretization's atan2
+# (float32, and float64 for the phase rate) per mode, at BILINEAR_BACKWARD_TILE (252-254 registers and 8 warps per
+# SM at 2,048 elements, BLOCK_M 32 and 64; 150-154 and 12 at 1,024). With `WARPS`, no specialization of a shipped
+# recipe or of the bilinear discretization spills or keeps fewer than 8 warps per SM on sm_75 .. sm_120
 # (benchmarks/README.md, "Compiled kernels"; ssmbench/models/triton_compile.py).
 FORWARD_TILE, MAX_BLOCK_L = 1024, 128
 BACKWARD_TILE, MAX_BLOCK_L_BACKWARD = 2048, 64
+BILINEAR_BACKWARD_TILE = 1024
 TWO_PI = tl.constexpr(6.283185307179586)
 INV_TWO_PI = tl.constexpr(0.15915494309189535)
 # The phase l w of a tile (`_phase_terms`): 2 pi = TWO_PI_HI + TWO_PI_LO with TWO_PI_HI = 12868 / 2^11, so k TWO_PI_HI
@@ -68,13 +72,41 @@ RATE_SCALE = tl.constexpr(4096.0)  # 2^RATE_BITS, RATE_BITS = 12
 REAL_TRANSFORM_CODES = {"exp": 0, "relu": 1, "none": 2}  # s4d.REAL_TRANSFORMS
 DT_TRANSFORM_CODES = {"exp": 0, "softplus": 1}  # s4d.DT_TRANSFORMS
 
+# Per target, the launches whose default of 4 warps per program spills, and the warps they take instead:
+# {(compute capability, kernel, BLOCK_M): num_warps}; a minor revision (sm_121) takes its family's entry.
+# sm_120's ptxas (48 warps per SM) puts `_backward_lags` at BLOCK_M 16, BLOCK_L 64 in 80 registers to keep 24 warps
+# resident and spills 16 bytes per thread; with 8 warps the tile is 4 elements per thread, 60 registers, no spill,
+# 32 warps per SM (the other targets fit it in 80 or 96 registers at 4 warps without a spill and keep them). Same
+# tiles and grid on every target (benchmarks/README.md, "Compiled kernels").
+WARPS = {(120, "_backward_lags", 16): 8}
+DEFAULT_WARPS = 4
+
 # Set by `ssmbench bench` to count launches: called with the kernel's name, its context manager wraps the launch.
 launch_observer: Callable[[str], ContextManager] | None = None
+# The compute capability (10 major + minor) launches are made for when the tensors are not on a CUDA device: set by
+# `triton_compile.capturing` to the target it captures for; None (the interpreter) takes the default warps.
+target_capability: int | None = None
 
 
 def block_lags(block_m: int, tile: int, most: int) -> int:
     """Lags per program for BLOCK_M modes: tile / BLOCK_M, a power of two between 16 and `most`."""
     return max(16, min(most, tile // block_m))
+
+
+def capability(device: torch.device) -> int | None:
+    """The compute capability the kernels are launched for: the CUDA device's own, else `target_capability`."""
+    if device.type == "cuda":
+        major, minor = torch.cuda.get_device_capability(device)
+        return 10 * major + minor
+    return target_capability
+
+
+def num_warps(kernel: str, block_m: int, cc: int | None) -> int:
+    """Warps per program of `kernel` at BLOCK_M modes on compute capability `cc`: `WARPS` of `cc`, else of its
+    family's first revision (sm_121 takes sm_120's), else DEFAULT_WARPS."""
+    if cc is None:
+        return DEFAULT_WARPS
+    return WARPS.get((cc, kernel, block_m), WARPS.get((cc - cc % 10, kernel, block_m), DEFAULT_WARPS))
 
 
 def _launch(kernel, grid: tuple, *args, **meta) -> None:
@@ -423,7 +455,7 @@ class _FusedS4DKernel(torch.autograd.Function):
         block_l = block_lags(block_m, FORWARD_TILE, MAX_BLOCK_L)
         _launch(_forward, (H, triton.cdiv(filled, block_l)), A_re, A_im, linear_real, log_dt, B, C, D, k,
                 A_re.shape[0], H, M, L, N, scale, max_re, C=c, **meta, COMBINE=combine, HAS_D=D is not None,
-                BLOCK_M=block_m, BLOCK_L=block_l)
+                BLOCK_M=block_m, BLOCK_L=block_l, num_warps=num_warps("_forward", block_m, capability(C.device)))
         ctx.save_for_backward(A_re, A_im, linear_real, log_dt, B, C)
         ctx.L, ctx.N, ctx.combine, ctx.has_d, ctx.config = L, N, combine, D is not None, config
         return k
@@ -433,14 +465,15 @@ class _FusedS4DKernel(torch.autograd.Function):
         A_re, A_im, linear_real, log_dt, B, C = ctx.saved_tensors
         (c, H, M, _), S, (scale, max_re, meta) = C.shape, A_re.shape[0], ctx.config
         block_m = triton.next_power_of_2(M)
-        block_l = block_lags(block_m, BACKWARD_TILE, MAX_BLOCK_L_BACKWARD)
+        block_l = block_lags(block_m, BACKWARD_TILE if meta["ZOH"] else BILINEAR_BACKWARD_TILE, MAX_BLOCK_L_BACKWARD)
         blocks = triton.cdiv(ctx.L, block_l)
         partial = torch.empty(blocks, 2 * c + 2, H, M, device=C.device, dtype=torch.float32)
         params = (A_re, A_im, linear_real, log_dt, B, C)
         grad_k = grad_k.float()  # read in place, with its strides (rfft's backward gives a strided one)
         strides = grad_k.stride() if not ctx.combine else (0, *grad_k.stride())
         _launch(_backward_lags, (H, blocks), *params, grad_k, partial, S, H, M, ctx.L, ctx.N, *strides, scale, max_re,
-                C=c, **meta, COMBINE=ctx.combine, BLOCK_M=block_m, BLOCK_L=block_l)
+                C=c, **meta, COMBINE=ctx.combine, BLOCK_M=block_m, BLOCK_L=block_l,
+                num_warps=num_warps("_backward_lags", block_m, capability(C.device)))
         partial = partial.sum(0)  # (2c + 2, H, M): one reduction over the blocks of lags
         # channel h's share of the gradients of its row of A (A_re, A_im) and of B, contiguous like the parameters
         g_a = torch.empty(2, H, M, device=C.device, dtype=torch.float32)
@@ -448,7 +481,8 @@ class _FusedS4DKernel(torch.autograd.Function):
         g_log_dt, g_c = torch.empty_like(log_dt), torch.empty_like(C)
         g_d = torch.empty_like(log_dt) if ctx.has_d else None
         _launch(_backward_parameters, (H,), *params, grad_k, partial, g_a, g_b, g_log_dt, g_c, g_d, strides[1], S, H,
-                M, C=c, HAS_D=ctx.has_d, **meta, BLOCK_M=block_m)
+                M, C=c, HAS_D=ctx.has_d, **meta, BLOCK_M=block_m,
+                num_warps=num_warps("_backward_parameters", block_m, capability(C.device)))
         if S < H:  # channel h = r S + s uses row s: sum over r
             g_a, g_b = g_a.view(2, H // S, S, M).sum(1), g_b.view(H // S, S, M, 2).sum(0)
         g_a_re, g_a_im = g_a
