@@ -28,9 +28,10 @@ does not tune only when it lists the field under `changes`, so the baseline gets
 Every space is checked against the recipe schema before anything runs: an unknown field, an empty range or a
 value the field does not take is one line and exit status 2.
 
-Each (task, variant) is one Optuna study `<name>.<task>.<variant>` (TPE, QMC or random sampler; median pruner) in
-the storage: by default SQLite in RUNS_DIR/<name>.optuna.db; `--storage` takes a database URL (postgresql://user:pw@host/db,
-sqlite:///file) or a journal file path (optuna's JournalFileBackend, for a shared filesystem without a database).
+Each (task, variant) is one Optuna study `<name>.<task>.<variant>` (TPE, QMC or random sampler; median pruner or
+none) in the storage: by default SQLite in RUNS_DIR/<name>.optuna.db; `--storage` takes a database URL
+(postgresql://user:pw@host/db, sqlite:///file) or a journal file path (optuna's JournalFileBackend, for a shared
+filesystem without a database).
 A trial is asked from the study, then trained as an ordinary run directory through `sweep.run_spec` (claims,
 resume, failure records) on any backend (`--jobs N` local processes, Ray tasks, Slurm jobs; `backends.launcher`);
 the worker reports every validation evaluation to the pruner and tells the study the trial's result itself. The
@@ -147,7 +148,7 @@ class TuneFile(BaseModel):
     objective: Literal["accuracy", "loss"] = Field("accuracy", description="validation metric of the best checkpoint: "
                                                    "accuracy (maximized) or loss (minimized)")
     sampler: Literal["tpe", "qmc", "random"] = Field("tpe", description="optuna sampler: tpe (TPESampler), qmc "
-                                                     "(QMCSampler: scrambled Sobol points, for small budgets) or random")
+                                                     "(QMCSampler: scrambled Sobol, small budgets) or random")
     sampler_seed: int = Field(0, ge=0, lt=2**32, description="seed of the sampler (with the study and, but for qmc, "
                                                              "the trial number)")
     sampler_startup_trials: int = Field(4, ge=1, description="tpe: random trials before the model-based ones")
