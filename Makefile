@@ -46,7 +46,8 @@ docs: install
 	$(PY) -m ssmbench.docs_gen
 
 # Tunes alpha and lr on validation for sMNIST and the high-frequency synthetic task beside the baseline tuning lr
-# with the same budget (docs/tuning.md; 48 short runs, ~640 CPU-s: about 6 minutes on 2 idle cores), rewrites the README block.
+# with the same budget (docs/tuning.md; 48 short runs, ~640 CPU-s: about 6 minutes on 2 idle cores) and rewrites
+# the README's tune-example block.
 tune-example: install
 	$(PY) -m ssmbench.tune_example
 
