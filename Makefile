@@ -45,8 +45,9 @@ results: install
 docs: install
 	$(PY) -m ssmbench.docs_gen
 
-# Tunes alpha on validation for sMNIST and the high-frequency synthetic task beside the baseline tuned with the same
-# budget (docs/tuning.md; 28 short runs, a few minutes on 2 idle cores) and rewrites the README's tune-example block.
+# Tunes alpha and lr on validation for sMNIST and the high-frequency synthetic task beside the baseline tuning lr
+# with the same budget (docs/tuning.md; 48 short runs, ~640 CPU-s: about 6 minutes on 2 idle cores) and rewrites
+# the README's tune-example block.
 tune-example: install
 	$(PY) -m ssmbench.tune_example
 

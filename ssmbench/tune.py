@@ -28,9 +28,10 @@ does not tune only when it lists the field under `changes`, so the baseline gets
 Every space is checked against the recipe schema before anything runs: an unknown field, an empty range or a
 value the field does not take is one line and exit status 2.
 
-Each (task, variant) is one Optuna study `<name>.<task>.<variant>` (TPE sampler, median pruner) in the storage:
-by default SQLite in RUNS_DIR/<name>.optuna.db; `--storage` takes a database URL (postgresql://user:pw@host/db,
-sqlite:///file) or a journal file path (optuna's JournalFileBackend, for a shared filesystem without a database).
+Each (task, variant) is one Optuna study `<name>.<task>.<variant>` (TPE, QMC or random sampler; median pruner or
+none) in the storage: by default SQLite in RUNS_DIR/<name>.optuna.db; `--storage` takes a database URL
+(postgresql://user:pw@host/db, sqlite:///file) or a journal file path (optuna's JournalFileBackend, for a shared
+filesystem without a database).
 A trial is asked from the study, then trained as an ordinary run directory through `sweep.run_spec` (claims,
 resume, failure records) on any backend (`--jobs N` local processes, Ray tasks, Slurm jobs; `backends.launcher`);
 the worker reports every validation evaluation to the pruner and tells the study the trial's result itself. The
@@ -146,8 +147,10 @@ class TuneFile(BaseModel):
     trial_seed: int = Field(0, ge=0, lt=2**32, description="recipe seed of every trial")
     objective: Literal["accuracy", "loss"] = Field("accuracy", description="validation metric of the best checkpoint: "
                                                    "accuracy (maximized) or loss (minimized)")
-    sampler: Literal["tpe", "random"] = Field("tpe", description="optuna sampler")
-    sampler_seed: int = Field(0, ge=0, lt=2**32, description="seed of the sampler (with the study and trial number)")
+    sampler: Literal["tpe", "qmc", "random"] = Field("tpe", description="optuna sampler: tpe (TPESampler), qmc "
+                                                     "(QMCSampler: scrambled Sobol, small budgets) or random")
+    sampler_seed: int = Field(0, ge=0, lt=2**32, description="seed of the sampler (with the study and, but for qmc, "
+                                                             "the trial number)")
     sampler_startup_trials: int = Field(4, ge=1, description="tpe: random trials before the model-based ones")
     pruner: Literal["median", "none"] = Field("median", description="median: stop a trial whose validation value is "
                                               "worse than the median of earlier trials at the same step")
@@ -323,10 +326,22 @@ def make_pruner(name: str, startup: int):
 
 
 def make_sampler(name: str, seed: int, startup: int = 4):
+    """Optuna's TPESampler, QMCSampler (scrambled Sobol sequence; its first trial is drawn at random, as Optuna
+    does, the next ones are the sequence's points in order, kept in the study so a restart continues it) or
+    RandomSampler, seeded with `seed`."""
+    import warnings
+
     import optuna
 
-    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup) if name == "tpe" else \
-        optuna.samplers.RandomSampler(seed=seed)
+    if name == "tpe":
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup)
+    if name == "qmc":
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.samplers.QMCSampler(qmc_type="sobol", scramble=True, seed=seed,
+                                              independent_sampler=optuna.samplers.RandomSampler(seed=seed),
+                                              warn_independent_sampling=False)
+    return optuna.samplers.RandomSampler(seed=seed)
 
 
 def load_study(url: str, name: str, direction: str, pruner: str = "median", startup: int = 3):
@@ -340,8 +355,9 @@ def load_study(url: str, name: str, direction: str, pruner: str = "median", star
 
 def sampler_seed_of(tune: TuneFile, study: str, number: int) -> int:
     """The sampler seed of trial `number` of a study: a function of the tune file, the study and the trial number,
-    so a restarted tune or a second process draws new values, never those of trial 0 again."""
-    return (tune.sampler_seed + zlib.crc32(study.encode()) + 7919 * number) % 2**32
+    so a restarted tune or a second process draws new values, never those of trial 0 again. For qmc, one seed per
+    study (one scrambled sequence): the study's storage counts the points drawn, so a restart takes the next one."""
+    return (tune.sampler_seed + zlib.crc32(study.encode()) + (0 if tune.sampler == "qmc" else 7919 * number)) % 2**32
 
 
 @contextmanager

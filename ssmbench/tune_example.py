@@ -72,9 +72,23 @@ def provenance_line(records_dir: Path) -> str:
     days = sorted({str(e["started"])[:10] for e in envs if e.get("started")})
     when = f"{days[0]} to {days[-1]}" if len(days) > 1 else (days[0] if days else "?")
     commands = "`, `".join(command(n) for n in TUNES)
-    return (f"_Made by `make tune-example`: `{commands}`, then `ssmbench report {records_dir}`; {len(envs)} final "
-            f"runs started {when} on {one('device_name')} ({one('cpu_count')} cores, {one('device')}); ssmbench "
-            f"{one('ssmbench')}, torch {one('torch')}, git {one('git_commit')[:12]}._")
+    return (f"_Made by `make tune-example`: `{commands}`, then `ssmbench report {records_dir}`; {budgets()}; "
+            f"{len(envs)} final runs started {when} on {one('device_name')} ({one('cpu_count')} cores, "
+            f"{one('device')}); ssmbench {one('ssmbench')}, torch {one('torch')}, git {one('git_commit')[:12]}._")
+
+
+def budgets() -> str:
+    """Each tune's budget as its tune file states it: trials per variant, sampler, pruner, final seeds (one phrase
+    when every tune has the same)."""
+    said = {}
+    for name in TUNES:
+        t = tune.load_tune(RECIPES / f"{name}.yaml")
+        seed = f" (seed {t.sampler_seed})" if t.sampler != "random" else ""
+        said[name] = (f"{t.trials} trials per variant, the baseline's included, sampler {t.sampler}{seed}, pruner "
+                      f"{t.pruner}, {len(t.seeds)} seeds of each choice")
+    if len(set(said.values())) == 1:
+        return f"budget of each tune: {next(iter(said.values()))}"
+    return "; ".join(f"budget of {name}: {text}" for name, text in said.items())
 
 
 def render(records_dir: Path = RECORDS) -> str:

@@ -335,8 +335,8 @@ def tuning_table(records: list[RunRecord], group_by: str = "variant") -> Optiona
                      Cell(t.get("tune_space", ""), t.get("tune_space")), Cell(str(len(seeds)), seeds)])
     objectives = sorted({r.tags.get("tune_objective", "?") for r in finals})
     notes = [f"chosen on validation ({'; '.join(objectives)} of the best checkpoint), never on test; trials: "
-             f"finished / pruned (median pruner) / failed of the budget, the same for every variant; final runs: "
-             f"the chosen values trained with each seed, the runs in the tables above"]
+             f"finished / pruned (by the tune file's pruner) / failed of the budget, the same for every variant; "
+             f"final runs: the chosen values trained with each seed, the runs in the tables above"]
     return Table("Tuning", [group_by, "task", "chosen", "best validation", "trials", "space", "seeds"], rows, notes)
 
 
