@@ -586,7 +586,7 @@ def run_tune(tune_file: Path, backend: str = "local", runs_dir: Optional[Path] =
     out_dir.mkdir(parents=True, exist_ok=True)
     ostudies = {s.name: load_study(url, s.name, direction(tune), tune.pruner, tune.pruner_startup_trials) for s in found}
     for s in found:
-        ostudies[s.name].set_user_attr("space", {k: p.describe() for k, p in s.space.items()})
+        check_same_study(path, url, s, ostudies[s.name])
     console.print(f"tune {path.name}: {len(found)} studies x {tune.trials} trials ({url.split('@')[-1]}), then "
                   f"{len(tune.seeds)} seeds each; {jobs} at a time on {backend}")
     from ssmbench.train.engine import StopSignals
@@ -608,6 +608,31 @@ def run_tune(tune_file: Path, backend: str = "local", runs_dir: Optional[Path] =
         results += sweep.execute(to_train, lambda spec: launch(sweep.run_spec, spec), jobs, stop,
                                  lambda r: console.print(sweep.result_line(r)))
     return trials + results
+
+
+def study_fingerprint(study: Study) -> dict[str, str]:
+    """What a study's trials were drawn for: its search space and (a hash of) its base recipe as resolved."""
+    import hashlib
+
+    base = json.dumps(sweep.spec_raw(study.base), sort_keys=True, default=str)
+    return {"space": json.dumps({k: p.describe() for k, p in sorted(study.space.items())}),
+            "base": hashlib.sha256(base.encode()).hexdigest()[:16]}
+
+
+def check_same_study(path: Path, url: str, study: Study, ostudy) -> None:
+    """Refuse to add trials to a stored study that was made for another space or base recipe (its trials would mix
+    into this budget); record the fingerprint on a new study."""
+    now, stored = study_fingerprint(study), ostudy.user_attrs.get("fingerprint")
+    if stored is None:
+        ostudy.set_user_attr("fingerprint", now)
+        ostudy.set_user_attr("space", {k: p.describe() for k, p in study.space.items()})
+        return
+    changed = [what for what in ("space", "base") if stored.get(what) != now[what]]
+    if changed:
+        raise SSMBenchError(f"{path}: study {study.name} in {url.split('@')[-1]} holds trials of another "
+                            f"{' and '.join('search space' if c == 'space' else 'base recipe' for c in changed)} "
+                            f"(stored {stored['space'] if 'space' in changed else stored['base']}); give this tune "
+                            f"file another name or runs_dir, or delete that study's storage to start over")
 
 
 def run_trials(tune: TuneFile, url: str, found: list[Study], ostudies: dict, launch, jobs: int, stop, console

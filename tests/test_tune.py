@@ -297,3 +297,18 @@ def test_a_restarted_tune_draws_new_values(tmp_path: Path) -> None:
     again = tune.make_sampler("tpe", tune.sampler_seed_of(spec, s.name, 1))  # and the values are reproducible
     assert again.sample_independent(ostudy, ostudy.trials[1], "train.lr",
                                     optuna.distributions.FloatDistribution(0.001, 0.05, log=True)) == drawn[1]
+
+
+def test_a_stored_study_of_another_space_or_recipe_is_refused_before_any_trial(tmp_path: Path) -> None:
+    path = write_tune(tmp_path, trials=1, seeds=[0], variants={"s4d": {"space": {"train.lr": LR}}})
+    assert cli_run("tune", str(path))[0] == 0
+    before = {p.name for p in (tmp_path / "runs").iterdir()}
+    assert cli_run("tune", str(path))[0] == 0  # the same file again: the study is resumed (nothing to do)
+    path.write_text(path.read_text().replace("0.05", "0.2"))  # a wider lr range: trials of the old one would mix in
+    code, out = cli_run("tune", str(path))
+    assert code == 2 and "study tt.s4d" in out and "another search space (stored" in out and "logU[0.001, 0.05]" in out
+    write_tune(tmp_path, recipe={**TINY, "model": {**TINY["model"], "d_model": 8}}, trials=1, seeds=[0],
+               variants={"s4d": {"space": {"train.lr": LR}}})  # the same space over another base recipe
+    code, out = cli_run("tune", str(path))
+    assert code == 2 and "another base recipe" in out and len(out.strip().splitlines()) == 1
+    assert {p.name for p in (tmp_path / "runs").iterdir()} == before  # no run was started
