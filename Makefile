@@ -36,7 +36,8 @@ smoke: install
 bench: install
 	$(BIN)/ssmbench bench
 
-# Reruns the quick sweeps (finished runs are skipped) and rewrites the README's results tables from their records.
+# Reruns the quick sweeps and the one-pole example (runs made by this code are skipped), then rewrites the README's
+# claims table and docs/results.md from their records (sized for 15 minutes on 2 idle cores).
 results: install
 	$(PY) -m ssmbench.readme_tables
 
@@ -46,7 +47,8 @@ docs: install
 	$(PY) -m ssmbench.docs_gen
 
 # Tunes alpha on validation for sMNIST and the high-frequency synthetic task beside the baseline tuned with the same
-# budget (docs/tuning.md; 28 short runs, a few minutes on 2 idle cores) and rewrites the README's tune-example block.
+# budget (docs/tuning.md; 28 short runs, a few minutes on 2 idle cores) and rewrites the tune-example block of
+# docs/results.md.
 tune-example: install
 	$(PY) -m ssmbench.tune_example
 

@@ -20,7 +20,7 @@ Loss, with the Sobolev weight of the paper's filter (1 + |s|)^beta applied to bo
 
 Training is gradient flow d(xi, w)/dt = -grad L (gradient descent in the limit of small steps), integrated by
 scipy's LSODA until |grad L| < `tol` (1 + L) (a stationary point) or t = `t_max`. Plain fixed-step descent is not usable
-here: far from the modes dL/dw is 1e-7..1e-4 (the O(|s - w|^-2) kernel of the paper's Theorem 2), while the
+here: far from the modes dL/dw is 1e-7..1e-4 (the O(|s - w|^-2) kernel of the paper's gradient formula), while the
 curvature at the strong mode is ~40, so a stable step would need ~1e8 iterations. Deterministic: no random draw.
 """
 
