@@ -29,7 +29,7 @@ from ssmbench.report.tables import to_markdown
 TUNES = ["smnist-alpha", "frequency-alpha"]
 RECIPES = Path("recipes/tune")
 RECORDS = Path("benchmarks/results/tune-example")
-README = Path("README.md")
+README = Path("docs/results.md")  # the generated results page (moved from README.md with the per-sweep tables)
 BEGIN = "<!-- results:tune-example begin (written by `make tune-example`; do not edit by hand) -->"
 END = "<!-- results:tune-example end -->"
 COPIED = (runs.RECIPE, runs.RESULTS, runs.METRICS, runs.ENV)
