@@ -36,7 +36,8 @@ smoke: install
 bench: install
 	$(BIN)/ssmbench bench
 
-# Reruns the quick sweeps (finished runs are skipped) and rewrites the README's results tables from their records.
+# Reruns the quick sweeps and the one-pole example (runs made by this code are skipped), then rewrites the README's
+# claims table and docs/results.md from their records (sized for 15 minutes on 2 idle cores).
 results: install
 	$(PY) -m ssmbench.readme_tables
 
@@ -47,7 +48,7 @@ docs: install
 
 # Tunes alpha and lr on validation for sMNIST and the high-frequency synthetic task beside the baseline tuning lr
 # with the same budget (docs/tuning.md; 48 short runs, ~640 CPU-s: about 6 minutes on 2 idle cores) and rewrites
-# the README's tune-example block.
+# the tune-example block of docs/results.md.
 tune-example: install
 	$(PY) -m ssmbench.tune_example
 

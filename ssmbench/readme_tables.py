@@ -1,7 +1,7 @@
-"""`make results`: rerun the quick sweeps, test each paper's claim on their records, rewrite the README's results.
+"""`make results`: rerun the quick sweeps, test each paper's claim on their records, rewrite the results pages.
 
-    python -m ssmbench.readme_tables              # train what is missing, copy the records, rewrite README.md
-    python -m ssmbench.readme_tables --no-train   # only re-render README.md from the committed records
+    python -m ssmbench.readme_tables              # train what is missing, copy the records, rewrite both pages
+    python -m ssmbench.readme_tables --no-train   # only re-render README.md and docs/results.md from the records
 
 For every sweep of SWEEPS: (1) runs under runs/readme/<name>/ made by other code (env.json `code_version`, a hash of
 the ssmbench sources, differs from this code's, or is missing) are moved to runs/readme/stale/<name>/, so they are
@@ -13,13 +13,15 @@ checkpoints, but what the claims read from them: CHANGES, the relative change of
 init.pt and the final checkpoint (`ssmbench.report.records.parameter_change`) and the mean trained beta;
 (4) the markdown of those records — a line naming the commands, date, machine and versions, then `ssmbench
 report`'s tables — replaces the block between `<!-- results:<name> begin -->` and `<!-- results:<name> end -->` in
-README.md, and `ssmbench report --runs-csv`'s tidy CSV is written to benchmarks/results/<name>.csv.
+docs/results.md, and `ssmbench report --runs-csv`'s tidy CSV is written to benchmarks/results/<name>.csv.
+The frequency-bias paper's one-pole example is no training run: `python -m ssmbench.one_pole` (ssmbench/one_pole.py,
+deterministic, seconds) writes benchmarks/results/one-pole/one_pole.json, rendered as the `one-pole` block.
 
-The claims block (`<!-- results:claims ... -->`) is one line per entry of CLAIMS: a paper's claim, the sweep that
-tests it, the figures (mean ± sample std over seeds) and whether it holds on these records. A claim names variants
-of its sweep, so a new baseline is one line in the sweep file (`best` compares against every variant there).
-tests/test_readme_results.py checks that README.md and the CSVs are exactly what `render`/`render_claims` make
-of the committed records, so this script is the only writer of those blocks.
+The claims block (`<!-- results:claims ... -->`, in README.md) is one line per entry of CLAIMS: a paper's claim, the
+sweep that tests it, the figures (mean ± sample std over seeds) and whether it holds on these records. A claim names
+variants of its sweep, so a new baseline is one line in the sweep file (`best` compares against every variant there).
+tests/test_readme_results.py checks that README.md, docs/results.md and the CSVs are exactly what `render`,
+`render_one_pole` and `render_claims` make of the committed records, so this script is the only writer of those blocks.
 """
 
 from __future__ import annotations
@@ -33,16 +35,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from ssmbench import runs
+from ssmbench import one_pole, runs
 from ssmbench.report import build_tables
 from ssmbench.report.records import RunRecord, parameter_change, read_run, read_runs
 from ssmbench.report.tables import mean_std, tidy_csv, to_markdown
 
 SWEEPS = ["frequency-bias", "lds", "synthetic-memory", "smnist-table", "tdi-data-efficiency"]
+ONE_POLE = "one-pole"
 RECORDS = Path("benchmarks/results")
 RUNS = Path("runs/readme")
 STALE = RUNS / "stale"
 README = Path("README.md")
+PAGE = Path("docs/results.md")  # the per-sweep tables; README.md keeps the claims table and links here
 COPIED = (runs.RECIPE, runs.RESULTS, runs.METRICS)
 CHANGES = "parameter_change.json"
 CLAIMS_BLOCK = "claims"
@@ -58,7 +62,9 @@ class Claim:
     - `best` v: v is better than every other variant of the sweep;
     - `beats` v: each other variant against v, one verdict per variant;
     - `still` (v, q): the relative change of parameter q in training (Yu et al. Table 1: Re(A), Im(A), B*C, D) is
-      under a tenth of every other's, for the runs of variant v.
+      under a tenth of every other's, for the runs of variant v;
+    - `ends` (groups, betas, place): in the one-pole example (ssmbench/one_pole.py), every init of those groups
+      under those betas ends at `place`: "mode on its side" (a mode with the sign of w0), "a mode", "noise band".
     """
 
     paper: str
@@ -69,9 +75,18 @@ class Claim:
     beats: str = ""
     still: tuple[str, str] = ("", "")
     fractions: tuple[float, ...] = (1.0,)
+    ends: tuple = ()
 
 
+_NEAR_WEAK, _ACROSS, _RIGHT = one_pole.GROUPS
 CLAIMS = [
+    Claim("Yu et al. (frequency bias)", "one-pole example, Region I: a pole started outside the noise band, on the "
+          "side of a mode, converges to that mode (beta = 0)", ONE_POLE,
+          ends=((_NEAR_WEAK, _RIGHT), (0.0,), "mode on its side")),
+    Claim("Yu et al. (frequency bias)", "one-pole example, Region II: a pole pulled toward the strong mode across the "
+          "noise band gets stuck in it (beta = 0)", ONE_POLE, ends=((_ACROSS,), (0.0,), "noise band")),
+    Claim("Yu et al. (frequency bias)", "one-pole example: a positive beta (Sobolev weight) lets those poles cross "
+          "the band to a mode", ONE_POLE, ends=((_ACROSS,), (0.5, 1.0), "a mode")),
     Claim("Yu et al. (frequency bias)", "a larger alpha, then a trained beta (from 0), learn a high-frequency target "
           "better", "frequency-bias", order=("high-alpha1", "high-alpha10", "high-alpha10-beta")),
     Claim("Yu et al. (frequency bias)", "the bias reverses on a low-frequency target: alpha = 1 beats alpha = 10",
@@ -84,7 +99,7 @@ CLAIMS = [
           "S4D-Lin misses", "frequency-bias", order=("high-alpha1", "high-tdi")),
     Claim("Liu & Li (zero real part)", "Re(A) = 0 keeps x_0 over L = 128 where Re(A) = -1/2 forgets it",
           "synthetic-memory", order=("re-0.5", "zero-real")),
-    Claim("Agarwal et al. (STU)", "STU learns the marginally stable LDS better than every other layer (Fig. 3)", "lds",
+    Claim("Agarwal et al. (STU)", "STU learns the marginally stable LDS better than S4D and LRU (Fig. 3)", "lds",
           best="stu"),
     Claim("all four", "each method matches or beats S4D on sMNIST", "smnist-table", beats="s4d"),
 ]
@@ -99,6 +114,8 @@ def end(name: str) -> str:
 
 
 def sweep_command(name: str) -> str:
+    if name == ONE_POLE:
+        return f"python -m ssmbench.one_pole --out {RECORDS / ONE_POLE}"
     return f"ssmbench sweep recipes/quick/{name}.yaml --runs-dir {RUNS / name} --jobs 2"
 
 
@@ -234,8 +251,32 @@ def learned_beta(records_dir: Path, records: list[RunRecord], variant: str) -> O
     return sum(betas) / len(betas) if betas else None
 
 
+def judge_ends(claim: Claim, records_dir: Path) -> tuple[str, str]:
+    """(figures, verdict) of an `ends` claim on the one-pole record in `records_dir`."""
+    record = runs.read_json(records_dir / one_pole.RESULTS)
+    if not record:
+        return f"no records of {ONE_POLE}; run `make results`", FAILS
+    groups, betas, place = claim.ends
+    parts, ok = [], True
+    for beta in betas:
+        for group in groups:
+            mine = [t for t in record["trajectories"] if t["group"] == group and t["beta"] == beta]
+            if not mine:
+                return f"no records of {group!r} at beta {beta:g}; run `make results`", FAILS
+            for t in mine:
+                at_mode = t["ended"] in ("strong mode", "weak mode")
+                ok = ok and {"mode on its side": at_mode and t["w"] * t["w0"] > 0, "a mode": at_mode,
+                             "noise band": t["ended"] == "noise band"}[place]
+            starts = "/".join(f"{t['w0']:g}" for t in mine)
+            ends = "/".join(f"{t['w']:.2f}" for t in mine)
+            parts.append(f"beta {beta:g}: w0 {starts} → w {ends} ({', '.join(sorted({t['ended'] for t in mine}))})")
+    return "; ".join(parts), HOLDS if ok else FAILS
+
+
 def judge(claim: Claim, records_dir: Path) -> tuple[str, str]:
     """(figures, verdict) of one claim on the records in `records_dir`."""
+    if claim.ends:
+        return judge_ends(claim, records_dir)
     records = [r for r in read_runs([records_dir]) if r.finished]
     metric = "test acc" if records and records[0].kind == "classification" else "test MSE"
     missing = "no records of {}; run `make results`"
@@ -284,47 +325,94 @@ def judge(claim: Claim, records_dir: Path) -> tuple[str, str]:
     return figures, HOLDS if ok else FAILS
 
 
+def budget(name: str, records_dir: Path) -> str:
+    """What a sweep's records cost: runs and optimizer steps per run (the one-pole example: its gradient flows)."""
+    if name == ONE_POLE:
+        record = runs.read_json(records_dir / one_pole.RESULTS) or {}
+        return f"{len(record.get('trajectories', []))} gradient flows"
+    steps = sorted({r.results.get("steps") for r in read_runs([records_dir]) if r.finished} - {None})
+    n = sum(1 for r in read_runs([records_dir]) if r.finished)
+    shown = "?" if not steps else (f"{steps[0]}" if len(steps) == 1 else f"{steps[0]}–{steps[-1]}")
+    return f"{n} runs × {shown} steps"
+
+
 def render_claims(records: Path = RECORDS, claims: list[Claim] = CLAIMS) -> str:
     """The claims block: one table row per claim."""
-    lines = ["| paper | claim | task (sweep) | command | figures (mean ± std over seeds) | holds |",
+    lines = ["| paper | claim | task (sweep: budget) | command | figures (mean ± std over seeds) | holds |",
              "|---|---|---|---|---|---|"]
     for c in claims:
         figures, verdict = judge(c, records / c.sweep)
-        tasks = sorted({r.task for r in read_runs([records / c.sweep])}) or ["?"]
-        lines.append(f"| {c.paper} | {c.text} | {', '.join(tasks)} (`{c.sweep}`) | `{sweep_command(c.sweep)}` | "
-                     f"{figures} | {verdict} |")
-    note = ("_Each claim is tested on the records of its sweep in benchmarks/results/ (below, per sweep); "
-            "better = higher test accuracy or lower test MSE, means over seeds compared; "
+        tasks = (["one-pole transfer function"] if c.sweep == ONE_POLE else
+                 sorted({r.task for r in read_runs([records / c.sweep])}) or ["?"])
+        lines.append(f"| {c.paper} | {c.text} | {', '.join(tasks)} (`{c.sweep}`: {budget(c.sweep, records / c.sweep)}) "
+                     f"| `{sweep_command(c.sweep)}` | {figures} | {verdict} |")
+    note = ("_Each claim is tested on the records of its sweep in benchmarks/results/ (per sweep, with its budget, "
+            f"in [{PAGE}]({PAGE})); better = higher test accuracy or lower test MSE, means over seeds compared; the "
+            "one-pole example is deterministic, its three inits per group stand in for seeds; "
             f"\"{FAILS}\" is reported as measured, with no retuning._")
     return f"{begin(CLAIMS_BLOCK)}\n" + "\n".join(lines) + f"\n\n{note}\n{end(CLAIMS_BLOCK)}"
 
 
-def replace_block(text: str, name: str, block: str) -> str:
+def render_one_pole(records_dir: Path) -> str:
+    """The one-pole block: provenance line, where each init ended under each beta, the loss profile's minima."""
+    record = runs.read_json(records_dir / one_pole.RESULTS) or {}
+    env = record.get("env", {})
+    betas = record.get("betas", [])
+    lines = [f"_Made by `make results`: `{sweep_command(ONE_POLE)}`; started {str(env.get('started', '?'))[:10]} "
+             f"({env.get('platform', '?')}, {env.get('wall_seconds', '?')} s), numpy {env.get('numpy', '?')}, scipy "
+             f"{env.get('scipy', '?')}, Python {env.get('python', '?')}, code {env.get('code_version', '?')}. Gradient "
+             "flow on (xi, w) from xi = 1 to a stationary point; the strong mode is w = 50 (xi 5), the weak one "
+             "w = -50 (xi 0.2), the noise band |w| <= 2pi (docs/methods.md §B.1)._", "",
+             "| group | w0 | " + " | ".join(f"beta {b:g}: final w (xi), where" for b in betas) + " |",
+             "|---|---|" + "---|" * len(betas)]
+    trajectories = record.get("trajectories", [])
+    for group, inits in record.get("groups", {}).items():
+        for w0 in inits:
+            cells = [f"{t['w']:.3f} ({t['xi']:.3g}), {t['ended']}" for b in betas for t in trajectories
+                     if t["group"] == group and t["w0"] == w0 and t["beta"] == b]
+            lines.append(f"| {group} | {w0:g} | " + " | ".join(cells) + " |")
+    minima = record.get("local_minima", {})
+    lines += ["", "Local minima in w of the loss minimized over xi: " +
+              "; ".join(f"beta {b}: {', '.join(f'{m:g}' for m in ms)}" for b, ms in minima.items()) + "."]
+    return f"{begin(ONE_POLE)}\n" + "\n".join(lines) + f"\n{end(ONE_POLE)}"
+
+
+def replace_block(text: str, name: str, block: str, page: Path = README) -> str:
     """`text` with the block of `name` (markers included) replaced by `block`; the markers must exist once."""
     head, tail = begin(name), end(name)
     if text.count(head) != 1 or text.count(tail) != 1:
-        raise SystemExit(f"{README}: needs exactly one `{head}` and one `{tail}` line for the results of {name}")
+        raise SystemExit(f"{page}: needs exactly one `{head}` and one `{tail}` line for the results of {name}")
     before, rest = text.split(head)
     return before + block + rest.split(tail, 1)[1]
 
 
-def write_readme(readme: Path = README, records: Path = RECORDS, sweeps: list[str] = SWEEPS) -> None:
-    text = readme.read_text(encoding="utf-8")
-    text = replace_block(text, CLAIMS_BLOCK, render_claims(records))
+def write_pages(readme: Path = README, page: Path = PAGE, records: Path = RECORDS, sweeps: list[str] = SWEEPS) -> None:
+    """README.md's claims block; docs/results.md's block per sweep and the one-pole block; the tidy CSVs."""
+    claims = replace_block(readme.read_text(encoding="utf-8"), CLAIMS_BLOCK, render_claims(records), readme)
+    text = page.read_text(encoding="utf-8")
     for name in sweeps:
-        text = replace_block(text, name, render(name, records / name))
+        text = replace_block(text, name, render(name, records / name), page)
         runs.atomic_write_text(records / f"{name}.csv", tidy_csv(read_runs([records / name])))
-    runs.atomic_write_text(readme, text)
+    text = replace_block(text, ONE_POLE, render_one_pole(records / ONE_POLE), page)
+    runs.atomic_write_text(readme, claims)
+    runs.atomic_write_text(page, text)
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--no-train", action="store_true", help="only re-render README.md from benchmarks/results/")
-    parser.add_argument("--only", nargs="+", choices=SWEEPS, help="train only these sweeps (README: all)")
+    parser.add_argument("--no-train", action="store_true",
+                        help=f"only re-render {README} and {PAGE} from {RECORDS}/")
+    parser.add_argument("--only", nargs="+", choices=[*SWEEPS, ONE_POLE],
+                        help="train only these sweeps (the pages: all)")
     args = parser.parse_args(argv)
     if not args.no_train:
         version = runs.code_version()
-        for name in args.only or SWEEPS:
+        todo = args.only or [*SWEEPS, ONE_POLE]
+        if ONE_POLE in todo:  # deterministic and seconds long: always made again by this code
+            cmd = [sys.executable, "-m", "ssmbench.one_pole", "--out", str(RECORDS / ONE_POLE)]
+            print("+", " ".join(cmd[1:]), flush=True)
+            subprocess.run(cmd, check=True)
+        for name in [n for n in todo if n != ONE_POLE]:
             moved = move_stale(name, RUNS / name, STALE, version)
             if moved:
                 print(f"{moved} runs of {RUNS / name} made by other code (code_version != {version}) moved to "
@@ -333,8 +421,9 @@ def main(argv: list[str] | None = None) -> None:
             print("+", " ".join(cmd[2:]), flush=True)
             subprocess.run(cmd, check=True)
             print(f"{copy_records(name, RUNS / name, RECORDS)} finished runs copied to {RECORDS / name}", flush=True)
-    write_readme()
-    print(f"{README}: claims and results of {', '.join(SWEEPS)} rewritten; tidy CSVs in {RECORDS}/", flush=True)
+    write_pages()
+    print(f"{README}: claims rewritten; {PAGE}: results of {', '.join([*SWEEPS, ONE_POLE])}; tidy CSVs in {RECORDS}/",
+          flush=True)
 
 
 if __name__ == "__main__":

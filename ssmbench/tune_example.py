@@ -1,15 +1,15 @@
 """`make tune-example`: the worked example of docs/tuning.md, alpha chosen on validation for sMNIST and for the
-high-frequency synthetic task beside the S4D baseline tuned with the same budget, and its README block.
+high-frequency synthetic task beside the S4D baseline tuned with the same budget, and its block of docs/results.md.
 
-    python -m ssmbench.tune_example              # tune what is missing, copy the final records, rewrite README.md
-    python -m ssmbench.tune_example --no-train   # only re-render README.md from the committed records
+    python -m ssmbench.tune_example              # tune what is missing, copy the final records, rewrite docs/results.md
+    python -m ssmbench.tune_example --no-train   # only re-render docs/results.md from the records
 
 (1) `ssmbench tune recipes/tune/<name>.yaml --jobs 2` for each of TUNES (runs and studies in runs/tune-example/; a
 spent budget and finished final runs are not trained again); (2) the final runs of each tune's chosen
 configurations (`tune.final_specs`) replace benchmarks/results/tune-example/<name>/: recipe.yaml, results.json,
 metrics.jsonl and env.json, no checkpoints; (3) a line naming the commands, date, machine and versions, then
 `ssmbench report`'s tables of those records (the Tuning table states each task's chosen alpha, the space, the
-budget and the trials), replace the block between BEGIN and END in README.md. tests/test_tune_example.py checks
+budget and the trials), replace the block between BEGIN and END in docs/results.md. tests/test_tune_example.py checks
 that the block is exactly what `render` makes of the committed records.
 """
 
@@ -29,7 +29,7 @@ from ssmbench.report.tables import to_markdown
 TUNES = ["smnist-alpha", "frequency-alpha"]
 RECIPES = Path("recipes/tune")
 RECORDS = Path("benchmarks/results/tune-example")
-README = Path("README.md")
+README = Path("docs/results.md")  # the generated results page (moved from README.md with the per-sweep tables)
 BEGIN = "<!-- results:tune-example begin (written by `make tune-example`; do not edit by hand) -->"
 END = "<!-- results:tune-example end -->"
 COPIED = (runs.RECIPE, runs.RESULTS, runs.METRICS, runs.ENV)
@@ -92,7 +92,7 @@ def budgets() -> str:
 
 
 def render(records_dir: Path = RECORDS) -> str:
-    """The README block: provenance line, then the report tables (headings one level down)."""
+    """The docs/results.md block: provenance line, then the report tables (headings one level down)."""
     tables = to_markdown(build_tables(read_runs([records_dir])))
     tables = "\n".join("#" + line if line.startswith("### ") else line for line in tables.splitlines())
     return f"{BEGIN}\n{provenance_line(records_dir)}\n\n{tables}\n{END}"
@@ -108,7 +108,7 @@ def write_readme(readme: Path = README, records: Path = RECORDS) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--no-train", action="store_true", help="only re-render README.md from the committed records")
+    parser.add_argument("--no-train", action="store_true", help="only re-render docs/results.md from the committed records")
     args = parser.parse_args(argv)
     if not args.no_train:
         for name in TUNES:

@@ -1,6 +1,6 @@
-"""The README's results tables are exactly what `make results` (ssmbench/readme_tables.py) writes from the
-committed run records in benchmarks/results/, so no figure in them can go stale or be edited by hand; records made
-by other code are trained again; each claim's verdict follows its rule."""
+"""The README's claims table and docs/results.md's tables are exactly what `make results` (ssmbench/readme_tables.py)
+writes from the committed run records in benchmarks/results/, so no figure in them can go stale or be edited by hand;
+records made by other code are trained again; each claim's verdict follows its rule; the README stays short."""
 
 from __future__ import annotations
 
@@ -10,26 +10,26 @@ from pathlib import Path
 
 import pytest
 
-from ssmbench import runs
-from ssmbench.readme_tables import (CHANGES, CLAIMS, CLAIMS_BLOCK, FAILS, HOLDS, README, RECORDS, SWEEPS, Claim, begin,
-                                    end, judge, move_stale, render, render_claims, replace_block, sweep_command,
-                                    write_readme)
+from ssmbench import one_pole, runs
+from ssmbench.readme_tables import (CHANGES, CLAIMS, CLAIMS_BLOCK, FAILS, HOLDS, ONE_POLE, PAGE, README, RECORDS,
+                                    SWEEPS, Claim, begin, end, judge, move_stale, render, render_claims,
+                                    render_one_pole, replace_block, sweep_command, write_pages)
 from ssmbench.report.records import read_runs
 from ssmbench.report.tables import tidy_csv
 
 
 def block_of(text: str, name: str) -> str:
-    assert text.count(begin(name)) == 1 and text.count(end(name)) == 1, f"README.md lacks the markers of {name}"
+    assert text.count(begin(name)) == 1 and text.count(end(name)) == 1, f"the page lacks the markers of {name}"
     return begin(name) + text.split(begin(name))[1].split(end(name))[0] + end(name)
 
 
 @pytest.mark.parametrize("name", SWEEPS)
 def test_readme_block_and_csv_are_what_the_records_give(repo_root: Path, monkeypatch, name: str) -> None:
     monkeypatch.chdir(repo_root)  # the records are read (and named in the tables) relative to the repository
-    block = block_of(README.read_text(encoding="utf-8"), name)
+    block = block_of(PAGE.read_text(encoding="utf-8"), name)
     records = read_runs([RECORDS / name])
     assert records and all(r.finished for r in records), f"no finished records in {RECORDS / name}; run `make results`"
-    assert block == render(name, RECORDS / name), f"README.md's {name} block is stale or hand-edited; run `make results`"
+    assert block == render(name, RECORDS / name), f"{PAGE}'s {name} block is stale or hand-edited; run `make results`"
     assert f"`{sweep_command(name)}`" in block and "| variant |" in block
     assert (RECORDS / f"{name}.csv").read_text(encoding="utf-8") == tidy_csv(records)
     versions = {r.env.get("code_version") for r in records}
@@ -44,27 +44,58 @@ def test_claims_block_is_what_the_records_give(repo_root: Path, monkeypatch) -> 
     monkeypatch.chdir(repo_root)
     block = block_of(README.read_text(encoding="utf-8"), CLAIMS_BLOCK)
     assert block == render_claims(), "README.md's claims block is stale or hand-edited; run `make results`"
-    assert {c.sweep for c in CLAIMS} <= set(SWEEPS)
+    assert {c.sweep for c in CLAIMS} <= {*SWEEPS, ONE_POLE}
     rows = [line for line in block.splitlines() if line.startswith("| ") and not line.startswith("| paper")]
     assert len(rows) == len(CLAIMS)
     assert all(row.rsplit(" | ", 1)[1].startswith((HOLDS, FAILS)) for row in rows), rows
     assert "no records of" not in block
 
 
+def test_one_pole_block_is_what_the_record_gives(repo_root: Path, monkeypatch) -> None:
+    monkeypatch.chdir(repo_root)
+    block = block_of(PAGE.read_text(encoding="utf-8"), ONE_POLE)
+    assert block == render_one_pole(RECORDS / ONE_POLE), f"{PAGE}'s one-pole block is stale; run `make results`"
+    record = runs.read_json(RECORDS / ONE_POLE / one_pole.RESULTS)
+    assert record["env"]["code_version"], "the one-pole record names no code version"
+    for beta in record["betas"]:
+        for group, inits in one_pole.GROUPS.items():
+            mine = [t for t in record["trajectories"] if t["group"] == group and t["beta"] == beta]
+            assert sorted(t["w0"] for t in mine) == sorted(inits) and len(inits) >= 3
+            assert all(t["stationary"] for t in mine), f"beta {beta}, {group}: a flow stopped before a stationary point"
+    # the record is what this code computes (one flow, recomputed)
+    again = one_pole.train(one_pole.Problem(0.0), 30.0)
+    kept = next(t for t in record["trajectories"] if t["w0"] == 30.0 and t["beta"] == 0.0)
+    assert kept["w"] == pytest.approx(again["w"], abs=1e-6) and kept["ended"] == again["ended"]
+
+
+def test_readme_stays_short(repo_root: Path) -> None:
+    """Issue 27: the README is a user's page (<= ~200 lines); the per-sweep tables live in docs/results.md."""
+    lines = (repo_root / README).read_text(encoding="utf-8").splitlines()
+    assert len(lines) <= 200, f"README.md has {len(lines)} lines; move reference text to docs/"
+    assert f"]({PAGE})" in "\n".join(lines)
+    assert all(begin(n) not in "\n".join(lines) for n in [*SWEEPS, ONE_POLE])
+
+
 def test_the_script_rewrites_only_its_blocks(repo_root: Path, tmp_path: Path) -> None:
-    readme = tmp_path / "README.md"
+    readme, page = tmp_path / "README.md", tmp_path / "results.md"
     records = tmp_path / "results"
     shutil.copytree(repo_root / RECORDS, records, ignore=shutil.ignore_patterns("*.csv"))
-    names = [CLAIMS_BLOCK, *SWEEPS]
-    text = "intro\n" + "".join(f"{begin(n)}\nstale-{n}\n{end(n)}\nbetween {n}\n" for n in names) + "outro\n"
-    readme.write_text(text)
-    write_readme(readme, records)
-    out = readme.read_text()
-    assert out.startswith("intro\n") and out.endswith("outro\n") and "stale-" not in out
-    assert all(f"{end(n)}\nbetween {n}\n" in out for n in names)
+
+    def skeleton(names: list[str]) -> str:
+        return "intro\n" + "".join(f"{begin(n)}\nstale-{n}\n{end(n)}\nbetween {n}\n" for n in names) + "outro\n"
+
+    readme.write_text(skeleton([CLAIMS_BLOCK]))
+    page.write_text(skeleton([*SWEEPS, ONE_POLE, "tune-example"]))
+    write_pages(readme, page, records)
+    for path, names in ((readme, [CLAIMS_BLOCK]), (page, [*SWEEPS, ONE_POLE])):
+        out = path.read_text()
+        assert out.startswith("intro\n") and out.endswith("outro\n") and "stale-" + names[0] not in out
+        assert all(f"{end(n)}\nbetween {n}\n" in out for n in names)
+    assert "stale-tune-example" in page.read_text()  # make tune-example's block is not this script's
     assert all((records / f"{n}.csv").is_file() for n in SWEEPS)
-    write_readme(readme, records)
-    assert readme.read_text() == out  # the blocks are a function of the records
+    before = readme.read_text(), page.read_text()
+    write_pages(readme, page, records)
+    assert (readme.read_text(), page.read_text()) == before  # the blocks are a function of the records
     with pytest.raises(SystemExit, match="needs exactly one"):
         replace_block("no markers", SWEEPS[0], "x")
 
@@ -126,6 +157,18 @@ def test_claim_rules(tmp_path: Path) -> None:
     assert verdict == HOLDS and figures == "a, relative change over 3 runs: Re(A) 1, Im(A) 0.01, B*C 0.5, D 0.3"
     assert judge(Claim("p", "t", "s", still=("a", "D")), tmp_path)[1] == FAILS
     assert judge(Claim("p", "t", "s", order=("a", "lru")), tmp_path) == ("no records of lru; run `make results`", FAILS)
+    pole = tmp_path / "pole"
+    pole.mkdir()
+    flows = [{"group": g, "beta": b, "w0": w0, "w": w, "ended": e} for g, b, w0, w, e in (
+        ("near", 0.0, -40.0, -50.0, "weak mode"), ("right", 0.0, 20.0, 50.0, "strong mode"),
+        ("across", 0.0, -15.0, -5.7, "noise band"), ("across", 1.0, -15.0, 50.0, "strong mode"))]
+    (pole / one_pole.RESULTS).write_text(json.dumps({"trajectories": flows}))
+    figures, verdict = judge(Claim("p", "t", ONE_POLE, ends=(("near", "right"), (0.0,), "mode on its side")), pole)
+    assert verdict == HOLDS and figures.startswith("beta 0: w0 -40 → w -50.00 (weak mode)")
+    assert judge(Claim("p", "t", ONE_POLE, ends=(("across",), (0.0,), "noise band")), pole)[1] == HOLDS
+    assert judge(Claim("p", "t", ONE_POLE, ends=(("across",), (0.0,), "a mode")), pole)[1] == FAILS
+    assert judge(Claim("p", "t", ONE_POLE, ends=(("across",), (1.0,), "a mode")), pole)[1] == HOLDS
+    assert judge(Claim("p", "t", ONE_POLE, ends=(("across",), (0.5,), "a mode")), pole)[1] == FAILS
     acc = tmp_path / "acc"
     for seed in range(3):
         fake_run(acc, "s4d", seed, 1.0, acc=0.80)
