@@ -24,7 +24,8 @@ import pytest
 from killpoint import cli_run
 
 REPO = Path(__file__).resolve().parents[1]
-PAGES = ["README.md", "docs/scaling.md", "docs/reliability.md", "docs/plugins.md"]
+PAGES = ["README.md", "ARCHITECTURE.md", "benchmarks/README.md", "recipes/README.md",
+         *sorted(p.relative_to(REPO).as_posix() for p in (REPO / "docs").glob("*.md"))]
 NEEDS = re.compile(r"#\s*needs (a GPU|\d+ GPUs|a cluster\b.*|a Slurm cluster|a Ray cluster|the network)")
 
 FAST = [  # run in-process in the fast suite
@@ -46,13 +47,21 @@ SLOW = [  # run in this order by a shell under `make test-slow` (minutes on a CP
     "ssmbench data prepare listops --root data",
     "ssmbench data synth-speech --words 10 --speakers 2",
     "ssmbench bench --lengths 1024 --blocks s4d --reps 1",
+    "ssmbench bench --blocks s4d,s4,dss,s5,lru --lengths 1024,4096 --batch 2 --d-model 64 --d-state 64 --threads 1",
     "ssmbench smoke recipes/quick",
     "ssmbench sweep recipes/quick/smnist-table.yaml --jobs 2",
     "ssmbench --import my_data train recipes/quickstart.yaml --set data='{name: sign-of-sum, length: 128}'",
+    "TRITON_INTERPRET=1 ssmbench bench --blocks s4d --lengths 256 --batch 2 --d-model 16 --ops-only --bidirectional",
+    "ssmbench tune recipes/tune/smnist-alpha.yaml --jobs 2",
+    "ssmbench report runs/tune-example",
 ]
 COVERED = {  # run elsewhere
     "make demo": "`make smoke` trains recipes/quickstart.yaml, the recipe `make demo` trains",
     "make test": "the fast test suite itself",
+    "make install": "the first step of every make target, so of `make test` in .ci/run",
+    'pip install -e ".[bench]"': "`make install` installs the bench extra with the others",
+    "make tune-example": "it made benchmarks/results/tune-example/, and tests/test_tune_example.py holds the "
+                         "docs block to those records; its sMNIST half is `ssmbench tune` in SLOW",
 }
 
 
