@@ -69,7 +69,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--with-direct", action="store_true", help="also time ssmbench's straightforward path")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
-    p.add_argument("--out", default="bench-reference.json", help="JSON file for the results")
+    p.add_argument("--out", default="runs/bench-reference.json",
+                   help="JSON file for the results (under runs/, as `ssmbench bench` writes runs/bench.json)")
     a = p.parse_args(argv)
     if not Path(a.reference).is_file():
         p.error(f"--reference {a.reference}: no such file")
